@@ -1,0 +1,433 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  One WeChat Pay APIv3 call: checked input, a signed request, and a
+ *	  verified, classified answer.
+ *
+ * A call goes through three steps so that the synchronous function and the
+ * callers that run many calls at once share them: wxpay_call_prepare()
+ * checks the config and signs (no network), the transport performs the
+ * request, wxpay_call_finish() verifies and converts the answer into either
+ * a row or a WxpayCallResult describing the failure.  wxpay_call_raise()
+ * turns that description into an ereport.
+ *
+ * Classification, the contract callers branch on (README "Errors"):
+ *	  WX004 request not sent: nothing reached WeChat Pay; safe to retry.
+ *	  WX002 rejected: a 4xx answer; this call did not stop the plan.
+ *	  WX003 outcome unknown: the request may have been acted on (timeout or
+ *			failure after sending, 5xx, an answer that fails verification or
+ *			cannot be read).
+ * Every answer with status 2xx is verified before its body is looked at:
+ * all four Wechatpay-* headers exactly once, timestamp within 300 s of our
+ * clock, a configured key under that serial, a valid signature over
+ * "timestamp\nnonce\nbody\n".  Error answers are not signed reliably by the
+ * platform and are only reported, never trusted to mean success.
+ *
+ * Neither the Authorization header nor the signature is ever put into a
+ * message.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <time.h>
+
+#include "access/htup_details.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "wxpay_signplan.h"
+
+#define PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
+
+static const char *CallWhat(const WxpayCall *call);
+static bool CallVerify(WxpayCall *call, char **why);
+static void CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
+					 char *detail, const char *hint);
+static char *CallRequestId(WxpayCall *call);
+
+/*
+ * The config named by argument argno, looked up in the schema of the called
+ * function (the extension's), never through search_path.
+ */
+const WxpayConfig *
+wxpay_resolve_config(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *name;
+	Oid			nspoid;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("config_name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
+	return wxpay_config_get(name, nspoid);
+}
+
+void
+wxpay_check_plan_no_arg(const char *plan_no)
+{
+	if (wxpay_check_plan_no(plan_no, strlen(plan_no)) != WXPAY_TEXT_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid merchant_sign_plan_no \"%s\"", plan_no),
+				 errdetail("A merchant sign plan number is 1 to 32 characters from ASCII letters, digits, \"_\", \"-\" and \"*\".")));
+}
+
+/* Check a stop reason and return it in UTF-8, as it will be sent. */
+char *
+wxpay_check_stop_reason_arg(text *reason)
+{
+	const char *s = VARDATA_ANY(reason);
+	int			len = VARSIZE_ANY_EXHDR(reason);
+	char	   *utf8;
+
+	utf8 = pg_server_to_any(s, len, PG_UTF8);
+	if (utf8 == s)
+		utf8 = pnstrdup(s, len);
+	len = strlen(utf8);
+
+	switch (wxpay_check_stop_reason(utf8, len))
+	{
+		case WXPAY_TEXT_OK:
+			return utf8;
+		case WXPAY_TEXT_EMPTY:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid stop_reason"),
+					 errdetail("A stop reason must not be empty.")));
+			break;
+		case WXPAY_TEXT_TOO_LONG:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid stop_reason"),
+					 errdetail("A stop reason is at most %d characters long.",
+							   WXPAY_STOP_REASON_MAX)));
+			break;
+		case WXPAY_TEXT_FOUR_BYTE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid stop_reason"),
+					 errdetail("WeChat Pay accepts only characters of 1 to 3 bytes in UTF-8; emoji and other supplementary characters are refused.")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid stop_reason"),
+					 errdetail("The stop reason is not valid UTF-8.")));
+			break;
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Build and sign the request for call.  No network I/O.  Errors here are
+ * configuration problems (WX001): nothing has been sent.
+ */
+void
+wxpay_call_prepare(WxpayCall *call)
+{
+	const WxpayConfig *cfg = call->cfg;
+	WxpayHttpRequest *req = &call->req;
+	StringInfoData path;
+	StringInfoData body;
+	StringInfoData msg;
+	char		nonce[WXPAY_NONCE_LEN + 1];
+	char		ts[32];
+	char	   *signature;
+	WxpayKeyError err;
+
+	if (wxpay_config_find_key(cfg, NULL, GetCurrentTimestamp()) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", cfg->name),
+				 errdetail("No configured platform certificate is in its validity period now."),
+				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
+
+	initStringInfo(&path);
+	appendStringInfoString(&path, PLAN_PATH);
+	appendStringInfoString(&path, call->plan_no);
+
+	initStringInfo(&body);
+	if (call->op == WXPAY_OP_STOP)
+	{
+		appendStringInfoString(&path, "/stop");
+		appendStringInfoString(&body, "{\"stop_reason\":");
+		escape_json(&body, call->stop_reason);
+		appendStringInfoChar(&body, '}');
+	}
+
+	snprintf(ts, sizeof(ts), "%lld", (long long) time(NULL));
+	wxpay_make_nonce(nonce);
+
+	initStringInfo(&msg);
+	appendStringInfo(&msg, "%s\n%s\n%s\n%s\n",
+					 call->op == WXPAY_OP_STOP ? "POST" : "GET", path.data, ts, nonce);
+	appendBinaryStringInfo(&msg, body.data, body.len);
+	appendStringInfoChar(&msg, '\n');
+
+	signature = wxpay_sign_base64(cfg->private_key, msg.data, msg.len, &err);
+	if (signature == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("could not sign the request with the private key of wxpay configuration \"%s\"", cfg->name),
+				 errdetail_internal("%s: %s", err.msg, err.lib)));
+
+	memset(req, 0, sizeof(WxpayHttpRequest));
+	req->method = call->op == WXPAY_OP_STOP ? "POST" : "GET";
+	req->url = psprintf("%s%s", cfg->base_url, path.data);
+	req->authorization =
+		psprintf("Authorization: WECHATPAY2-SHA256-RSA2048 mchid=\"%s\",nonce_str=\"%s\","
+				 "signature=\"%s\",timestamp=\"%s\",serial_no=\"%s\"",
+				 cfg->mchid, nonce, signature, ts, cfg->serial_no);
+	req->body = call->op == WXPAY_OP_STOP ? body.data : NULL;
+	req->body_len = call->op == WXPAY_OP_STOP ? body.len : 0;
+	req->ca_cert = cfg->ca_cert;
+	req->ca_cert_len = cfg->ca_cert_len;
+
+	pfree(msg.data);
+	pfree(path.data);
+	pfree(signature);
+}
+
+static const char *
+CallWhat(const WxpayCall *call)
+{
+	return call->op == WXPAY_OP_STOP ? "stop" : "query";
+}
+
+static char *
+CallRequestId(WxpayCall *call)
+{
+	WxpayHeaderValue *h = &call->req.h_request_id;
+
+	if (h->count == 0 || h->overlong)
+		return NULL;
+	return pstrdup(h->value);
+}
+
+/* Fill res as a failure; detail gets the Request-ID appended. */
+static void
+CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
+		 char *detail, const char *hint)
+{
+	res->ok = false;
+	res->sqlstate = sqlstate;
+	res->message = psprintf("could not %s sign plan \"%s\"", CallWhat(call), call->plan_no);
+	res->request_id = CallRequestId(call);
+	if (res->request_id)
+		res->detail = psprintf("%s Request-ID: %s.", detail, res->request_id);
+	else
+		res->detail = detail;
+	res->hint = hint ? pstrdup(hint) : NULL;
+}
+
+/* Verify a 2xx answer; false with *why on any failure. */
+static bool
+CallVerify(WxpayCall *call, char **why)
+{
+	WxpayHttpRequest *req = &call->req;
+	WxpayHeaderValue *hs[4] = {&req->h_timestamp, &req->h_nonce,
+	&req->h_signature, &req->h_serial};
+	static const char *const names[4] = {"Wechatpay-Timestamp", "Wechatpay-Nonce",
+	"Wechatpay-Signature", "Wechatpay-Serial"};
+	int64		ts;
+	int64		now = (int64) time(NULL);
+	const WxpayVerifyKey *key;
+	StringInfoData msg;
+	bool		ok;
+
+	for (int i = 0; i < 4; i++)
+	{
+		if (hs[i]->count == 0)
+		{
+			*why = psprintf("the %s header is missing", names[i]);
+			return false;
+		}
+		if (hs[i]->count > 1)
+		{
+			*why = psprintf("the %s header came more than once", names[i]);
+			return false;
+		}
+		if (hs[i]->overlong)
+		{
+			*why = psprintf("the %s header is too long", names[i]);
+			return false;
+		}
+	}
+
+	if (!wxpay_parse_unix_seconds(req->h_timestamp.value, req->h_timestamp.len, &ts))
+	{
+		*why = pstrdup("the Wechatpay-Timestamp header is not a Unix time");
+		return false;
+	}
+	if (ts - now >= WXPAY_MAX_CLOCK_SKEW_SECS || now - ts >= WXPAY_MAX_CLOCK_SKEW_SECS)
+	{
+		*why = psprintf("the Wechatpay-Timestamp is %lld seconds away from the database server's clock",
+						(long long) (ts > now ? ts - now : now - ts));
+		return false;
+	}
+
+	key = wxpay_config_find_key(call->cfg, req->h_serial.value, GetCurrentTimestamp());
+	if (key == NULL)
+	{
+		*why = psprintf("no usable key of wxpay configuration \"%s\" has serial \"%s\"",
+						call->cfg->name, req->h_serial.value);
+		return false;
+	}
+
+	initStringInfo(&msg);
+	appendStringInfo(&msg, "%s\n%s\n", req->h_timestamp.value, req->h_nonce.value);
+	appendBinaryStringInfo(&msg, req->resp ? req->resp : "", req->resp_len);
+	appendStringInfoChar(&msg, '\n');
+	ok = wxpay_verify_base64(key->pkey, msg.data, msg.len,
+							 req->h_signature.value, req->h_signature.len);
+	pfree(msg.data);
+	if (!ok)
+	{
+		*why = pstrdup("the signature does not match the answer");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Classify the finished request.  Returns true with res->tuple built from
+ * the verified answer, or false with res describing the failure.
+ */
+bool
+wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
+{
+	WxpayHttpRequest *req = &call->req;
+	const char *retry_hint = call->op == WXPAY_OP_STOP ?
+		"Query the sign plan to learn whether it was stopped before retrying." :
+		"Retrying is safe: a query changes nothing.";
+	char	   *why;
+
+	memset(res, 0, sizeof(WxpayCallResult));
+	res->http_status = req->status;
+
+	if (req->outcome == WXPAY_TRANSPORT_NOT_SENT)
+	{
+		CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
+				 psprintf("Nothing was sent to %s: %s.", call->cfg->base_url, req->errbuf),
+				 "Nothing reached WeChat Pay, so retrying is safe.");
+		return false;
+	}
+
+	if (req->outcome == WXPAY_TRANSPORT_FAILED)
+	{
+		char	   *detail;
+
+		if (req->too_large)
+			detail = psprintf("The answer exceeded the limit of %d bytes, so the outcome is unknown.",
+							  WXPAY_MAX_RESPONSE_BYTES);
+		else if (req->timed_out)
+			detail = psprintf("No complete answer arrived within wxpay.request_timeout (%d ms) after the request was sent, so the outcome is unknown: %s.",
+							  wxpay_request_timeout, req->errbuf);
+		else
+			detail = psprintf("The connection failed after the request was sent, so the outcome is unknown: %s.",
+							  req->errbuf);
+		CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail, retry_hint);
+		return false;
+	}
+
+	/* an answer came */
+	if (req->status >= 200 && req->status < 300)
+	{
+		Jsonb	   *jb;
+		JsonbValue *v;
+		Datum	   *values;
+		bool	   *nulls;
+
+		if (!CallVerify(call, &why))
+		{
+			CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
+					 psprintf("WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted, so the outcome is unknown.",
+							  req->status, why),
+					 retry_hint);
+			return false;
+		}
+
+		jb = wxpay_parse_jsonb(req->resp, req->resp_len, &why);
+		if (jb != NULL)
+		{
+			v = getKeyJsonValueFromContainer(&jb->root, "merchant_sign_plan_no",
+											 strlen("merchant_sign_plan_no"), NULL);
+			values = palloc(sizeof(Datum) * tupdesc->natts);
+			nulls = palloc(sizeof(bool) * tupdesc->natts);
+			if (!JsonContainerIsObject(&jb->root))
+				why = pstrdup("it is not a JSON object");
+			else if (v != NULL && (v->type != jbvString ||
+								   (size_t) v->val.string.len != strlen(call->plan_no) ||
+								   memcmp(v->val.string.val, call->plan_no, v->val.string.len) != 0))
+				why = pstrdup("it is about another sign plan");
+			else if (wxpay_container_to_tuple(&jb->root, tupdesc, values, nulls, &why))
+			{
+				res->ok = true;
+				res->tuple = heap_form_tuple(tupdesc, values, nulls);
+				res->request_id = CallRequestId(call);
+				return true;
+			}
+		}
+		CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
+				 psprintf("WeChat Pay's verified answer (HTTP %ld) could not be read: %s.",
+						  req->status, why),
+				 retry_hint);
+		return false;
+	}
+
+	/* an error answer: report the platform's code and message */
+	{
+		StringInfoData detail;
+		bool		rejected = req->status >= 400 && req->status < 500;
+		const char *hint;
+
+		wxpay_error_body(req->resp, req->resp_len, &res->error_code, &res->error_message);
+
+		initStringInfo(&detail);
+		appendStringInfo(&detail, "WeChat Pay answered HTTP %ld", req->status);
+		if (res->error_code)
+			appendStringInfo(&detail, " with code \"%s\"", res->error_code);
+		if (res->error_message)
+			appendStringInfo(&detail, ": %s", res->error_message);
+		else if (req->resp_len == 0)
+			appendStringInfoString(&detail, " with an empty body");
+		else if (res->error_code == NULL)
+			appendStringInfoString(&detail, " with a body that is not a WeChat Pay error");
+		appendStringInfoChar(&detail, '.');
+
+		if (!rejected)
+		{
+			appendStringInfoString(&detail, " The outcome is unknown.");
+			hint = retry_hint;
+		}
+		else if (req->status == 429)
+			hint = "WeChat Pay limits the request rate; retry later with backoff.";
+		else if (res->error_code && strcmp(res->error_code, "SIGN_ERROR") == 0)
+			hint = "Check mchid, serial_no and private_key in wxpay_config, and the database server's clock.";
+		else if (call->op == WXPAY_OP_STOP)
+			hint = "The sign plan was not stopped by this call.";
+		else
+			hint = NULL;
+
+		CallFail(call, res, rejected ? ERRCODE_WXPAY_REQUEST_REJECTED :
+				 ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail.data, hint);
+		return false;
+	}
+}
+
+void
+wxpay_call_raise(WxpayCallResult *res)
+{
+	ereport(ERROR,
+			(errcode(res->sqlstate),
+			 errmsg_internal("%s", res->message),
+			 errdetail_internal("%s", res->detail),
+			 res->hint ? errhint("%s", res->hint) : 0));
+}

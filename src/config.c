@@ -1,0 +1,468 @@
+/*-------------------------------------------------------------------------
+ *
+ * config.c
+ *	  Merchant configuration: reading the protected tables, parsing keys
+ *	  once, and keeping them in a per-backend cache that every change to the
+ *	  tables invalidates.
+ *
+ * Reading.  The SQL entry points are SECURITY DEFINER, so the SPI queries
+ * here run as the extension owner and may read the keys that the caller
+ * cannot.  The queries name the tables through the schema of the function
+ * being called (the extension's schema), never through search_path.  They
+ * run under the latest snapshot, as catalog lookups do: a cache filled
+ * inside an old REPEATABLE READ snapshot would otherwise outlive the change
+ * that invalidated it.
+ *
+ * Caching.  Parsed configs live in CacheCxt (a child of TopMemoryContext);
+ * their EVP_PKEYs are malloc'd by OpenSSL and freed explicitly.  A statement
+ * trigger on both tables calls CacheInvalidateRelcacheByRelid(), so every
+ * backend gets a relcache invalidation for the table when the change
+ * commits (and this backend at its next command).  The callback only marks
+ * the cache stale; the stale entries are freed at the start of the next
+ * lookup, never while a caller may hold a pointer into them.
+ *
+ * Secrets.  Nothing from the private key reaches an error message: parse
+ * failures report OpenSSL's step, not the data.  Our own copies of the PEM
+ * text are zeroed before they are freed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "wxpay_signplan.h"
+
+#define SERIAL_MAX	128
+
+typedef struct CacheEntry
+{
+	struct CacheEntry *next;
+	MemoryContext cxt;			/* holds this entry and its strings */
+	WxpayConfig cfg;
+} CacheEntry;
+
+/* local state */
+static MemoryContext CacheCxt = NULL;
+static CacheEntry *CacheHead = NULL;
+static bool CacheStale = false;
+static Oid	ConfigRelid = InvalidOid;
+static Oid	CertRelid = InvalidOid;
+
+static void ConfigInvalidate(Datum arg, Oid relid);
+static void ConfigFreeAll(void);
+static void ConfigFreeKeys(WxpayConfig *cfg);
+static CacheEntry *ConfigLoad(const char *name, Oid nspoid);
+static void ConfigParse(const char *name, HeapTuple tup, TupleDesc desc,
+						WxpayConfig *cfg);
+static void ConfigParseCertificates(const char *name, WxpayConfig *cfg,
+									int ncerts, HeapTuple *tups, TupleDesc desc);
+static char *ConfigText(HeapTuple tup, TupleDesc desc, int attno);
+static void ConfigZeroFree(char *s);
+static void ConfigKeyFailed(const char *name, const char *what,
+							WxpayKeyError *err) pg_attribute_noreturn();
+
+PG_FUNCTION_INFO_V1(wxpay_config_changed);
+
+void
+ConfigInit(void)
+{
+	CacheRegisterRelcacheCallback(ConfigInvalidate, (Datum) 0);
+}
+
+/* relcache callback: InvalidOid means "everything" (sinval overflow) */
+static void
+ConfigInvalidate(Datum arg, Oid relid)
+{
+	(void) arg;
+	if (relid == InvalidOid || relid == ConfigRelid || relid == CertRelid)
+		CacheStale = true;
+}
+
+/*
+ * Statement trigger on wxpay_config and wxpay_platform_certificate: make
+ * every backend drop its cache when this transaction commits.
+ */
+Datum
+wxpay_config_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("wxpay_config_changed() must be called as a trigger")));
+
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}
+
+static void
+ConfigFreeKeys(WxpayConfig *cfg)
+{
+	if (cfg->private_key)
+		EVP_PKEY_free(cfg->private_key);
+	cfg->private_key = NULL;
+	for (int i = 0; i < cfg->nkeys; i++)
+	{
+		if (cfg->keys[i].pkey)
+			EVP_PKEY_free(cfg->keys[i].pkey);
+		cfg->keys[i].pkey = NULL;
+	}
+	cfg->nkeys = 0;
+}
+
+static void
+ConfigFreeAll(void)
+{
+	for (CacheEntry *e = CacheHead; e != NULL; e = e->next)
+		ConfigFreeKeys(&e->cfg);	/* contexts go with the reset below */
+	CacheHead = NULL;
+	if (CacheCxt)
+		MemoryContextReset(CacheCxt);
+	ConfigRelid = InvalidOid;
+	CertRelid = InvalidOid;
+	CacheStale = false;
+}
+
+/*
+ * The parsed config called name, loading it on first use.  Errors:
+ * 42704 when there is no such config, WX001 when it is unusable.
+ */
+const WxpayConfig *
+wxpay_config_get(const char *name, Oid nspoid)
+{
+	CacheEntry *e;
+
+	/* see changes committed since our last command, even mid-transaction */
+	AcceptInvalidationMessages();
+	if (CacheStale)
+		ConfigFreeAll();
+
+	for (e = CacheHead; e != NULL; e = e->next)
+	{
+		if (strcmp(e->cfg.name, name) == 0)
+			return &e->cfg;
+	}
+
+	if (CacheCxt == NULL)
+		CacheCxt = AllocSetContextCreate(TopMemoryContext,
+										 "wxpay config cache",
+										 ALLOCSET_SMALL_SIZES);
+
+	e = ConfigLoad(name, nspoid);
+	e->next = CacheHead;
+	CacheHead = e;
+	return &e->cfg;
+}
+
+/*
+ * The key that verifies an answer signed under the serial (Wechatpay-Serial),
+ * or NULL.  Certificates count only inside their validity period.  A NULL
+ * serial asks for any key usable now.
+ */
+const WxpayVerifyKey *
+wxpay_config_find_key(const WxpayConfig *cfg, const char *serial,
+					  TimestampTz now)
+{
+	for (int i = 0; i < cfg->nkeys; i++)
+	{
+		const WxpayVerifyKey *k = &cfg->keys[i];
+
+		if (serial != NULL && pg_strcasecmp(k->serial, serial) != 0)
+			continue;
+		if (now < k->not_before || now >= k->not_after)
+			continue;
+		return k;
+	}
+	return NULL;
+}
+
+static char *
+ConfigText(HeapTuple tup, TupleDesc desc, int attno)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, attno, &isnull);
+
+	if (isnull)
+		return NULL;
+	return TextDatumGetCString(d);
+}
+
+static void
+ConfigZeroFree(char *s)
+{
+	if (s)
+	{
+		explicit_bzero(s, strlen(s));
+		pfree(s);
+	}
+}
+
+static void
+ConfigKeyFailed(const char *name, const char *what, WxpayKeyError *err)
+{
+	if (err->lib[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has an unusable %s", name, what),
+				 errdetail("%s.", err->msg),
+				 errdetail_internal("%s: %s.", err->msg, err->lib),
+				 errhint("Run wxpay_check_config('%s') or check the PEM text in wxpay_config.", name)));
+	ereport(ERROR,
+			(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+			 errmsg("wxpay configuration \"%s\" has an unusable %s", name, what),
+			 errdetail("%s.", err->msg)));
+}
+
+/*
+ * Read the config row and its platform certificates as the function owner,
+ * under the latest snapshot, and parse them into a new cache entry with a
+ * memory context of its own, so that a failed load leaves nothing behind.
+ */
+static CacheEntry *
+ConfigLoad(const char *name, Oid nspoid)
+{
+	char	   *nspname = get_namespace_name(nspoid);
+	const char *qnsp;
+	StringInfoData sql;
+	SPIPlanPtr	plan;
+	Datum		arg[1];
+	Oid			argtype[1] = {TEXTOID};
+	int			rc;
+	MemoryContext cxt;
+	MemoryContext spicxt;
+	CacheEntry *volatile e;
+
+	if (nspname == NULL)
+		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
+	qnsp = quote_identifier(nspname);
+
+	ConfigRelid = get_relname_relid("wxpay_config", nspoid);
+	CertRelid = get_relname_relid("wxpay_platform_certificate", nspoid);
+
+	arg[0] = CStringGetTextDatum(name);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spicxt = CurrentMemoryContext;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT mchid, serial_no, private_key, wechatpay_public_key_id, "
+					 "wechatpay_public_key, base_url, ca_cert "
+					 "FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
+					 qnsp);
+	plan = SPI_prepare(sql.data, 1, argtype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, arg, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("wxpay configuration \"%s\" does not exist", name),
+				 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
+
+	cxt = AllocSetContextCreate(CacheCxt, "wxpay config", ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(cxt);
+	e = palloc0(sizeof(CacheEntry));
+	e->cxt = cxt;
+
+	PG_TRY();
+	{
+		WxpayConfig *cfg = &e->cfg;
+
+		ConfigParse(name, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, cfg);
+
+		MemoryContextSwitchTo(spicxt);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT serial_no, certificate, effective_time, expire_time "
+						 "FROM %s.wxpay_platform_certificate "
+						 "WHERE config_name OPERATOR(pg_catalog.=) $1",
+						 qnsp);
+		plan = SPI_prepare(sql.data, 1, argtype);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		rc = SPI_execute_snapshot(plan, arg, NULL, GetLatestSnapshot(),
+								  InvalidSnapshot, true, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+
+		MemoryContextSwitchTo(cxt);
+		ConfigParseCertificates(name, cfg, (int) SPI_processed,
+								SPI_tuptable->vals, SPI_tuptable->tupdesc);
+
+		if (cfg->nkeys == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+					 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
+					 errdetail("Neither wechatpay_public_key nor an unexpired platform certificate is configured."),
+					 errhint("Set wechatpay_public_key_id and wechatpay_public_key, or add rows to wxpay_platform_certificate.")));
+	}
+	PG_CATCH();
+	{
+		ConfigFreeKeys(&e->cfg);
+		MemoryContextSwitchTo(spicxt);
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(spicxt);
+	SPI_finish();
+	return e;
+}
+
+/* Parse one wxpay_config row; runs in CacheCxt. */
+static void
+ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
+{
+	char	   *mchid = ConfigText(tup, desc, 1);
+	char	   *serial = ConfigText(tup, desc, 2);
+	char	   *pem = ConfigText(tup, desc, 3);
+	char	   *pubkey_id = ConfigText(tup, desc, 4);
+	char	   *pubkey_pem = ConfigText(tup, desc, 5);
+	char	   *base_url = ConfigText(tup, desc, 6);
+	char	   *ca_cert = ConfigText(tup, desc, 7);
+	WxpayKeyError err;
+	char		why[256];
+	size_t		len;
+
+	cfg->name = pstrdup(name);
+
+	len = strlen(mchid);
+	if (len == 0 || len > 32 || strspn(mchid, "0123456789") != len)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has an invalid mchid", name),
+				 errdetail("A merchant number consists of 1 to 32 digits.")));
+	cfg->mchid = mchid;
+
+	len = strlen(serial);
+	if (len > SERIAL_MAX || !wxpay_is_hex(serial, len))
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has an invalid serial_no", name),
+				 errdetail("The merchant certificate serial number must be hexadecimal."),
+				 errhint("Copy it from the merchant platform or from \"openssl x509 -noout -serial -in apiclient_cert.pem\".")));
+	for (char *p = serial; *p; p++)
+		*p = pg_toupper((unsigned char) *p);
+	cfg->serial_no = serial;
+
+	cfg->base_url = wxpay_validate_base_url(base_url, why, sizeof(why));
+	if (cfg->base_url == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has an invalid base_url", name),
+				 errdetail("%s", why)));
+
+	if (ca_cert != NULL)
+	{
+		cfg->ca_cert = ca_cert;
+		cfg->ca_cert_len = strlen(ca_cert);
+	}
+
+	if ((pubkey_id == NULL) != (pubkey_pem == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has an incomplete WeChat Pay public key", name),
+				 errdetail("wechatpay_public_key_id and wechatpay_public_key must both be set or both be NULL.")));
+
+	/* from here on OpenSSL objects are held; ConfigLoad frees on error */
+	cfg->keys = palloc0(sizeof(WxpayVerifyKey) * 1);
+	if (pubkey_id != NULL)
+	{
+		WxpayVerifyKey *k = &cfg->keys[0];
+
+		if (strncmp(pubkey_id, "PUB_KEY_ID_", 11) != 0 ||
+			strspn(pubkey_id + 11, "0123456789") != strlen(pubkey_id + 11) ||
+			pubkey_id[11] == '\0' || strlen(pubkey_id) > SERIAL_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+					 errmsg("wxpay configuration \"%s\" has an invalid wechatpay_public_key_id", name),
+					 errdetail("A WeChat Pay public key ID is \"PUB_KEY_ID_\" followed by digits.")));
+		k->pkey = wxpay_load_public_key(pubkey_pem, strlen(pubkey_pem), &err);
+		if (k->pkey == NULL)
+			ConfigKeyFailed(name, "wechatpay_public_key", &err);
+		k->serial = pubkey_id;
+		k->is_public_key = true;
+		k->not_before = DT_NOBEGIN;
+		k->not_after = DT_NOEND;
+		cfg->nkeys = 1;
+	}
+
+	cfg->private_key = wxpay_load_private_key(pem, strlen(pem), &err);
+	ConfigZeroFree(pem);
+	if (cfg->private_key == NULL)
+		ConfigKeyFailed(name, "private_key", &err);
+}
+
+/* Parse the platform certificates of one config; runs in CacheCxt. */
+static void
+ConfigParseCertificates(const char *name, WxpayConfig *cfg,
+						int ncerts, HeapTuple *tups, TupleDesc desc)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	WxpayVerifyKey *keys;
+
+	keys = palloc0(sizeof(WxpayVerifyKey) * (cfg->nkeys + ncerts));
+	if (cfg->nkeys > 0)
+		keys[0] = cfg->keys[0];
+	pfree(cfg->keys);
+	cfg->keys = keys;
+
+	for (int i = 0; i < ncerts; i++)
+	{
+		char	   *serial = ConfigText(tups[i], desc, 1);
+		char	   *pem = ConfigText(tups[i], desc, 2);
+		bool		isnull;
+		Datum		d;
+		WxpayVerifyKey *k = &cfg->keys[cfg->nkeys];
+		char		actual[SERIAL_MAX];
+		WxpayKeyError err;
+		TimestampTz nb,
+					na;
+
+		k->pkey = wxpay_load_certificate(pem, strlen(pem), actual, sizeof(actual),
+										 &nb, &na, &err);
+		if (k->pkey == NULL)
+			ConfigKeyFailed(name, "platform certificate", &err);
+		cfg->nkeys++;
+
+		if (pg_strcasecmp(actual, serial) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+					 errmsg("wxpay configuration \"%s\" has a platform certificate under the wrong serial_no", name),
+					 errdetail("Row serial_no \"%s\" holds the certificate with serial number \"%s\".",
+							   serial, actual)));
+		k->serial = pstrdup(actual);
+
+		/* the tighter of the certificate's and the row's bounds */
+		d = SPI_getbinval(tups[i], desc, 3, &isnull);
+		k->not_before = isnull ? nb : Max(nb, DatumGetTimestampTz(d));
+		d = SPI_getbinval(tups[i], desc, 4, &isnull);
+		k->not_after = isnull ? na : Min(na, DatumGetTimestampTz(d));
+
+		/* expired ones are kept out of the cache; rotation adds new rows */
+		if (k->not_after <= now)
+		{
+			EVP_PKEY_free(k->pkey);
+			k->pkey = NULL;
+			cfg->nkeys--;
+		}
+	}
+}

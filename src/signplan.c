@@ -1,0 +1,125 @@
+/*-------------------------------------------------------------------------
+ *
+ * signplan.c
+ *	  SQL-callable entry points: stopping a sign plan and expanding its
+ *	  signed_detail_list.
+ *
+ * wxpay_stop_sign_plan() is SECURITY DEFINER (see the install script): it
+ * runs as the extension owner so that config.c may read the keys, and it
+ * returns only what WeChat Pay answered.  Every argument is checked before
+ * any network I/O; all memory is palloc'd in the caller's per-call context,
+ * so repeated calls leave nothing behind.
+ *
+ * The detail functions are pure: jsonb in, rows out, materialized into a
+ * tuplestore.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/executor.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "wxpay_signplan.h"
+
+static void DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list);
+
+PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan);
+Datum
+wxpay_stop_sign_plan(PG_FUNCTION_ARGS)
+{
+	WxpayCall	call;
+	WxpayHttpRequest *req = &call.req;
+	WxpayCallResult res;
+	TupleDesc	tupdesc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("merchant_sign_plan_no must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stop_reason must not be null")));
+
+	memset(&call, 0, sizeof(call));
+	call.op = WXPAY_OP_STOP;
+	call.plan_no = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	wxpay_check_plan_no_arg(call.plan_no);
+	call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	call.cfg = wxpay_resolve_config(fcinfo, 2);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	wxpay_call_prepare(&call);
+	wxpay_http_perform(&req, 1, 1);
+	if (!wxpay_call_finish(&call, tupdesc, &res))
+		wxpay_call_raise(&res);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(res.tuple));
+}
+
+/* Materialize one row per element of a signed_detail_list array. */
+static void
+DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TupleDesc	tupdesc;
+	Datum	   *values;
+	bool	   *nulls;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (list == NULL)
+		return;
+
+	if (!JsonContainerIsArray(&list->root) || JB_ROOT_IS_SCALAR(list))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("signed_detail_list must be a JSON array")));
+
+	tupdesc = rsinfo->setDesc;
+	values = palloc(sizeof(Datum) * tupdesc->natts);
+	nulls = palloc(sizeof(bool) * tupdesc->natts);
+	n = JsonContainerSize(&list->root);
+
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(&list->root, i);
+		char	   *why = NULL;
+
+		if (v->type != jbvBinary ||
+			!wxpay_container_to_tuple(v->val.binary.data, tupdesc, values, nulls, &why))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid element %d of signed_detail_list", i + 1),
+					 errdetail("%s.", why ? why : "it is not a JSON object")));
+		tuplestore_putvalues(rsinfo->setResult, tupdesc, values, nulls);
+	}
+}
+
+PG_FUNCTION_INFO_V1(wxpay_sign_plan_details);
+Datum
+wxpay_sign_plan_details(PG_FUNCTION_ARGS)
+{
+	DetailsExpand(fcinfo, PG_GETARG_JSONB_P(0));
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(wxpay_sign_plan_details_plan);
+Datum
+wxpay_sign_plan_details_plan(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader plan = PG_GETARG_HEAPTUPLEHEADER(0);
+	bool		isnull;
+	Datum		list;
+
+	list = GetAttributeByName(plan, "signed_detail_list", &isnull);
+	DetailsExpand(fcinfo, isnull ? NULL : DatumGetJsonbP(list));
+	return (Datum) 0;
+}

@@ -1,0 +1,645 @@
+/*-------------------------------------------------------------------------
+ *
+ * transport.c
+ *	  HTTPS for wxpay_signplan: one libcurl multi handle per backend, a small
+ *	  pool of easy handles, and a wait loop built on PostgreSQL's latch.
+ *
+ * Why the multi interface.  curl_easy_perform() waits inside libcurl, where
+ * a query cancel or statement_timeout can only be noticed at the next
+ * progress callback (up to a second later).  Here libcurl tells us which
+ * sockets it waits on (CURLMOPT_SOCKETFUNCTION) and for how long
+ * (CURLMOPT_TIMERFUNCTION), and we wait on those sockets and MyLatch in one
+ * WaitEventSet.  PostgreSQL's SIGINT and timeout handlers set the latch, so
+ * a cancel wakes the loop at once; we then detach the transfers, free what
+ * libcurl allocated, and let CHECK_FOR_INTERRUPTS() raise PostgreSQL's own
+ * error (57014).  Nothing ever longjmps through libcurl: the callbacks never
+ * ereport (they allocate with MCXT_ALLOC_NO_OOM and record failures).
+ *
+ * Keep-alive.  The multi handle owns libcurl's connection cache and lives as
+ * long as the backend, so successive calls reuse one TLS connection per
+ * host.  Easy handles are kept too (TLS session reuse); each request sets
+ * every option that varies, so nothing leaks from one request to the next.
+ *
+ * Where requests go.  The URL comes only from the config table (validated by
+ * wxpay_validate_base_url()); proxies from the environment are disabled,
+ * only https is allowed, redirects are not followed, and peer and host
+ * verification are always on.
+ *
+ * Classification.  A transfer that fails before libcurl wrote any request
+ * byte (DNS, connect, TLS handshake, connect timeout) is NOT_SENT: nothing
+ * can have reached WeChat Pay.  Any later failure is FAILED: the platform
+ * may have acted.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "wxpay_signplan.h"
+
+#define MAX_EASY		64		/* most transfers in flight at once */
+#define MAX_SOCKETS		256		/* most sockets libcurl may watch at once */
+
+typedef struct SocketWatch
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / OUT / INOUT */
+} SocketWatch;
+
+/* local state */
+static CURLM *Multi = NULL;
+static CURL *Easy[MAX_EASY];
+static int	NEasy = 0;
+static char *UserAgent = NULL;
+static SocketWatch Sockets[MAX_SOCKETS];
+static int	NSockets = 0;
+static long TimerMs = -1;
+static WaitEventSet *CurrentWes = NULL;
+
+/* per-slot state of wxpay_http_perform(), static so PG_FINALLY sees it */
+static int	NSlots = 0;
+static struct curl_slist *SlotHeaders[MAX_EASY];
+static WxpayHttpRequest *SlotRequest[MAX_EASY];
+
+static int	SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp,
+						   void *socketp);
+static int	TimerCallback(CURLM *multi, long timeout_ms, void *userp);
+static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
+static size_t HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata);
+static CURL *EasyGet(int i);
+static void RequestStart(CURL *easy, WxpayHttpRequest *req,
+						 struct curl_slist **headers);
+static void RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
+static bool WaitOnce(void);
+static bool PerformLoop(WxpayHttpRequest **reqs, int nreqs);
+static void StoreHeader(WxpayHeaderValue *h, const char *v, size_t len);
+
+void
+TransportInit(void)
+{
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not initialize libcurl")));
+}
+
+/* "wxpay_signplan/<v> libcurl/<v> PostgreSQL/<v>", built once */
+const char *
+wxpay_user_agent(void)
+{
+	if (UserAgent == NULL)
+	{
+		curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+
+		UserAgent = MemoryContextStrdup(TopMemoryContext,
+										psprintf("wxpay_signplan/%s libcurl/%s PostgreSQL/%s",
+												 WXPAY_VERSION, vi->version, PG_VERSION));
+	}
+	return UserAgent;
+}
+
+/*
+ * Check that url is https://host[:port] with nothing else (no user info,
+ * path, query or fragment) and return it normalised, palloc'd; or NULL with
+ * the reason in why.
+ */
+char *
+wxpay_validate_base_url(const char *url, char *why, size_t whylen)
+{
+	CURLU	   *u = curl_url();
+	char	   *scheme = NULL,
+			   *host = NULL,
+			   *port = NULL,
+			   *path = NULL,
+			   *part = NULL;
+	char		result[512];
+	bool		ok = false;
+
+	if (u == NULL)
+	{
+		strlcpy(why, "Out of memory.", whylen);
+		return NULL;
+	}
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+		strlcpy(why, "It is not a valid URL.", whylen);
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 strcmp(scheme, "https") != 0)
+		strlcpy(why, "Only https:// URLs are accepted.", whylen);
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		strlcpy(why, "The URL has no host.", whylen);
+	else if (curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK ||
+			 curl_url_get(u, CURLUPART_OPTIONS, &part, 0) == CURLUE_OK)
+		strlcpy(why, "The URL must not contain user information.", whylen);
+	else if (curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK ||
+			 curl_url_get(u, CURLUPART_FRAGMENT, &part, 0) == CURLUE_OK)
+		strlcpy(why, "The URL must not contain a query or fragment.", whylen);
+	else if (curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK &&
+			 strcmp(path, "/") != 0 && strcmp(path, "") != 0)
+		strlcpy(why, "The URL must not contain a path.", whylen);
+	else
+	{
+		int			n;
+
+		if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_NO_DEFAULT_PORT) == CURLUE_OK)
+			n = snprintf(result, sizeof(result), "https://%s:%s", host, port);
+		else
+			n = snprintf(result, sizeof(result), "https://%s", host);
+		if (n > 0 && n < (int) sizeof(result))
+			ok = true;
+		else
+			strlcpy(why, "The URL is too long.", whylen);
+	}
+
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_free(path);
+	curl_free(part);
+	curl_url_cleanup(u);
+	return ok ? pstrdup(result) : NULL;
+}
+
+/* CURLMOPT_SOCKETFUNCTION: keep our list of watched sockets current */
+static int
+SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	(void) easy;
+	(void) userp;
+	(void) socketp;
+
+	for (i = 0; i < NSockets; i++)
+		if (Sockets[i].fd == s)
+			break;
+
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < NSockets)
+			Sockets[i] = Sockets[--NSockets];
+		return 0;
+	}
+	if (i == NSockets)
+	{
+		if (NSockets >= MAX_SOCKETS)
+			return -1;			/* libcurl fails that transfer */
+		NSockets++;
+	}
+	Sockets[i].fd = s;
+	Sockets[i].what = what;
+	return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: -1 means no timer */
+static int
+TimerCallback(CURLM *multi, long timeout_ms, void *userp)
+{
+	(void) multi;
+	(void) userp;
+	TimerMs = timeout_ms;
+	return 0;
+}
+
+/*
+ * CURLOPT_WRITEFUNCTION: append to the answer buffer.  Refuses (and so
+ * aborts the transfer) past WXPAY_MAX_RESPONSE_BYTES or when memory runs
+ * out; never ereports.
+ */
+static size_t
+WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	WxpayHttpRequest *req = (WxpayHttpRequest *) userdata;
+	size_t		n = size * nmemb;
+
+	if (req->resp_len + n > WXPAY_MAX_RESPONSE_BYTES)
+	{
+		req->too_large = true;
+		return 0;
+	}
+	if (req->resp_len + n + 1 > req->resp_cap)
+	{
+		size_t		newcap = Max(req->resp_cap * 2, 16384);
+		char	   *p;
+
+		while (newcap < req->resp_len + n + 1)
+			newcap *= 2;
+		newcap = Min(newcap, (size_t) WXPAY_MAX_RESPONSE_BYTES + 1);
+		p = MemoryContextAllocExtended(req->resp_cxt, newcap, MCXT_ALLOC_NO_OOM);
+		if (p == NULL)
+			return 0;
+		if (req->resp_len > 0)
+			memcpy(p, req->resp, req->resp_len);
+		if (req->resp)
+			pfree(req->resp);
+		req->resp = p;
+		req->resp_cap = newcap;
+	}
+	memcpy(req->resp + req->resp_len, ptr, n);
+	req->resp_len += n;
+	req->resp[req->resp_len] = '\0';
+	return n;
+}
+
+static void
+StoreHeader(WxpayHeaderValue *h, const char *v, size_t len)
+{
+	h->count++;
+	if (len >= sizeof(h->value))
+	{
+		h->overlong = true;
+		return;
+	}
+	memcpy(h->value, v, len);
+	h->value[len] = '\0';
+	h->len = len;
+}
+
+/* CURLOPT_HEADERFUNCTION: keep the headers that verification needs */
+static size_t
+HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
+{
+	WxpayHttpRequest *req = (WxpayHttpRequest *) userdata;
+	size_t		n = size * nitems;
+	const char *name,
+			   *value;
+	size_t		namelen,
+				valuelen;
+
+	/* a new status line starts a new answer (e.g. after 100 Continue) */
+	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
+	{
+		memset(&req->h_timestamp, 0, sizeof(WxpayHeaderValue));
+		memset(&req->h_nonce, 0, sizeof(WxpayHeaderValue));
+		memset(&req->h_signature, 0, sizeof(WxpayHeaderValue));
+		memset(&req->h_serial, 0, sizeof(WxpayHeaderValue));
+		memset(&req->h_request_id, 0, sizeof(WxpayHeaderValue));
+		return n;
+	}
+	if (!wxpay_parse_header_line(ptr, n, &name, &namelen, &value, &valuelen))
+		return n;
+
+#define HEADER_IS(s) (namelen == strlen(s) && pg_strncasecmp(name, s, namelen) == 0)
+	if (HEADER_IS("Wechatpay-Timestamp"))
+		StoreHeader(&req->h_timestamp, value, valuelen);
+	else if (HEADER_IS("Wechatpay-Nonce"))
+		StoreHeader(&req->h_nonce, value, valuelen);
+	else if (HEADER_IS("Wechatpay-Signature"))
+		StoreHeader(&req->h_signature, value, valuelen);
+	else if (HEADER_IS("Wechatpay-Serial"))
+		StoreHeader(&req->h_serial, value, valuelen);
+	else if (HEADER_IS("Request-ID"))
+		StoreHeader(&req->h_request_id, value, valuelen);
+#undef HEADER_IS
+	return n;
+}
+
+/* The i-th pooled easy handle, with the options that never change. */
+static CURL *
+EasyGet(int i)
+{
+	CURL	   *e;
+
+	if (Multi == NULL)
+	{
+		Multi = curl_multi_init();
+		if (Multi == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl multi handle")));
+		curl_multi_setopt(Multi, CURLMOPT_SOCKETFUNCTION, SocketCallback);
+		curl_multi_setopt(Multi, CURLMOPT_TIMERFUNCTION, TimerCallback);
+		curl_multi_setopt(Multi, CURLMOPT_MAXCONNECTS, (long) MAX_EASY);
+	}
+	while (NEasy <= i)
+	{
+		e = curl_easy_init();
+		if (e == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+		Easy[NEasy++] = e;
+		curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+		curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+		curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "https");
+#else
+		curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long) CURLPROTO_HTTPS);
+		curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, (long) CURLPROTO_HTTPS);
+#endif
+		curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+		curl_easy_setopt(e, CURLOPT_PROXY, "");
+		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
+		curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+		curl_easy_setopt(e, CURLOPT_USERAGENT, wxpay_user_agent());
+		curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+						 (curl_off_t) WXPAY_MAX_RESPONSE_BYTES);
+		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCallback);
+		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, HeaderCallback);
+	}
+	return Easy[i];
+}
+
+/* Point an easy handle at req; *headers receives the list to free later. */
+static void
+RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
+{
+	struct curl_slist *h = NULL;
+	struct curl_slist *t;
+	struct curl_blob blob;
+
+	req->outcome = WXPAY_TRANSPORT_NOT_SENT;
+	req->curl_code = CURLE_OK;
+	req->errbuf[0] = '\0';
+	req->too_large = false;
+	req->timed_out = false;
+	req->status = 0;
+	req->resp_len = 0;
+	if (req->resp)
+		req->resp[0] = '\0';
+	memset(&req->h_timestamp, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_nonce, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_signature, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_serial, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_request_id, 0, sizeof(WxpayHeaderValue));
+	if (req->resp_cxt == NULL)
+		req->resp_cxt = CurrentMemoryContext;
+
+	/* curl_slist_append copies; a NULL return means out of memory */
+	if ((t = curl_slist_append(h, "Accept: application/json")) != NULL)
+		h = t;
+	if (t && strcmp(req->method, "POST") == 0 &&
+		(t = curl_slist_append(h, "Content-Type: application/json")) != NULL)
+		h = t;
+	if (t && (t = curl_slist_append(h, "Expect:")) != NULL)
+		h = t;
+	if (t && (t = curl_slist_append(h, req->authorization)) != NULL)
+		h = t;
+	*headers = h;
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+
+	curl_easy_setopt(easy, CURLOPT_URL, req->url);
+	if (strcmp(req->method, "POST") == 0)
+	{
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
+	}
+	else
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
+
+	if (req->ca_cert != NULL)
+	{
+		blob.data = unconstify(char *, req->ca_cert);
+		blob.len = req->ca_cert_len;
+		blob.flags = CURL_BLOB_COPY;
+		curl_easy_setopt(easy, CURLOPT_CAINFO_BLOB, &blob);
+	}
+	else
+		curl_easy_setopt(easy, CURLOPT_CAINFO_BLOB, NULL);
+
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) wxpay_connect_timeout);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) wxpay_request_timeout);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+}
+
+/* Record how a transfer ended. */
+static void
+RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
+{
+	long		reqsize = 0;
+
+	req->curl_code = rc;
+	curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &reqsize);
+	if (rc == CURLE_OK)
+	{
+		req->outcome = WXPAY_TRANSPORT_ANSWERED;
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+	}
+	else
+	{
+		req->outcome = (reqsize > 0) ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
+		req->timed_out = (rc == CURLE_OPERATION_TIMEDOUT);
+		if (rc == CURLE_FILESIZE_EXCEEDED)
+			req->too_large = true;
+		if (req->errbuf[0] == '\0')
+			strlcpy(req->errbuf, curl_easy_strerror(rc), sizeof(req->errbuf));
+	}
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+}
+
+/*
+ * Wait for socket activity, libcurl's timer or our latch, then let libcurl
+ * act.  Returns false when a cancel or termination request is pending.
+ * Never ereports while the WaitEventSet exists except from PostgreSQL
+ * itself, and the caller's PG_FINALLY frees CurrentWes in that case.
+ */
+static bool
+WaitOnce(void)
+{
+	WaitEvent	events[MAX_SOCKETS + 2];
+	long		timeout = TimerMs;
+	int			n;
+	int			running;
+	bool		socket_fired = false;
+
+	if (timeout != 0)
+	{
+		if (timeout < 0 || timeout > 1000)
+			timeout = 1000;		/* re-ask libcurl at least once a second */
+
+#if PG_VERSION_NUM >= 170000
+		CurrentWes = CreateWaitEventSet(NULL, NSockets + 2);
+#else
+		CurrentWes = CreateWaitEventSet(CurrentMemoryContext, NSockets + 2);
+#endif
+		AddWaitEventToSet(CurrentWes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(CurrentWes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		for (int i = 0; i < NSockets; i++)
+		{
+			uint32		ev = 0;
+
+			if (Sockets[i].what & CURL_POLL_IN)
+				ev |= WL_SOCKET_READABLE;
+			if (Sockets[i].what & CURL_POLL_OUT)
+				ev |= WL_SOCKET_WRITEABLE;
+			if (ev != 0)
+				AddWaitEventToSet(CurrentWes, ev, Sockets[i].fd, NULL, NULL);
+		}
+		n = WaitEventSetWait(CurrentWes, timeout, events, lengthof(events),
+							 PG_WAIT_EXTENSION);
+		FreeWaitEventSet(CurrentWes);
+		CurrentWes = NULL;
+
+		for (int i = 0; i < n; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			else if (events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+			{
+				int			flags = 0;
+
+				if (events[i].events & WL_SOCKET_READABLE)
+					flags |= CURL_CSELECT_IN;
+				if (events[i].events & WL_SOCKET_WRITEABLE)
+					flags |= CURL_CSELECT_OUT;
+				curl_multi_socket_action(Multi, events[i].fd, flags, &running);
+				socket_fired = true;
+			}
+		}
+	}
+
+	if (QueryCancelPending || ProcDiePending)
+		return false;
+
+	/* run libcurl's expired timers (a no-op when none is due) */
+	if (!socket_fired || TimerMs == 0)
+		curl_multi_socket_action(Multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	return true;
+}
+
+/*
+ * The transfer loop of wxpay_http_perform(): keep up to NSlots transfers
+ * in flight until all are done.  Returns false when interrupted.
+ */
+static bool
+PerformLoop(WxpayHttpRequest **reqs, int nreqs)
+{
+	int			next = 0;
+	int			active = 0;
+
+	for (;;)
+	{
+		CURLMsg    *msg;
+		int			left;
+
+		/* fill free slots */
+		for (int i = 0; i < NSlots && next < nreqs; i++)
+		{
+			CURLMcode	mc;
+
+			if (SlotRequest[i] != NULL)
+				continue;
+			RequestStart(Easy[i], reqs[next], &SlotHeaders[i]);
+			mc = curl_multi_add_handle(Multi, Easy[i]);
+			if (mc != CURLM_OK)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not start an HTTPS request"),
+						 errdetail_internal("libcurl: %s", curl_multi_strerror(mc))));
+			SlotRequest[i] = reqs[next++];
+			active++;
+		}
+
+		/* collect finished transfers */
+		while ((msg = curl_multi_info_read(Multi, &left)) != NULL)
+		{
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			for (int i = 0; i < NSlots; i++)
+			{
+				if (Easy[i] != msg->easy_handle || SlotRequest[i] == NULL)
+					continue;
+				RequestFinish(Easy[i], SlotRequest[i], msg->data.result);
+				curl_multi_remove_handle(Multi, Easy[i]);
+				curl_slist_free_all(SlotHeaders[i]);
+				SlotHeaders[i] = NULL;
+				SlotRequest[i] = NULL;
+				active--;
+				break;
+			}
+		}
+
+		if (active == 0 && next >= nreqs)
+			return true;
+		if (active > 0 && !WaitOnce())
+			return false;
+	}
+}
+
+/*
+ * Perform the requests, at most concurrency at a time, over kept-alive
+ * connections.  Each request's outcome is recorded in it; transport
+ * failures are not errors here.  A cancel or statement_timeout detaches
+ * every transfer and raises PostgreSQL's error.
+ */
+void
+wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
+{
+	volatile bool completed = false;
+
+	CHECK_FOR_INTERRUPTS();
+	if (nreqs <= 0)
+		return;
+	for (int i = 0; i < nreqs; i++)
+	{
+		reqs[i]->outcome = WXPAY_TRANSPORT_NOT_SENT;
+		reqs[i]->curl_code = CURLE_ABORTED_BY_CALLBACK;
+		strlcpy(reqs[i]->errbuf, "the request was not started", sizeof(reqs[i]->errbuf));
+	}
+	NSlots = Max(1, Min(Min(concurrency, MAX_EASY), nreqs));
+	for (int i = 0; i < NSlots; i++)
+	{
+		(void) EasyGet(i);
+		SlotHeaders[i] = NULL;
+		SlotRequest[i] = NULL;
+	}
+
+	PG_TRY();
+	{
+		completed = PerformLoop(reqs, nreqs);
+	}
+	PG_FINALLY();
+	{
+		if (CurrentWes != NULL)
+		{
+			FreeWaitEventSet(CurrentWes);
+			CurrentWes = NULL;
+		}
+		for (int i = 0; i < NSlots; i++)
+		{
+			if (SlotRequest[i] != NULL)
+			{
+				WxpayHttpRequest *req = SlotRequest[i];
+				long		reqsize = 0;
+
+				curl_easy_getinfo(Easy[i], CURLINFO_REQUEST_SIZE, &reqsize);
+				req->outcome = reqsize > 0 ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
+				req->curl_code = CURLE_ABORTED_BY_CALLBACK;
+				strlcpy(req->errbuf, "the request was canceled", sizeof(req->errbuf));
+				curl_easy_setopt(Easy[i], CURLOPT_ERRORBUFFER, NULL);
+				curl_multi_remove_handle(Multi, Easy[i]);
+				curl_easy_setopt(Easy[i], CURLOPT_HTTPHEADER, NULL);
+				SlotRequest[i] = NULL;
+			}
+			if (SlotHeaders[i] != NULL)
+			{
+				curl_slist_free_all(SlotHeaders[i]);
+				SlotHeaders[i] = NULL;
+			}
+		}
+		NSockets = 0;
+		TimerMs = -1;
+	}
+	PG_END_TRY();
+
+	/* raises 57014 (or FATAL for a termination request) */
+	if (!completed)
+		CHECK_FOR_INTERRUPTS();
+}
