@@ -10,7 +10,9 @@ HEADERS = $(wildcard src/*.h)
 # apart by name.
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 REGRESS = $(sort $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql))))
-REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
+REGRESS_OPTS = --inputdir=.
+TAP_TESTS = 1
+PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
 
 PG_CPPFLAGS += $(shell pkg-config --cflags libcurl openssl) -DWXPAY_VERSION='"$(EXTVERSION)"'
 # The server's headers are not -Wextra clean; treat them as system headers so

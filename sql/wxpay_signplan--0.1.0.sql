@@ -49,6 +49,38 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_config', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_platform_certificate', '');
 
 --
+-- PostgreSQL reports a NOT NULL or CHECK violation with the whole row in
+-- its DETAIL ("Failing row contains ..."), which would put the private key
+-- into the client's error and the server log.  This trigger runs before
+-- those checks and rejects such rows with messages that quote no column.
+--
+CREATE FUNCTION @extschema@.wxpay_config_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.name IS NULL OR NEW.mchid IS NULL OR NEW.serial_no IS NULL
+       OR NEW.private_key IS NULL OR NEW.base_url IS NULL THEN
+        RAISE EXCEPTION 'wxpay_config columns name, mchid, serial_no, private_key and base_url must not be null'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    IF lower(substr(NEW.base_url, 1, 8)) <> 'https://' THEN
+        RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_config_check() FROM PUBLIC;
+
+CREATE TRIGGER wxpay_config_check
+    BEFORE INSERT OR UPDATE ON @extschema@.wxpay_config
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.wxpay_config_check();
+
+--
 -- Every backend caches parsed keys.  Any change to the two tables sends a
 -- relcache invalidation for the table, which tells every backend to reload.
 --

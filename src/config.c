@@ -212,13 +212,14 @@ ConfigZeroFree(char *s)
 static void
 ConfigKeyFailed(const char *name, const char *what, WxpayKeyError *err)
 {
+	/* err->msg starts lower-case; a detail is a sentence */
+	err->msg[0] = pg_toupper((unsigned char) err->msg[0]);
 	if (err->lib[0])
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("wxpay configuration \"%s\" has an unusable %s", name, what),
-				 errdetail("%s.", err->msg),
 				 errdetail_internal("%s: %s.", err->msg, err->lib),
-				 errhint("Run wxpay_check_config('%s') or check the PEM text in wxpay_config.", name)));
+				 errhint("Store the PEM file's text exactly as downloaded from the merchant platform.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 			 errmsg("wxpay configuration \"%s\" has an unusable %s", name, what),

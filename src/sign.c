@@ -123,6 +123,23 @@ wxpay_load_private_key(const char *pem, size_t len, WxpayKeyError *err)
 		EVP_PKEY_free(pkey);
 		return NULL;
 	}
+
+	/*
+	 * A damaged PEM can still decode; check that the key's parts belong
+	 * together (n = p * q, e * d = 1) so that we never sign with it.
+	 */
+	{
+		EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pkey, NULL);
+		bool		ok = ctx != NULL && EVP_PKEY_pairwise_check(ctx) == 1;
+
+		EVP_PKEY_CTX_free(ctx);
+		if (!ok)
+		{
+			key_error(err, "the private key is damaged: its parts do not belong together");
+			EVP_PKEY_free(pkey);
+			return NULL;
+		}
+	}
 	return pkey;
 }
 

@@ -84,7 +84,7 @@ extern bool wxpay_is_hex(const char *s, size_t len);
 
 typedef struct WxpayKeyError
 {
-	char		msg[256];		/* our words: what is wrong */
+	char		msg[256];		/* our words: what is wrong (lower-case start) */
 	char		lib[256];		/* OpenSSL's words, for errdetail_internal */
 } WxpayKeyError;
 

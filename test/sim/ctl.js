@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+// test/sim/ctl.js: read the simulator's counters from SQL tests (psql `\!`
+// and backticks).  Prints one number.
+//   node test/sim/ctl.js requests            all /v3 requests so far
+//   node test/sim/ctl.js tls                 TLS connections so far
+//   node test/sim/ctl.js stops PLAN          successful stops of PLAN
+//   node test/sim/ctl.js attempts PLAN       stop requests for PLAN
+'use strict';
+const http = require('http');
+
+const [what, plan] = process.argv.slice(2);
+const base = process.env.WXPAY_SIM_CONTROL;
+if (!base || !what) {
+    console.error('usage: WXPAY_SIM_CONTROL=http://... ctl.js requests|tls|stops PLAN|attempts PLAN');
+    process.exit(2);
+}
+http.get(base + '/stats', (res) => {
+    let data = '';
+    res.on('data', (c) => { data += c; });
+    res.on('end', () => {
+        const s = JSON.parse(data);
+        const pick = {
+            requests: () => s.requests,
+            tls: () => s.tls_connections,
+            stops: () => s.stops[plan] || 0,
+            attempts: () => s.stop_attempts[plan] || 0,
+        }[what];
+        if (!pick) {
+            console.error('unknown counter ' + what);
+            process.exit(2);
+        }
+        console.log(String(pick()));
+    });
+}).on('error', (e) => {
+    console.error(e.message);
+    process.exit(1);
+});

@@ -1,0 +1,1182 @@
+#!/usr/bin/env node
+/*
+ * simulator.js: a strict WeChat Pay APIv3 simulator for the wxpay_signplan tests.
+ *
+ * It serves, over TLS on 127.0.0.1, the three endpoints the extension uses
+ * (stop a sign plan, query a sign plan, download platform certificates),
+ * verifies every request the way the platform does (headers, Authorization,
+ * timestamp window, nonce replay, RSA-SHA256 signature), signs every answer,
+ * and can inject faults (HTTP errors, broken signatures, broken bodies,
+ * broken transport) selected by plan number or through a plain-HTTP control
+ * server.  See README.md beside this file for the contract.
+ *
+ * Only Node.js built-in modules are used.  Nothing but the READY line is ever
+ * written to stdout; --verbose logs to stderr.
+ */
+'use strict';
+
+const crypto = require('crypto');
+const fs = require('fs');
+const http = require('http');
+const https = require('https');
+const path = require('path');
+
+/* ------------------------------------------------------------------------ */
+/* Command line */
+
+function usage(msg) {
+    if (msg)
+        process.stderr.write(`simulator: ${msg}\n`);
+    process.stderr.write('usage: node simulator.js --pki DIR [--latency-ms N] [--tls-cert NAME] [--verbose]\n');
+    process.exit(2);
+}
+
+function parseArgs(argv) {
+    const opts = { pki: null, latencyMs: 0, tlsCert: 'server', verbose: false };
+    for (let i = 0; i < argv.length; i++) {
+        const a = argv[i];
+        const next = () => {
+            if (i + 1 >= argv.length)
+                usage(`${a} needs a value`);
+            return argv[++i];
+        };
+        if (a === '--pki')
+            opts.pki = next();
+        else if (a === '--latency-ms') {
+            const v = next();
+            if (!/^[0-9]+$/.test(v))
+                usage('--latency-ms must be a non-negative integer');
+            opts.latencyMs = Number(v);
+        } else if (a === '--tls-cert') {
+            opts.tlsCert = next();
+            if (!/^[A-Za-z0-9_.-]+$/.test(opts.tlsCert))
+                usage('--tls-cert must be a file name stem like "server"');
+        } else if (a === '--verbose')
+            opts.verbose = true;
+        else if (a === '--help' || a === '-h')
+            usage();
+        else
+            usage(`unknown argument "${a}"`);
+    }
+    if (!opts.pki)
+        usage('--pki DIR is required');
+    return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+
+function log(...args) {
+    if (opts.verbose)
+        process.stderr.write(`simulator: ${args.join(' ')}\n`);
+}
+
+/* ------------------------------------------------------------------------ */
+/* PKI */
+
+function readPki(name) {
+    return fs.readFileSync(path.join(opts.pki, name));
+}
+
+function readLine(name) {
+    return readPki(name).toString('utf8').trim();
+}
+
+/* RFC 3339 with a +08:00 offset (China Standard Time), no fractional part. */
+function rfc3339Cst(date) {
+    const shifted = new Date(date.getTime() + 8 * 3600 * 1000);
+    return shifted.toISOString().slice(0, 19) + '+08:00';
+}
+
+function loadPlatformCert(name) {
+    const pem = readPki(`${name}.crt`);
+    const x509 = new crypto.X509Certificate(pem);
+    let serial;
+    try {
+        serial = readLine(`${name}_serial.txt`).toUpperCase();
+    } catch (e) {
+        serial = x509.serialNumber.toUpperCase();
+    }
+    return {
+        name,
+        pem: pem.toString('utf8'),
+        key: crypto.createPrivateKey(readPki(`${name}.key`)),
+        serial,
+        effectiveTime: rfc3339Cst(new Date(x509.validFrom)),
+        expireTime: rfc3339Cst(new Date(x509.validTo)),
+    };
+}
+
+let pki;
+try {
+    const merchantCert = new crypto.X509Certificate(readPki('merchant.crt'));
+    pki = {
+        tlsKey: readPki(`${opts.tlsCert}.key`),
+        tlsCert: readPki(`${opts.tlsCert}.crt`),
+        merchantPublicKey: merchantCert.publicKey,
+        merchantSerial: readLine('merchant_serial.txt').toUpperCase(),
+        platformPubKey: crypto.createPrivateKey(readPki('platform_pub.key')),
+        pubKeyId: readLine('pub_key_id.txt'),
+        apiv3Key: Buffer.from(readLine('apiv3_key.txt'), 'ascii'),
+        platformCerts: {},
+    };
+    for (const name of ['platform_cert', 'platform_cert2', 'platform_cert_expired']) {
+        if (fs.existsSync(path.join(opts.pki, `${name}.crt`)))
+            pki.platformCerts[name] = loadPlatformCert(name);
+    }
+    if (!pki.platformCerts.platform_cert)
+        throw new Error('platform_cert.crt is missing');
+    if (pki.apiv3Key.length !== 32)
+        throw new Error('apiv3_key.txt must hold exactly 32 characters');
+} catch (e) {
+    process.stderr.write(`simulator: cannot load PKI from "${opts.pki}": ${e.message}\n`);
+    process.exit(1);
+}
+
+const MERCHANTS = {
+    '1900000001': { mchid: '1900000001', mode: 'pubkey' },
+    '1900000002': { mchid: '1900000002', mode: 'cert' },
+};
+/* Signs answers whose merchant could not be identified. */
+const DEFAULT_MERCHANT = MERCHANTS['1900000001'];
+
+/* ------------------------------------------------------------------------ */
+/* State (everything POST /reset clears) */
+
+function defaultSettings() {
+    return {
+        latency_ms: opts.latencyMs,
+        signing_cert: 'platform_cert',
+        certificates: ['platform_cert'],
+    };
+}
+
+let state;
+
+function resetState() {
+    state = {
+        settings: defaultSettings(),
+        plans: new Map(),          /* plan no -> { stopped, stop_reason } */
+        nonces: new Set(),
+        ridCounters: new Map(),    /* Request-ID key -> n */
+        faults: [],                /* { plan, fault, times } */
+        requestLog: [],
+        stats: {
+            tls_connections: 0,
+            requests: 0,
+            stops: {},
+            stop_attempts: {},
+            queries: {},
+            certificate_downloads: 0,
+        },
+    };
+}
+resetState();
+
+const REQUEST_LOG_MAX = 200;
+const REQUEST_BODY_MAX = 4 * 1024 * 1024;
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers */
+
+const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+function randomAlnum(n) {
+    let out = '';
+    while (out.length < n) {
+        for (const b of crypto.randomBytes(n * 2)) {
+            if (b < 248 && out.length < n)   /* 248 = 4 * 62: no modulo bias */
+                out += ALNUM[b % 62];
+        }
+    }
+    return out;
+}
+
+function sha256hex(s) {
+    return crypto.createHash('sha256').update(s, 'utf8').digest('hex');
+}
+
+function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function bump(obj, key) {
+    obj[key] = (obj[key] || 0) + 1;
+}
+
+function nowSeconds() {
+    return Math.floor(Date.now() / 1000);
+}
+
+function isStrictBase64(s) {
+    return s.length > 0 && s.length % 4 === 0 && /^[A-Za-z0-9+/]+={0,2}$/.test(s);
+}
+
+const PLAN_BASE = '/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/';
+const PLAN_NO_RE = /^[0-9A-Za-z_*-]{1,32}$/;
+const FAULT_PLAN_RE = /^fault-([a-z0-9_]+)(?:-.*)?$/;
+
+/* What a path is, before any verification: used for counters and Request-ID. */
+function classifyPath(pathname) {
+    if (pathname === '/v3/certificates')
+        return { kind: 'certificates' };
+    if (pathname.startsWith(PLAN_BASE)) {
+        const rest = pathname.slice(PLAN_BASE.length);
+        let m = /^([^/]*)\/stop$/.exec(rest);
+        if (m)
+            return { kind: 'stop', rawNo: m[1] };
+        m = /^([^/]*)$/.exec(rest);
+        if (m)
+            return { kind: 'query', rawNo: m[1] };
+    }
+    return { kind: 'unknown' };
+}
+
+function decodePlanNo(raw) {
+    try {
+        return decodeURIComponent(raw);
+    } catch (e) {
+        return null;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Faults */
+
+const FAULTS = new Set([
+    'http400', 'http403', 'http404', 'http429', 'http500',
+    'http500_html', 'http502_html', 'http503_html', 'http500_empty',
+    'http400_nocode', 'http400_text',
+    'stall', 'trickle', 'reset', 'reset_midbody', 'truncated_chunked',
+    'bad_signature', 'probe', 'bad_base64',
+    'missing_timestamp', 'missing_nonce', 'missing_signature', 'missing_serial',
+    'dup_signature', 'unknown_serial', 'stale_timestamp', 'future_timestamp',
+    'empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge',
+    'slow_ok', 'stop_then_500', 'stop_then_reset',
+    'tampered_ciphertext', 'tampered_tag',
+]);
+const CERT_ONLY_FAULTS = new Set(['tampered_ciphertext', 'tampered_tag']);
+const SIGNATURE_FAULTS = new Set([
+    'bad_signature', 'probe', 'bad_base64', 'missing_timestamp', 'missing_nonce',
+    'missing_signature', 'missing_serial', 'dup_signature', 'unknown_serial',
+    'stale_timestamp', 'future_timestamp',
+]);
+
+/*
+ * Pick the fault for a verified request: an injected one for this plan key
+ * first, then an injected "*" one, then one named by the plan number.
+ * Injected faults that do not apply to the endpoint are left in place.
+ */
+function takeFault(planKey, isCertificates) {
+    const applies = (f) => !CERT_ONLY_FAULTS.has(f.fault) || isCertificates;
+    for (const wanted of [planKey, '*']) {
+        const idx = state.faults.findIndex((f) => f.plan === wanted && applies(f));
+        if (idx >= 0) {
+            const f = state.faults[idx];
+            if (--f.times <= 0)
+                state.faults.splice(idx, 1);
+            return { name: f.fault, injected: true };
+        }
+    }
+    if (!isCertificates) {
+        const m = FAULT_PLAN_RE.exec(planKey);
+        if (m)
+            return { name: m[1], injected: false };
+    }
+    return null;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Answers */
+
+/*
+ * An answer is { status, body (Buffer), contentType, signed, sigFault }.
+ * send() adds Request-ID, the Wechatpay-* headers (when signed) and writes it.
+ */
+function jsonAnswer(status, obj, extra) {
+    return Object.assign({
+        status,
+        body: Buffer.from(JSON.stringify(obj), 'utf8'),
+        contentType: 'application/json',
+        signed: true,
+    }, extra || {});
+}
+
+function errorAnswer(status, code, message, detail) {
+    const obj = { code, message };
+    if (detail !== undefined)
+        obj.detail = detail;
+    return jsonAnswer(status, obj);
+}
+
+function signerFor(merchant) {
+    if (merchant.mode === 'pubkey')
+        return { key: pki.platformPubKey, serial: pki.pubKeyId };
+    const c = pki.platformCerts[state.settings.signing_cert];
+    return { key: c.key, serial: c.serial };
+}
+
+function rsaSign(key, data) {
+    return crypto.sign('sha256', data, { key, padding: crypto.constants.RSA_PKCS1_PADDING }).toString('base64');
+}
+
+function signatureHeaders(merchant, body, sigFault) {
+    const signer = signerFor(merchant);
+    let ts = nowSeconds();
+    if (sigFault === 'stale_timestamp')
+        ts -= 600;
+    else if (sigFault === 'future_timestamp')
+        ts += 600;
+    const nonce = randomAlnum(32);
+    const message = (b) => Buffer.concat([Buffer.from(`${ts}\n${nonce}\n`, 'utf8'), b, Buffer.from('\n')]);
+    const good = rsaSign(signer.key, message(body));
+    const other = () => rsaSign(signer.key, message(Buffer.from('{"tampered":true}', 'utf8')));
+
+    const h = {
+        'Wechatpay-Timestamp': String(ts),
+        'Wechatpay-Nonce': nonce,
+        'Wechatpay-Serial': signer.serial,
+        'Wechatpay-Signature': good,
+    };
+    switch (sigFault) {
+        case 'bad_signature':
+            h['Wechatpay-Signature'] = other();
+            break;
+        case 'probe':
+            h['Wechatpay-Signature'] = 'WECHATPAY/SIGNTEST/' + crypto.randomBytes(256).toString('base64');
+            break;
+        case 'bad_base64':
+            h['Wechatpay-Signature'] = '!!!notbase64***';
+            break;
+        case 'missing_timestamp':
+            delete h['Wechatpay-Timestamp'];
+            break;
+        case 'missing_nonce':
+            delete h['Wechatpay-Nonce'];
+            break;
+        case 'missing_signature':
+            delete h['Wechatpay-Signature'];
+            break;
+        case 'missing_serial':
+            delete h['Wechatpay-Serial'];
+            break;
+        case 'dup_signature':
+            h['Wechatpay-Signature'] = [good, other()];
+            break;
+        case 'unknown_serial':
+            h['Wechatpay-Serial'] = merchant.mode === 'pubkey'
+                ? 'PUB_KEY_ID_' + crypto.randomInt(1e9, 1e10 - 1) + crypto.randomInt(1e9, 1e10 - 1)
+                : crypto.randomBytes(20).toString('hex').toUpperCase().replace(/^[0-9A-F]/, '5');
+            break;
+        default:
+            break;
+    }
+    return h;
+}
+
+function requestId(ctx, status) {
+    const suffix = status >= 200 && status < 300 ? '0' : String(status);
+    return `${ctx.ridHex}-${suffix}`;
+}
+
+function buildHeaders(ctx, answer) {
+    const headers = { 'Request-ID': requestId(ctx, answer.status) };
+    if (answer.contentType)
+        headers['Content-Type'] = answer.contentType;
+    if (answer.signed)
+        Object.assign(headers, signatureHeaders(ctx.merchant || DEFAULT_MERCHANT, answer.body, answer.sigFault));
+    return headers;
+}
+
+function noteStatus(ctx, status) {
+    if (ctx.entry)
+        ctx.entry.answer_status = status;
+}
+
+function send(ctx, answer) {
+    const { res } = ctx;
+    if (res.destroyed || res.writableEnded)
+        return;
+    const headers = buildHeaders(ctx, answer);
+    headers['Content-Length'] = String(answer.body.length);
+    for (const [k, v] of Object.entries(headers))
+        res.setHeader(k, v);
+    res.statusCode = answer.status;
+    noteStatus(ctx, answer.status);
+    res.end(answer.body);
+    log(`${ctx.req.method} ${ctx.req.url} -> ${answer.status}${ctx.fault ? ` (fault ${ctx.fault})` : ''}`);
+}
+
+/* Headers sent with a Content-Length, then one byte every 200 ms. */
+function sendTrickle(ctx, answer) {
+    const { res, req } = ctx;
+    const headers = buildHeaders(ctx, answer);
+    headers['Content-Length'] = String(answer.body.length);
+    res.writeHead(answer.status, headers);
+    res.flushHeaders();
+    req.socket.setNoDelay(true);
+    noteStatus(ctx, answer.status);
+    let pos = 0;
+    const timer = setInterval(() => {
+        if (res.destroyed || req.socket.destroyed) {
+            clearInterval(timer);
+            return;
+        }
+        if (pos + 1 >= answer.body.length) {
+            clearInterval(timer);
+            res.end(answer.body.subarray(pos));
+            return;
+        }
+        res.write(answer.body.subarray(pos, pos + 1));
+        pos++;
+    }, 200);
+    req.socket.on('close', () => clearInterval(timer));
+}
+
+/* Headers with a Content-Length and half of the body, then the socket dies. */
+function sendResetMidbody(ctx, answer) {
+    const { res, req } = ctx;
+    const headers = buildHeaders(ctx, answer);
+    headers['Content-Length'] = String(answer.body.length);
+    res.writeHead(answer.status, headers);
+    noteStatus(ctx, answer.status);
+    const half = answer.body.subarray(0, Math.floor(answer.body.length / 2));
+    res.write(half, () => setTimeout(() => req.socket.destroy(), 50));
+}
+
+/* A chunked answer whose first chunk announces more than is sent. */
+function sendTruncatedChunked(ctx, answer) {
+    const { req } = ctx;
+    const headers = buildHeaders(ctx, answer);
+    headers['Transfer-Encoding'] = 'chunked';
+    let head = `HTTP/1.1 ${answer.status} ${http.STATUS_CODES[answer.status] || 'Unknown'}\r\n`;
+    head += `Date: ${new Date().toUTCString()}\r\nConnection: keep-alive\r\n`;
+    for (const [k, v] of Object.entries(headers))
+        head += `${k}: ${v}\r\n`;
+    head += '\r\n';
+    const announced = answer.body.length + 100;
+    const sent = answer.body.subarray(0, Math.floor(answer.body.length / 2));
+    noteStatus(ctx, answer.status);
+    /* Write on the socket directly: Node's own chunked encoder is bypassed. */
+    req.socket.write(Buffer.concat([
+        Buffer.from(head, 'latin1'),
+        Buffer.from(announced.toString(16) + '\r\n', 'latin1'),
+        sent,
+    ]), () => setTimeout(() => req.socket.destroy(), 50));
+}
+
+function destroyNow(ctx) {
+    noteStatus(ctx, null);
+    ctx.req.socket.destroy();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Request verification (steps 1 to 3) */
+
+function mediaTypes(value) {
+    return String(value || '').split(',').map((p) => p.split(';')[0].trim().toLowerCase());
+}
+
+const AUTH_SCHEME = 'WECHATPAY2-SHA256-RSA2048 ';
+const AUTH_KEYS = ['mchid', 'nonce_str', 'signature', 'timestamp', 'serial_no'];
+
+/* Parse the Authorization parameters; returns an object or an error string. */
+function parseAuthorization(value) {
+    if (!value.startsWith(AUTH_SCHEME))
+        return 'Authorization must start with "WECHATPAY2-SHA256-RSA2048 "';
+    const rest = value.slice(AUTH_SCHEME.length);
+    const pairRe = /^([a-z_]+)="([^"]*)"/;
+    const params = {};
+    let pos = 0;
+    for (;;) {
+        const m = pairRe.exec(rest.slice(pos));
+        if (!m)
+            return `malformed Authorization parameter at offset ${pos}`;
+        const [whole, key, val] = m;
+        if (!AUTH_KEYS.includes(key))
+            return `unknown Authorization parameter "${key}"`;
+        if (Object.prototype.hasOwnProperty.call(params, key))
+            return `duplicate Authorization parameter "${key}"`;
+        params[key] = val;
+        pos += whole.length;
+        if (pos === rest.length)
+            break;
+        if (rest[pos] !== ',')
+            return `malformed Authorization: expected "," at offset ${pos}`;
+        pos++;
+    }
+    for (const key of AUTH_KEYS) {
+        if (!Object.prototype.hasOwnProperty.call(params, key))
+            return `Authorization lacks "${key}"`;
+    }
+    return params;
+}
+
+/*
+ * Steps 1 to 3.  Returns null when the request is authentic (ctx.merchant is
+ * set), or the error answer.  Records the nonce of authentic requests.
+ */
+function verifyRequest(ctx) {
+    const { req, body } = ctx;
+    const h = req.headers;
+
+    /* Best effort: sign error answers for the merchant the request names. */
+    const authAll = req.headersDistinct.authorization || [];
+    const mchGuess = /mchid="([^"]*)"/.exec(authAll[0] || '');
+    ctx.merchant = (mchGuess && MERCHANTS[mchGuess[1]]) || DEFAULT_MERCHANT;
+
+    /* 1. Plain headers. */
+    if (!h['user-agent'] || !h['user-agent'].trim())
+        return errorAnswer(400, 'INVALID_REQUEST', 'HTTP header User-Agent is missing or empty');
+    if (!mediaTypes(h.accept).includes('application/json'))
+        return errorAnswer(400, 'INVALID_REQUEST', 'HTTP header Accept must include application/json');
+    if (req.method === 'POST') {
+        const ct = req.headersDistinct['content-type'] || [];
+        if (ct.length !== 1 || mediaTypes(ct[0]).length !== 1 || mediaTypes(ct[0])[0] !== 'application/json')
+            return errorAnswer(400, 'INVALID_REQUEST', 'HTTP header Content-Type must be application/json (exactly once)');
+    }
+
+    /* 2. Authorization. */
+    if (authAll.length === 0)
+        return errorAnswer(401, 'SIGN_ERROR', 'HTTP header Authorization is missing');
+    if (authAll.length > 1)
+        return errorAnswer(401, 'SIGN_ERROR', 'HTTP header Authorization appears more than once');
+    const auth = parseAuthorization(authAll[0]);
+    if (typeof auth === 'string')
+        return errorAnswer(401, 'SIGN_ERROR', auth);
+    const merchant = MERCHANTS[auth.mchid];
+    if (!merchant)
+        return errorAnswer(401, 'SIGN_ERROR', `merchant "${auth.mchid}" does not exist`);
+    ctx.merchant = merchant;
+    if (auth.serial_no.toUpperCase() !== pki.merchantSerial)
+        return errorAnswer(401, 'SIGN_ERROR',
+            `merchant certificate serial number is wrong: "${auth.serial_no}" is not the merchant API certificate serial number`);
+    if (!/^[0-9A-Za-z]{32}$/.test(auth.nonce_str))
+        return errorAnswer(401, 'SIGN_ERROR', 'nonce_str must be 32 characters from [0-9A-Za-z]');
+    if (!/^[0-9]{1,12}$/.test(auth.timestamp))
+        return errorAnswer(401, 'SIGN_ERROR', 'timestamp must be decimal Unix seconds');
+    if (Math.abs(nowSeconds() - Number(auth.timestamp)) > 300)
+        return errorAnswer(401, 'SIGN_ERROR', 'timestamp is more than 300 seconds away from the server time');
+    if (state.nonces.has(auth.nonce_str))
+        return errorAnswer(401, 'SIGN_ERROR', 'nonce_str has been used before: request replay');
+
+    /* 3. Signature. */
+    const signMessage = Buffer.concat([
+        Buffer.from(`${req.method}\n${req.url}\n${auth.timestamp}\n${auth.nonce_str}\n`, 'utf8'),
+        body,
+        Buffer.from('\n', 'utf8'),
+    ]);
+    let ok = false;
+    if (isStrictBase64(auth.signature)) {
+        try {
+            ok = crypto.verify('sha256', signMessage,
+                { key: pki.merchantPublicKey, padding: crypto.constants.RSA_PKCS1_PADDING },
+                Buffer.from(auth.signature, 'base64'));
+        } catch (e) {
+            ok = false;
+        }
+    }
+    if (!ok) {
+        return errorAnswer(401, 'SIGN_ERROR', 'signature verification failed', {
+            sign_information: {
+                method: req.method,
+                url: req.url,
+                truncated_sign_message: signMessage.toString('utf8'),
+                sign_message_length: signMessage.length,
+            },
+        });
+    }
+    state.nonces.add(auth.nonce_str);
+    return null;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing and body validation (steps 4 and 5) */
+
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function validateStopBody(body) {
+    let text;
+    try {
+        text = utf8Strict.decode(body);
+    } catch (e) {
+        return 'request body is not valid UTF-8';
+    }
+    let obj;
+    try {
+        obj = JSON.parse(text);
+    } catch (e) {
+        return 'request body is not valid JSON';
+    }
+    if (obj === null)
+        return 'request body must be a JSON object, not null';
+    if (typeof obj !== 'object' || Array.isArray(obj))
+        return 'request body must be a JSON object';
+    for (const k of Object.keys(obj)) {
+        if (k !== 'stop_reason')
+            return `unknown field "${k}" in request body`;
+    }
+    if (!Object.prototype.hasOwnProperty.call(obj, 'stop_reason'))
+        return 'stop_reason is required';
+    const r = obj.stop_reason;
+    if (r === null)
+        return 'stop_reason must not be null';
+    if (typeof r !== 'string')
+        return 'stop_reason must be a string';
+    if (/[\uD800-\uDFFF]/.test(r.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, '')))
+        return 'stop_reason contains an invalid (unpaired surrogate) character';
+    const cps = Array.from(r);
+    if (cps.length < 1 || cps.length > 128)
+        return `stop_reason must be 1 to 128 characters long, got ${cps.length}`;
+    if (cps.some((c) => c.codePointAt(0) > 0xFFFF))
+        return 'stop_reason contains a character that needs 4 bytes in UTF-8, which is not supported';
+    return { stop_reason: r };
+}
+
+/* Returns { route, planNo?, stopReason? } or { error: answer }. */
+function routeRequest(ctx) {
+    const { req } = ctx;
+    const c = ctx.cls;
+    if (c.kind === 'unknown')
+        return { error: errorAnswer(404, 'NOT_FOUND', 'the requested resource does not exist') };
+    const allowed = c.kind === 'stop' ? 'POST' : 'GET';
+    if (req.method !== allowed) {
+        const a = errorAnswer(405, 'METHOD_NOT_ALLOWED', `method ${req.method} is not allowed here; use ${allowed}`);
+        a.extraHeaders = { Allow: allowed };
+        return { error: a };
+    }
+    if (c.kind === 'certificates')
+        return { route: 'certificates' };
+    const no = decodePlanNo(c.rawNo);
+    if (no === null || !PLAN_NO_RE.test(no))
+        return { error: errorAnswer(400, 'PARAM_ERROR', 'merchant_sign_plan_no must be 1 to 32 characters from [0-9A-Za-z_*-]') };
+    if (c.kind === 'query')
+        return { route: 'query', planNo: no };
+    const v = validateStopBody(ctx.body);
+    if (typeof v === 'string')
+        return { error: errorAnswer(400, 'PARAM_ERROR', v) };
+    return { route: 'stop', planNo: no, stopReason: v.stop_reason };
+}
+
+/* ------------------------------------------------------------------------ */
+/* Plans */
+
+const STOP_TIME = '2026-01-15T10:20:30.120+08:00';
+
+function getPlan(no) {
+    if (no.startsWith('notfound'))
+        return null;
+    let p = state.plans.get(no);
+    if (!p) {
+        p = { stopped: false, stop_reason: '' };
+        state.plans.set(no, p);
+    }
+    return p;
+}
+
+/* Stops an active plan; returns false if it was already stopped. */
+function doStop(no, plan, reason) {
+    if (plan.stopped)
+        return false;
+    plan.stopped = true;
+    plan.stop_reason = reason;
+    bump(state.stats.stops, no);
+    return true;
+}
+
+function planObject(no, plan, merchant) {
+    const stopped = plan.stopped;
+    const big = no.startsWith('big');
+    const detail = (n, st, orderId, use, complete, cancel) => ({
+        plan_detail_no: n,
+        plan_detail_state: st,
+        original_price: 10000,
+        actual_price: 9000,
+        plan_discount_description: '10% off',
+        order_id: orderId,
+        merchant_plan_detail_no: `MPD-${n}`,
+        plan_detail_name: `Month ${n}`,
+        actual_pay_price: 9000,
+        use_time: use,
+        complete_time: complete,
+        cancel_time: cancel,
+    });
+    /* Deliberately not in documentation order, with an unknown key. */
+    const o = {
+        merchant_sign_plan_no: no,
+        sign_state: stopped ? 'SIGN_PLAN_CANCEL' : 'SIGNED',
+        total_actual_price: big ? 8100000000000 : 27000,
+        sign_plan_id: 'SP' + sha256hex(no).slice(0, 30).toUpperCase(),
+        mchid: merchant.mchid,
+        future_field: { x: 1 },
+        openid: 'oUpF8uMuAJO_M2pxb1Q9zNjWeS6o',
+        cancel_reason: stopped ? plan.stop_reason : '',
+        service_id: '500001',
+        going_detail_no: 2,
+        signed_detail_list: [
+            detail(1, 'USED', `ORD-${no}-1`, '2025-12-15T09:00:05+08:00', '2025-12-15T09:01:00.5+08:00', ''),
+            detail(2, 'USING', `ORD-${no}-2`, '2026-01-01T00:00:00+08:00', '', ''),
+            detail(3, stopped ? 'SIGN_PLAN_DETAIL_CANCEL' : 'NOT_USED', '', '', '', stopped ? STOP_TIME : ''),
+        ],
+        appid: 'wxd678efh567hg6787',
+        cancel_sign_type: stopped ? 'MERCHANT' : 'NOT_CANCEL',
+        plan_name: 'Monthly plan',
+        sign_time: '2025-12-15T09:00:00Z',
+        merchant_callback_url: 'https://merchant.example.com/wxpay/notify',
+        total_origin_price: big ? 9000000000000 : 30000,
+        cancel_sign_time: stopped ? STOP_TIME : '',
+        plan_id: '10001',
+        deduction_quantity: 3,
+        plan_over_time: '2027-01-15T10:20:30+08:00',
+    };
+    if (no.startsWith('nodetails')) {
+        delete o.signed_detail_list;
+        delete o.openid;
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Certificates */
+
+function certificatesObject(fault) {
+    const data = [];
+    for (const name of state.settings.certificates) {
+        const c = pki.platformCerts[name];
+        const nonce = randomAlnum(12);
+        const cipher = crypto.createCipheriv('aes-256-gcm', pki.apiv3Key, Buffer.from(nonce, 'ascii'));
+        cipher.setAAD(Buffer.from('certificate', 'ascii'));
+        const enc = Buffer.concat([cipher.update(c.pem, 'utf8'), cipher.final(), cipher.getAuthTag()]);
+        if (fault === 'tampered_ciphertext')
+            enc[0] ^= 0x01;
+        else if (fault === 'tampered_tag')
+            enc[enc.length - 1] ^= 0x01;
+        data.push({
+            serial_no: c.serial,
+            effective_time: c.effectiveTime,
+            expire_time: c.expireTime,
+            encrypt_certificate: {
+                algorithm: 'AEAD_AES_256_GCM',
+                nonce,
+                associated_data: 'certificate',
+                ciphertext: enc.toString('base64'),
+            },
+        });
+    }
+    return { data };
+}
+
+/* ------------------------------------------------------------------------ */
+/* The normal outcome of a routed, verified request */
+
+/*
+ * Performs the operation (may change state) and returns the answer, plus
+ * the object that was serialised (for body faults).
+ */
+function perform(ctx, r, fault) {
+    if (r.route === 'certificates') {
+        if (ctx.merchant.mode === 'pubkey')
+            return { answer: errorAnswer(404, 'RESOURCE_NOT_EXISTS', 'no platform certificates for public key mode merchants') };
+        const obj = certificatesObject(fault);
+        return { answer: jsonAnswer(200, obj), obj };
+    }
+    const plan = getPlan(r.planNo);
+    if (!plan)
+        return { answer: errorAnswer(404, 'RESOURCE_NOT_EXISTS', 'sign plan does not exist') };
+    if (r.route === 'stop' && !doStop(r.planNo, plan, r.stopReason))
+        return { answer: errorAnswer(400, 'INVALID_REQUEST', 'sign plan has already been stopped'), plan };
+    const obj = planObject(r.planNo, plan, ctx.merchant);
+    return { answer: jsonAnswer(200, obj), obj, plan };
+}
+
+function nestedBody() {
+    const depth = 100000;
+    return Buffer.from('{"x":' + '['.repeat(depth) + ']'.repeat(depth) + '}', 'utf8');
+}
+
+/* Body faults: always a signed 200 with a broken or unusual body. */
+function bodyFaultAnswer(ctx, r, fault, performed) {
+    switch (fault) {
+        case 'empty_200':
+            return { status: 200, body: Buffer.alloc(0), contentType: 'application/json', signed: true };
+        case 'not_json':
+            return { status: 200, body: Buffer.from('this is not json'), contentType: 'application/json', signed: true };
+        case 'json_array':
+            return { status: 200, body: Buffer.from('[1,2,3]'), contentType: 'application/json', signed: true };
+        case 'deep_nesting':
+            return { status: 200, body: nestedBody(), contentType: 'application/json', signed: true };
+        case 'wrong_types':
+        case 'huge': {
+            let obj;
+            if (r.route === 'certificates')
+                obj = performed.obj || certificatesObject(null);
+            else
+                obj = planObject(r.planNo, performed.plan || { stopped: false, stop_reason: '' }, ctx.merchant);
+            obj = JSON.parse(JSON.stringify(obj));
+            if (fault === 'wrong_types') {
+                if (r.route === 'certificates') {
+                    for (const d of obj.data) {
+                        d.serial_no = 1.5;
+                        d.effective_time = 12345;
+                    }
+                } else {
+                    obj.going_detail_no = 'two';
+                    obj.total_origin_price = 1.5;
+                    obj.sign_time = 12345;
+                }
+            } else {
+                obj.padding = 'A'.repeat(3 * 1024 * 1024);
+            }
+            return jsonAnswer(200, obj);
+        }
+        default:
+            throw new Error(`not a body fault: ${fault}`);
+    }
+}
+
+const HTTP_ERROR_FAULTS = {
+    http400: [400, 'PARAM_ERROR', 'simulated parameter error'],
+    http403: [403, 'NO_AUTH', 'simulated: merchant has no permission for this operation'],
+    http404: [404, 'RESOURCE_NOT_EXISTS', 'simulated: resource does not exist'],
+    http429: [429, 'FREQUENCY_LIMITED', 'simulated: too many requests, slow down'],
+    http500: [500, 'SYSTEM_ERROR', 'simulated system error, retry later'],
+};
+const HTML_FAULTS = {
+    http500_html: [500, '500 Internal Server Error'],
+    http502_html: [502, '502 Bad Gateway'],
+    http503_html: [503, '503 Service Temporarily Unavailable'],
+};
+
+/* ------------------------------------------------------------------------ */
+/* The /v3 request handler */
+
+function requestLogEntry(req, body) {
+    const headers = {};
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        const k = req.rawHeaders[i].toLowerCase();
+        const v = req.rawHeaders[i + 1];
+        headers[k] = Object.prototype.hasOwnProperty.call(headers, k) ? `${headers[k]}, ${v}` : v;
+    }
+    return {
+        method: req.method,
+        path: req.url,
+        headers,
+        body: body.toString('utf8'),
+        verified: false,
+        answer_status: null,
+    };
+}
+
+async function handleV3(req, res, body) {
+    const pathname = req.url.split('?')[0];
+    const cls = classifyPath(pathname);
+    const ctx = { req, res, body, cls, merchant: null, fault: null, entry: null };
+
+    /* Counters, at arrival, whatever the outcome. */
+    const st = state.stats;
+    st.requests++;
+    let ridKey = pathname;
+    if (cls.kind === 'stop' || cls.kind === 'query') {
+        const no = decodePlanNo(cls.rawNo);
+        if (no !== null && no !== '')
+            ridKey = no;
+        if (cls.kind === 'stop' && req.method === 'POST')
+            bump(st.stop_attempts, ridKey);
+        else if (cls.kind === 'query' && req.method === 'GET')
+            bump(st.queries, ridKey);
+    } else if (cls.kind === 'certificates' && req.method === 'GET') {
+        st.certificate_downloads++;
+    }
+    const n = (state.ridCounters.get(ridKey) || 0) + 1;
+    state.ridCounters.set(ridKey, n);
+    ctx.ridHex = sha256hex(`${ridKey}|${n}`).slice(0, 32);
+
+    ctx.entry = requestLogEntry(req, body);
+    state.requestLog.push(ctx.entry);
+    if (state.requestLog.length > REQUEST_LOG_MAX)
+        state.requestLog.shift();
+
+    const latency = state.settings.latency_ms;
+    const finish = async (answer) => {
+        if (latency > 0)
+            await sleep(latency);
+        if (answer.extraHeaders) {
+            for (const [k, v] of Object.entries(answer.extraHeaders))
+                res.setHeader(k, v);
+        }
+        send(ctx, answer);
+    };
+
+    /* Steps 1 to 3. */
+    const authError = verifyRequest(ctx);
+    if (authError)
+        return finish(authError);
+    ctx.entry.verified = true;
+
+    /* Steps 4 and 5. */
+    const r = routeRequest(ctx);
+    if (r.error)
+        return finish(r.error);
+
+    /* Faults. */
+    const planKey = r.route === 'certificates' ? 'certificates' : r.planNo;
+    const f = takeFault(planKey, r.route === 'certificates');
+    const fault = f ? f.name : null;
+    ctx.fault = fault;
+    if (fault && !FAULTS.has(fault))
+        return finish(errorAnswer(400, 'SIMULATOR_UNKNOWN_FAULT', `simulator: unknown fault "${fault}"`));
+
+    if (latency > 0)
+        await sleep(latency);
+
+    if (fault === 'slow_ok')
+        await sleep(1500);
+
+    switch (fault) {
+        case 'stall':
+            log(`${req.method} ${req.url} -> stall`);
+            return undefined;
+        case 'reset':
+            log(`${req.method} ${req.url} -> reset`);
+            return destroyNow(ctx);
+        case 'stop_then_500':
+        case 'stop_then_reset': {
+            if (r.route === 'stop') {
+                const plan = getPlan(r.planNo);
+                if (plan)
+                    doStop(r.planNo, plan, r.stopReason);
+            }
+            if (fault === 'stop_then_reset')
+                return destroyNow(ctx);
+            return send(ctx, errorAnswer(500, 'SYSTEM_ERROR', 'simulated system error, retry later'));
+        }
+        default:
+            break;
+    }
+    if (fault && HTTP_ERROR_FAULTS[fault]) {
+        const [status, code, message] = HTTP_ERROR_FAULTS[fault];
+        return send(ctx, errorAnswer(status, code, message));
+    }
+    if (fault && HTML_FAULTS[fault]) {
+        const [status, title] = HTML_FAULTS[fault];
+        return send(ctx, {
+            status,
+            body: Buffer.from(`<html><body><h1>${title}</h1></body></html>`),
+            contentType: 'text/html',
+            signed: false,
+        });
+    }
+    switch (fault) {
+        case 'http500_empty':
+            return send(ctx, { status: 500, body: Buffer.alloc(0), contentType: null, signed: false });
+        case 'http400_nocode':
+            return send(ctx, jsonAnswer(400, { message: 'x' }));
+        case 'http400_text':
+            return send(ctx, { status: 400, body: Buffer.from('bad request'), contentType: 'text/plain', signed: true });
+        default:
+            break;
+    }
+
+    /* The platform acts; the answer may then be broken by the fault. */
+    const performed = perform(ctx, r, fault);
+    let answer = performed.answer;
+    if (['empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge'].includes(fault))
+        answer = bodyFaultAnswer(ctx, r, fault, performed);
+    if (SIGNATURE_FAULTS.has(fault))
+        answer.sigFault = fault;
+
+    switch (fault) {
+        case 'trickle':
+            return sendTrickle(ctx, answer);
+        case 'reset_midbody':
+            return sendResetMidbody(ctx, answer);
+        case 'truncated_chunked':
+            return sendTruncatedChunked(ctx, answer);
+        default:
+            return send(ctx, answer);
+    }
+}
+
+function handleHttps(req, res) {
+    const chunks = [];
+    let size = 0;
+    let tooBig = false;
+    req.on('data', (c) => {
+        size += c.length;
+        if (size > REQUEST_BODY_MAX)
+            tooBig = true;
+        else
+            chunks.push(c);
+    });
+    req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        if (!req.url.startsWith('/v3/')) {
+            const ctx = { req, res, merchant: null, entry: null, ridHex: sha256hex(`${req.url.split('?')[0]}|0`).slice(0, 32) };
+            return send(ctx, Object.assign(errorAnswer(404, 'NOT_FOUND', 'the requested resource does not exist'), { signed: false }));
+        }
+        if (tooBig) {
+            const ctx = { req, res, merchant: null, entry: null, ridHex: sha256hex(`${req.url.split('?')[0]}|0`).slice(0, 32) };
+            return send(ctx, Object.assign(errorAnswer(413, 'PARAM_ERROR', 'request body too large'), { signed: false }));
+        }
+        handleV3(req, res, body).catch((e) => {
+            process.stderr.write(`simulator: internal error: ${e.stack}\n`);
+            if (!res.headersSent) {
+                res.statusCode = 500;
+                res.end();
+            }
+        });
+        return undefined;
+    });
+    req.on('error', () => {});
+}
+
+/* ------------------------------------------------------------------------ */
+/* Control server */
+
+function controlReply(res, status, obj) {
+    const body = Buffer.from(JSON.stringify(obj) + '\n', 'utf8');
+    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': body.length });
+    res.end(body);
+}
+
+function applySettings(s) {
+    if (s === null || typeof s !== 'object' || Array.isArray(s))
+        return 'settings must be a JSON object';
+    for (const k of Object.keys(s)) {
+        if (!['latency_ms', 'signing_cert', 'certificates'].includes(k))
+            return `unknown setting "${k}"`;
+    }
+    if ('latency_ms' in s && !(Number.isInteger(s.latency_ms) && s.latency_ms >= 0))
+        return 'latency_ms must be a non-negative integer';
+    if ('signing_cert' in s && !pki.platformCerts[s.signing_cert])
+        return `signing_cert must be one of ${Object.keys(pki.platformCerts).join(', ')}`;
+    if ('certificates' in s) {
+        if (!Array.isArray(s.certificates) || s.certificates.some((c) => !pki.platformCerts[c]))
+            return `certificates must be an array of ${Object.keys(pki.platformCerts).join(', ')}`;
+    }
+    Object.assign(state.settings, s);
+    if (s.certificates)
+        state.settings.certificates = s.certificates.slice();
+    return null;
+}
+
+function addFault(f) {
+    if (f === null || typeof f !== 'object' || Array.isArray(f))
+        return 'fault must be a JSON object';
+    if (typeof f.plan !== 'string' || !f.plan)
+        return 'plan must be a non-empty string (a plan number, "*" or "certificates")';
+    if (typeof f.fault !== 'string' || !FAULTS.has(f.fault))
+        return `unknown fault "${f.fault}"`;
+    const times = f.times === undefined ? 1 : f.times;
+    if (!Number.isInteger(times) || times < 1)
+        return 'times must be a positive integer';
+    state.faults.push({ plan: f.plan, fault: f.fault, times });
+    return null;
+}
+
+function handleControl(req, res) {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+        const url = req.url.split('?')[0];
+        const text = Buffer.concat(chunks).toString('utf8');
+        let body = null;
+        if (req.method === 'POST' && text.trim() !== '') {
+            try {
+                body = JSON.parse(text);
+            } catch (e) {
+                return controlReply(res, 400, { ok: false, error: 'body is not valid JSON' });
+            }
+        }
+        const key = `${req.method} ${url}`;
+        switch (key) {
+            case 'GET /stats':
+                return controlReply(res, 200, state.stats);
+            case 'GET /requests':
+                return controlReply(res, 200, state.requestLog);
+            case 'GET /requests/last':
+                return controlReply(res, 200, state.requestLog.length ? state.requestLog[state.requestLog.length - 1] : null);
+            case 'GET /settings':
+                return controlReply(res, 200, state.settings);
+            case 'GET /faults':
+                return controlReply(res, 200, state.faults);
+            case 'GET /plans': {
+                const out = {};
+                for (const [no, p] of state.plans)
+                    out[no] = { state: p.stopped ? 'stopped' : 'active', stop_reason: p.stop_reason };
+                return controlReply(res, 200, out);
+            }
+            case 'GET /pki':
+                return controlReply(res, 200, {
+                    merchant_serial: pki.merchantSerial,
+                    pub_key_id: pki.pubKeyId,
+                    platform_certs: Object.fromEntries(Object.values(pki.platformCerts).map((c) => [c.name, c.serial])),
+                });
+            case 'POST /reset':
+                resetState();
+                return controlReply(res, 200, { ok: true });
+            case 'POST /settings': {
+                const err = applySettings(body);
+                return err ? controlReply(res, 400, { ok: false, error: err }) : controlReply(res, 200, { ok: true });
+            }
+            case 'POST /faults': {
+                const err = addFault(body);
+                return err ? controlReply(res, 400, { ok: false, error: err }) : controlReply(res, 200, { ok: true });
+            }
+            default:
+                return controlReply(res, 404, { ok: false, error: `no such control endpoint: ${key}` });
+        }
+    });
+}
+
+/* ------------------------------------------------------------------------ */
+/* Servers */
+
+const sockets = new Set();
+
+function track(sock) {
+    sockets.add(sock);
+    sock.on('close', () => sockets.delete(sock));
+}
+
+const server = https.createServer({ key: pki.tlsKey, cert: pki.tlsCert }, handleHttps);
+server.keepAliveTimeout = 60000;
+server.headersTimeout = 65000;
+server.requestTimeout = 0;
+server.on('connection', track);
+server.on('secureConnection', () => {
+    state.stats.tls_connections++;
+});
+server.on('tlsClientError', (err) => log(`TLS handshake failed: ${err.message}`));
+server.on('clientError', (err, sock) => {
+    log(`client error: ${err.message}`);
+    sock.destroy();
+});
+
+const control = http.createServer(handleControl);
+control.keepAliveTimeout = 60000;
+control.on('connection', track);
+
+function listen(srv) {
+    return new Promise((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(0, '127.0.0.1', () => resolve(srv.address().port));
+    });
+}
+
+function shutdown(signal) {
+    log(`${signal}: shutting down`);
+    server.close();
+    control.close();
+    for (const s of sockets)
+        s.destroy();
+    process.exit(0);
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+
+Promise.all([listen(server), listen(control)]).then(([port, cport]) => {
+    process.stdout.write(`READY port=${port} control=${cport}\n`);
+}).catch((e) => {
+    process.stderr.write(`simulator: cannot listen: ${e.message}\n`);
+    process.exit(1);
+});
