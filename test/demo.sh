@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# test/demo.sh: from a fresh Debian 12 machine, install what is needed,
+# build, and stop a sign plan on the bundled WeChat Pay simulator, printing
+# the row and its detail rows.  Leaves nothing running.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+wx_install_deps
+wx_build_install
+wx_start_sim
+wx_start_cluster
+
+# Keys are read from files by psql, never typed into SQL.
+wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+CREATE EXTENSION wxpay_signplan;
+\set key `cat "$WXPAY_PKI/merchant.key"`
+\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
+\set pubkey_id `cat "$WXPAY_PKI/pub_key_id.txt"`
+\set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
+\set ca `cat "$WXPAY_PKI/ca.crt"`
+\getenv sim_url WXPAY_SIM_URL
+INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
+                          wechatpay_public_key, base_url, ca_cert)
+VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca');
+SET TimeZone = 'Asia/Shanghai';
+
+\echo
+\echo '== SELECT * FROM wxpay_stop_sign_plan(''demo-plan-001'', ''subscription ended'');'
+CREATE TEMP TABLE stopped AS
+    SELECT * FROM wxpay_stop_sign_plan('demo-plan-001', 'subscription ended');
+\x on
+SELECT * FROM stopped;
+\x off
+\echo '== its signed_detail_list as rows:'
+\echo '   SELECT d.* FROM stopped p, LATERAL wxpay_sign_plan_details(p.signed_detail_list) d;'
+SELECT d.* FROM stopped p, LATERAL wxpay_sign_plan_details(p.signed_detail_list) d;
+\echo '== stopping it again is the platform''s rejection (SQLSTATE WX002):'
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+SELECT wxpay_stop_sign_plan('demo-plan-001', 'subscription ended');
+SQL
