@@ -77,12 +77,12 @@ wx_start_sim() {
 
 # A private cluster listening on a Unix socket in the scratch directory.
 wx_start_cluster() {
-    export PGDATA="$WX_WORK/data" PGHOST="$WX_WORK" PGPORT=54329 PGUSER=postgres
+    export PGDATA="$WX_WORK/data" PGHOST="$WX_WORK" PGPORT=$((50000 + RANDOM % 10000)) PGUSER=postgres
     wx_as_pg initdb -D "$PGDATA" -U postgres -A trust --no-sync >/dev/null
     cat >>"$PGDATA/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$WX_WORK'
-port = 54329
+port = $PGPORT
 fsync = off
 ${WX_PG_CONF:-}
 CONF

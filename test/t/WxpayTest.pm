@@ -1,0 +1,188 @@
+
+# test/t/WxpayTest.pm: helpers shared by the TAP tests of wxpay_signplan.
+#
+# The harness (test/run.sh) exports:
+#   WXPAY_PKI          directory made by test/pki.sh
+#   WXPAY_SIM_URL      https://127.0.0.1:PORT, the simulator's API
+#   WXPAY_SIM_CONTROL  http://127.0.0.1:CPORT, its control server
+#
+# The simulator is shared by every test of a run: never POST /reset, use
+# plan numbers unique to the test file, and compare counters before/after.
+
+package WxpayTest;
+
+use strict;
+use warnings FATAL => 'all';
+
+use Exporter 'import';
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(
+  pki_file sim_url new_node config_insert_sql dq
+  ctl_get ctl_post sim_stats sim_requests_for_path plan_path
+  clear_session bg_send bg_finish
+);
+
+BEGIN
+{
+	for my $v (qw(WXPAY_PKI WXPAY_SIM_URL WXPAY_SIM_CONTROL))
+	{
+		BAIL_OUT("$v is not set: run the TAP tests through test/run.sh")
+		  unless defined $ENV{$v} && $ENV{$v} ne '';
+	}
+}
+
+# psql talks UTF-8 to the server whatever the locale of the test process.
+$ENV{PGCLIENTENCODING} = 'UTF8';
+
+my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
+my $json = JSON::PP->new->utf8->canonical;
+
+sub sim_url { return $ENV{WXPAY_SIM_URL}; }
+
+# Contents of a PKI file (bytes); chomp => 1 strips the trailing newline.
+sub pki_file
+{
+	my ($name, %opt) = @_;
+	my $s = slurp_file("$ENV{WXPAY_PKI}/$name");
+	chomp $s if $opt{chomp};
+	return $s;
+}
+
+# A dollar-quoted SQL literal.  The tag cannot occur in PEM text, hex or a
+# URL, and the value is checked anyway.
+sub dq
+{
+	my ($s) = @_;
+	my $tag = '$wxpay_lit$';
+	die "value contains the dollar-quote tag" if index($s, $tag) >= 0;
+	return $tag . $s . $tag;
+}
+
+# INSERT for a public-key mode merchant (mchid 1900000001); %over replaces
+# columns (name, serial_no, private_key, base_url, ...).
+sub config_insert_sql
+{
+	my (%over) = @_;
+	my %c = (
+		name => 'default',
+		mchid => '1900000001',
+		serial_no => pki_file('merchant_serial.txt', chomp => 1),
+		private_key => pki_file('merchant.key'),
+		wechatpay_public_key_id => pki_file('pub_key_id.txt', chomp => 1),
+		wechatpay_public_key => pki_file('platform_pub.pem'),
+		base_url => $ENV{WXPAY_SIM_URL},
+		ca_cert => pki_file('ca.crt'),
+		%over);
+	my @cols = sort keys %c;
+	return
+	    'INSERT INTO wxpay_config ('
+	  . join(', ', @cols)
+	  . ') VALUES ('
+	  . join(', ', map { dq($c{$_}) } @cols) . ')';
+}
+
+# A started cluster with the extension and the default config.
+sub new_node
+{
+	my ($name, %over) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
+	$node->safe_psql('postgres', config_insert_sql(%over));
+	return $node;
+}
+
+# ---- the simulator's control server ----
+
+sub ctl_get
+{
+	my ($path) = @_;
+	my $r = $http->get("$ENV{WXPAY_SIM_CONTROL}$path");
+	die "control GET $path failed: $r->{status} $r->{reason} $r->{content}"
+	  unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+sub ctl_post
+{
+	my ($path, $obj) = @_;
+	my $r = $http->post(
+		"$ENV{WXPAY_SIM_CONTROL}$path",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => $json->encode($obj)
+		});
+	die "control POST $path failed: $r->{status} $r->{reason} $r->{content}"
+	  unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+sub sim_stats { return ctl_get('/stats'); }
+
+# The logged /v3 requests (oldest first) whose path is exactly $path.
+sub sim_requests_for_path
+{
+	my ($path) = @_;
+	return grep { $_->{path} eq $path } @{ ctl_get('/requests') };
+}
+
+sub plan_path
+{
+	my ($plan_no, $op) = @_;
+	my $p =
+	  "/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/$plan_no";
+	$p .= '/stop' if ($op // 'stop') eq 'stop';
+	return $p;
+}
+
+# ---- BackgroundPsql sessions ----
+
+# BackgroundPsql::query() never clears stderr; do it before each query.
+sub clear_session
+{
+	my ($s) = @_;
+	$s->{stdout} = '';
+	$s->{stderr} = '';
+	return;
+}
+
+# Send $sql to a background session without waiting for it; returns a
+# token for bg_finish().  Works whether or not the statement fails.
+sub bg_send
+{
+	my ($s, $sql) = @_;
+	my $tok = ++$s->{wxpay_token};
+	clear_session($s);
+	# "\n;\n" ends a statement not ending with ";" (an empty one is harmless)
+	$s->{stdin} .= "$sql\n;\n\\echo 'wxdone $tok'\n\\warn 'wxdone $tok'\n";
+	$s->{run}->pump_nb;
+	return $tok;
+}
+
+# Wait for the statement(s) sent as $tok to end; returns (stdout, stderr),
+# the banner removed.
+sub bg_finish
+{
+	my ($s, $tok) = @_;
+	my $re = qr/wxdone $tok\n/;
+	$s->{run}->pump_nb;
+	until ($s->{stdout} =~ $re && $s->{stderr} =~ $re)
+	{
+		die "timed out waiting for statement $tok; stderr so far: $s->{stderr}"
+		  if $s->{timeout}->is_expired;
+		$s->{run}->pump;
+	}
+	my ($out, $err) = ($s->{stdout}, $s->{stderr});
+	$out =~ s/\n?$re//;
+	$err =~ s/$re//;
+	clear_session($s);
+	return ($out, $err);
+}
+
+1;
