@@ -70,7 +70,7 @@ static void ConfigParseCertificates(const char *name, WxpayConfig *cfg,
 static char *ConfigText(HeapTuple tup, TupleDesc desc, int attno);
 static void ConfigZeroFree(char *s);
 static void ConfigKeyFailed(const char *name, const char *what,
-							WxpayKeyError *err) pg_attribute_noreturn();
+							WxpayKeyError *err) WXPAY_NORETURN;
 
 PG_FUNCTION_INFO_V1(wxpay_config_changed);
 

@@ -31,6 +31,13 @@
 #define WXPAY_VERSION "unknown"
 #endif
 
+/* pg_attribute_noreturn() is being replaced by pg_noreturn in newer servers */
+#ifdef pg_attribute_noreturn
+#define WXPAY_NORETURN pg_attribute_noreturn()
+#else
+#define WXPAY_NORETURN
+#endif
+
 /* Answers larger than this are refused while they arrive. */
 #define WXPAY_MAX_RESPONSE_BYTES	(1024 * 1024)
 
@@ -232,6 +239,6 @@ extern char *wxpay_check_stop_reason_arg(text *reason);
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
-extern void wxpay_call_raise(WxpayCallResult *res) pg_attribute_noreturn();
+extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
 
 #endif							/* WXPAY_SIGNPLAN_H */

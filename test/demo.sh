@@ -5,10 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wx_install_deps
-wx_build_install
-wx_start_sim
-wx_start_cluster
+wx_prepare
 
 # Keys are read from files by psql, never typed into SQL.
 wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \

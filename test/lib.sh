@@ -90,6 +90,14 @@ CONF
     WX_CLUSTER_UP=1
 }
 
+# Everything the suite and the demo need, in order.
+wx_prepare() {
+    wx_install_deps
+    wx_build_install
+    wx_start_sim
+    wx_start_cluster
+}
+
 wx_cleanup() {
     if [ -n "${WX_CLUSTER_UP:-}" ]; then
         wx_as_pg pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true

@@ -11,10 +11,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-wx_install_deps
-wx_build_install
-wx_start_sim
-wx_start_cluster
+wx_prepare
 
 # A copy of the tree that the postgres OS user may write results into.
 mkdir "$WX_WORK/tree"
