@@ -39,6 +39,19 @@ FROM wxpay_stop_sign_plan('big-1', 'large amounts');
 -- a second stop of the same plan is the platform's rejection (WX002)
 SELECT wxpay_stop_sign_plan('stop-1', 'again');
 
+-- querying is the signed, verified GET: the truth after an unknown outcome
+SELECT merchant_sign_plan_no, sign_state, cancel_sign_type, cancel_sign_time, cancel_reason
+FROM wxpay_query_sign_plan('stop-1');
+SELECT merchant_sign_plan_no, sign_state, cancel_sign_type, cancel_sign_time, cancel_reason
+FROM wxpay_query_sign_plan('query-active-1', 'certmode');
+SELECT wxpay_query_sign_plan('notfound-q');
+SELECT wxpay_query_sign_plan(NULL);
+SELECT wxpay_query_sign_plan('a b');
+-- a stop whose answer was lost, then the query that settles it
+\! node test/sim/ctl.js fault lost-1 stop_then_500
+SELECT regress_sqlstate($$SELECT wxpay_stop_sign_plan('lost-1', 'lost answer')$$);
+SELECT sign_state, cancel_reason FROM wxpay_query_sign_plan('lost-1');
+
 -- many calls in one statement, in one session
 SELECT count(*) AS stopped
 FROM generate_series(1, 25) i,

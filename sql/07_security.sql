@@ -38,6 +38,7 @@ DROP SCHEMA regress_evil CASCADE;
 -- a role without EXECUTE cannot make any request
 SET ROLE regress_nobody;
 SELECT wxpay_stop_sign_plan('sec-3', 'no grant');
+SELECT wxpay_query_sign_plan('sec-3');
 SELECT private_key FROM wxpay_config;
 RESET ROLE;
 \! node test/sim/ctl.js attempts sec-3

@@ -157,6 +157,20 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM PUBLIC;
 
 --
+-- Query a sign plan: the signed, verified GET.  How to learn the truth
+-- after an outcome-unknown error.  Same guarantees as the stop function.
+--
+CREATE FUNCTION @extschema@.wxpay_query_sign_plan(
+    merchant_sign_plan_no text,
+    config_name text DEFAULT 'default')
+RETURNS @extschema@.wxpay_sign_plan
+AS 'MODULE_PATHNAME', 'wxpay_query_sign_plan'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text) FROM PUBLIC;
+
+--
 -- Expand a plan's signed_detail_list into rows.  Pure functions of their
 -- argument: no secrets, no network.
 --

@@ -404,7 +404,8 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 
 		if (!rejected)
 		{
-			appendStringInfoString(&detail, " The outcome is unknown.");
+			if (call->op == WXPAY_OP_STOP)
+				appendStringInfoString(&detail, " The outcome is unknown.");
 			hint = retry_hint;
 		}
 		else if (req->status == 429)

@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * signplan.c
- *	  SQL-callable entry points: stopping a sign plan and expanding its
- *	  signed_detail_list.
+ *	  SQL-callable entry points: stopping and querying a sign plan, and
+ *	  expanding its signed_detail_list.
  *
- * wxpay_stop_sign_plan() is SECURITY DEFINER (see the install script): it
+ * wxpay_stop_sign_plan() and wxpay_query_sign_plan() are SECURITY DEFINER (see the install script): it
  * runs as the extension owner so that config.c may read the keys, and it
  * returns only what WeChat Pay answered.  Every argument is checked before
  * any network I/O; all memory is palloc'd in the caller's per-call context,
@@ -27,9 +27,12 @@
 
 static void DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list);
 
-PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan);
-Datum
-wxpay_stop_sign_plan(PG_FUNCTION_ARGS)
+/*
+ * One call of op for the plan in argument 0; the stop reason (for a stop)
+ * in argument 1; the config name in argument config_arg.
+ */
+static Datum
+SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 {
 	WxpayCall	call;
 	WxpayHttpRequest *req = &call.req;
@@ -40,17 +43,18 @@ wxpay_stop_sign_plan(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("merchant_sign_plan_no must not be null")));
-	if (PG_ARGISNULL(1))
+	if (op == WXPAY_OP_STOP && PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("stop_reason must not be null")));
 
 	memset(&call, 0, sizeof(call));
-	call.op = WXPAY_OP_STOP;
+	call.op = op;
 	call.plan_no = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	wxpay_check_plan_no_arg(call.plan_no);
-	call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
-	call.cfg = wxpay_resolve_config(fcinfo, 2);
+	if (op == WXPAY_OP_STOP)
+		call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	call.cfg = wxpay_resolve_config(fcinfo, config_arg);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -62,6 +66,20 @@ wxpay_stop_sign_plan(PG_FUNCTION_ARGS)
 		wxpay_call_raise(&res);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(res.tuple));
+}
+
+PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan);
+Datum
+wxpay_stop_sign_plan(PG_FUNCTION_ARGS)
+{
+	return SignPlanCall(fcinfo, WXPAY_OP_STOP, 2);
+}
+
+PG_FUNCTION_INFO_V1(wxpay_query_sign_plan);
+Datum
+wxpay_query_sign_plan(PG_FUNCTION_ARGS)
+{
+	return SignPlanCall(fcinfo, WXPAY_OP_QUERY, 1);
 }
 
 /* Materialize one row per element of a signed_detail_list array. */

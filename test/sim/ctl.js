@@ -5,14 +5,30 @@
 //   node test/sim/ctl.js tls                 TLS connections so far
 //   node test/sim/ctl.js stops PLAN          successful stops of PLAN
 //   node test/sim/ctl.js attempts PLAN       stop requests for PLAN
+//   node test/sim/ctl.js fault PLAN NAME     the next request for PLAN gets
+//                                            fault NAME (prints "ok")
 'use strict';
 const http = require('http');
 
-const [what, plan] = process.argv.slice(2);
+const [what, plan, fault] = process.argv.slice(2);
 const base = process.env.WXPAY_SIM_CONTROL;
 if (!base || !what) {
     console.error('usage: WXPAY_SIM_CONTROL=http://... ctl.js requests|tls|stops PLAN|attempts PLAN');
     process.exit(2);
+}
+if (what === 'fault') {
+    const body = JSON.stringify({ plan, fault, times: 1 });
+    const req = http.request(base + '/faults', { method: 'POST',
+        headers: { 'Content-Type': 'application/json' } }, (res) => {
+        res.resume();
+        res.on('end', () => {
+            console.log(res.statusCode === 200 ? 'ok' : 'failed: ' + res.statusCode);
+            process.exit(res.statusCode === 200 ? 0 : 1);
+        });
+    });
+    req.on('error', (e) => { console.error(e.message); process.exit(1); });
+    req.end(body);
+    return;
 }
 http.get(base + '/stats', (res) => {
     let data = '';
