@@ -24,3 +24,7 @@ SHLIB_LINK += $(shell pkg-config --libs libcurl openssl)
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies; every object depends on the shared
+# header, or a changed struct leaves objects with two layouts.
+$(OBJS): $(HEADERS)
