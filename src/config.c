@@ -400,7 +400,6 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 		if (k->pkey == NULL)
 			ConfigKeyFailed(name, "wechatpay_public_key", &err);
 		k->serial = pubkey_id;
-		k->is_public_key = true;
 		k->not_before = DT_NOBEGIN;
 		k->not_after = DT_NOEND;
 		cfg->nkeys = 1;

@@ -80,6 +80,8 @@ static void RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
 static bool WaitOnce(void);
 static bool PerformLoop(WxpayHttpRequest **reqs, int nreqs);
 static void StoreHeader(WxpayHeaderValue *h, const char *v, size_t len);
+static void HeadersReset(WxpayHttpRequest *req);
+static WxpayTransportOutcome FailedOutcome(CURL *easy);
 
 void
 TransportInit(void)
@@ -248,6 +250,29 @@ WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 static void
+HeadersReset(WxpayHttpRequest *req)
+{
+	memset(&req->h_timestamp, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_nonce, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_signature, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_serial, 0, sizeof(WxpayHeaderValue));
+	memset(&req->h_request_id, 0, sizeof(WxpayHeaderValue));
+}
+
+/*
+ * How far a failed transfer got: once libcurl has written request bytes the
+ * platform may have acted on them.
+ */
+static WxpayTransportOutcome
+FailedOutcome(CURL *easy)
+{
+	long		reqsize = 0;
+
+	curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &reqsize);
+	return reqsize > 0 ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
+}
+
+static void
 StoreHeader(WxpayHeaderValue *h, const char *v, size_t len)
 {
 	h->count++;
@@ -275,11 +300,7 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 	/* a new status line starts a new answer (e.g. after 100 Continue) */
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
 	{
-		memset(&req->h_timestamp, 0, sizeof(WxpayHeaderValue));
-		memset(&req->h_nonce, 0, sizeof(WxpayHeaderValue));
-		memset(&req->h_signature, 0, sizeof(WxpayHeaderValue));
-		memset(&req->h_serial, 0, sizeof(WxpayHeaderValue));
-		memset(&req->h_request_id, 0, sizeof(WxpayHeaderValue));
+		HeadersReset(req);
 		return n;
 	}
 	if (!wxpay_parse_header_line(ptr, n, &name, &namelen, &value, &valuelen))
@@ -357,7 +378,6 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	struct curl_blob blob;
 
 	req->outcome = WXPAY_TRANSPORT_NOT_SENT;
-	req->curl_code = CURLE_OK;
 	req->errbuf[0] = '\0';
 	req->too_large = false;
 	req->timed_out = false;
@@ -365,11 +385,7 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	req->resp_len = 0;
 	if (req->resp)
 		req->resp[0] = '\0';
-	memset(&req->h_timestamp, 0, sizeof(WxpayHeaderValue));
-	memset(&req->h_nonce, 0, sizeof(WxpayHeaderValue));
-	memset(&req->h_signature, 0, sizeof(WxpayHeaderValue));
-	memset(&req->h_serial, 0, sizeof(WxpayHeaderValue));
-	memset(&req->h_request_id, 0, sizeof(WxpayHeaderValue));
+	HeadersReset(req);
 	if (req->resp_cxt == NULL)
 		req->resp_cxt = CurrentMemoryContext;
 
@@ -422,10 +438,6 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 static void
 RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 {
-	long		reqsize = 0;
-
-	req->curl_code = rc;
-	curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &reqsize);
 	if (rc == CURLE_OK)
 	{
 		req->outcome = WXPAY_TRANSPORT_ANSWERED;
@@ -433,7 +445,7 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 	}
 	else
 	{
-		req->outcome = (reqsize > 0) ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
+		req->outcome = FailedOutcome(easy);
 		req->timed_out = (rc == CURLE_OPERATION_TIMEDOUT);
 		if (rc == CURLE_FILESIZE_EXCEEDED)
 			req->too_large = true;
@@ -590,7 +602,6 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 	for (int i = 0; i < nreqs; i++)
 	{
 		reqs[i]->outcome = WXPAY_TRANSPORT_NOT_SENT;
-		reqs[i]->curl_code = CURLE_ABORTED_BY_CALLBACK;
 		strlcpy(reqs[i]->errbuf, "the request was not started", sizeof(reqs[i]->errbuf));
 	}
 	NSlots = Max(1, Min(Min(concurrency, MAX_EASY), nreqs));
@@ -617,11 +628,8 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 			if (SlotRequest[i] != NULL)
 			{
 				WxpayHttpRequest *req = SlotRequest[i];
-				long		reqsize = 0;
 
-				curl_easy_getinfo(Easy[i], CURLINFO_REQUEST_SIZE, &reqsize);
-				req->outcome = reqsize > 0 ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
-				req->curl_code = CURLE_ABORTED_BY_CALLBACK;
+				req->outcome = FailedOutcome(Easy[i]);
 				strlcpy(req->errbuf, "the request was canceled", sizeof(req->errbuf));
 				curl_easy_setopt(Easy[i], CURLOPT_ERRORBUFFER, NULL);
 				curl_multi_remove_handle(Multi, Easy[i]);

@@ -116,7 +116,6 @@ typedef struct WxpayVerifyKey
 {
 	char	   *serial;			/* upper-case hex or PUB_KEY_ID_... */
 	EVP_PKEY   *pkey;
-	bool		is_public_key;	/* public-key mode rather than a certificate */
 	TimestampTz not_before;		/* DT_NOBEGIN when unbounded */
 	TimestampTz not_after;		/* DT_NOEND when unbounded */
 } WxpayVerifyKey;
@@ -170,7 +169,6 @@ typedef struct WxpayHttpRequest
 
 	/* filled by the transport */
 	WxpayTransportOutcome outcome;
-	int			curl_code;
 	char		errbuf[256];	/* libcurl's words, for errdetail_internal */
 	bool		too_large;		/* answer exceeded WXPAY_MAX_RESPONSE_BYTES */
 	bool		timed_out;
