@@ -32,10 +32,47 @@ wx_install_deps() {
     [ -x "$WX_PG_CONFIG" ] || WX_PG_CONFIG=$(command -v pg_config)
 }
 
+# The scratch directory of one run; wx_cleanup removes it.
+wx_make_work() {
+    [ -n "${WX_WORK:-}" ] && return 0
+    WX_WORK=$(mktemp -d /tmp/wxpay-test.XXXXXX)
+    chmod 755 "$WX_WORK"
+    [ "$(id -u)" = 0 ] && chown postgres "$WX_WORK"
+    trap wx_cleanup EXIT
+}
+
+# A private copy of the PostgreSQL installation in the scratch directory, so
+# that the suite tests exactly this tree's build without touching the
+# system's installed extension (and runs beside other checkouts).  Debian's
+# server is relocatable: its programs find share/ and lib/ relative to
+# their own path.
+wx_private_pg() {
+    wx_make_work
+    local bindir libdir sharedir incdir root="$WX_WORK/pg"
+    bindir=$("$WX_PG_CONFIG" --bindir)
+    libdir=$("$WX_PG_CONFIG" --pkglibdir)
+    sharedir=$("$WX_PG_CONFIG" --sharedir)
+    incdir=$("$WX_PG_CONFIG" --includedir-server)
+    mkdir -p "$root$(dirname "$bindir")" "$root$(dirname "$libdir")" "$root$(dirname "$sharedir")"
+    cp -a "$bindir" "$root$bindir"
+    [ -d "$root$libdir" ] || cp -a "$libdir" "$root$libdir"
+    cp -a "$sharedir" "$root$sharedir"
+    mkdir -p "$root$(dirname "$incdir")"
+    ln -s "$incdir" "$root$incdir"
+    if [ "$("$root$bindir/pg_config" --sharedir)" != "$root$sharedir" ] ||
+       [ "$("$root$bindir/pg_config" --pkglibdir)" != "$root$libdir" ]; then
+        echo "this PostgreSQL installation is not relocatable" >&2
+        return 1
+    fi
+    WX_PG_CONFIG="$root$bindir/pg_config"
+    export PATH="$root$bindir:$PATH"
+    WX_SUDO=""
+}
+
 wx_build_install() {
     wx_log "building and installing the extension"
     make -C "$WX_ROOT" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_MAKE_FLAGS:-} >/dev/null
-    $WX_SUDO make -C "$WX_ROOT" -s PG_CONFIG="$WX_PG_CONFIG" install >/dev/null
+    $WX_SUDO make -C "$WX_ROOT" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_MAKE_FLAGS:-} install >/dev/null
 }
 
 # Run a command as the cluster's OS user.
@@ -50,10 +87,7 @@ wx_as_pg() {
 # Scratch directory, test PKI and the simulator.  Exports WXPAY_PKI,
 # WXPAY_SIM_URL, WXPAY_SIM_CONTROL.
 wx_start_sim() {
-    WX_WORK=$(mktemp -d /tmp/wxpay-test.XXXXXX)
-    chmod 755 "$WX_WORK"
-    [ "$(id -u)" = 0 ] && chown postgres "$WX_WORK"
-    trap wx_cleanup EXIT
+    wx_make_work
     bash "$WX_ROOT/test/pki.sh" "$WX_WORK/pki" >/dev/null
 
     mkfifo "$WX_WORK/sim.fifo"
@@ -90,9 +124,12 @@ CONF
     WX_CLUSTER_UP=1
 }
 
-# Everything the suite and the demo need, in order.
+# Everything the suite and the demo need, in order.  With WX_PRIVATE_PG=1
+# the extension goes into a private copy of the server (the test suite);
+# otherwise into the system's PostgreSQL (the demo: it is the install).
 wx_prepare() {
     wx_install_deps
+    if [ -n "${WX_PRIVATE_PG:-}" ]; then wx_private_pg; fi
     wx_build_install
     wx_start_sim
     wx_start_cluster

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test/run.sh: the whole test suite, from a fresh Debian 12 machine.
 #
-# Installs what is missing (apt), builds and installs the extension, starts
+# Installs what is missing (apt), builds the extension and installs it into
+# a private copy of the server in a scratch directory, starts
 # the WeChat Pay simulator (HTTPS, private CA made now) and a private
 # PostgreSQL cluster, then runs the pg_regress files (sql/, expected/) and
 # the TAP tests (test/t/) through PGXS's "make installcheck".  Exits non-zero
@@ -10,6 +11,7 @@
 #   WX_MAKE_ARGS="REGRESS= PROVE_TESTS=test/t/002_cancel.pl" bash test/run.sh
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+WX_PRIVATE_PG=1
 
 wx_prepare
 

@@ -1,0 +1,204 @@
+/* wxpay_signplan--0.2.0.sql: the whole extension at 0.2.0 (CREATE EXTENSION) */
+
+\echo Use "CREATE EXTENSION wxpay_signplan" to load this file. \quit
+
+--
+-- Merchant accounts.  Holds the merchant API private key: nobody but the
+-- extension owner (a superuser) may read it.  The stop function reads it as
+-- its owner (SECURITY DEFINER) and never returns or prints it.
+--
+CREATE TABLE @extschema@.wxpay_config (
+    name text PRIMARY KEY DEFAULT 'default',
+    mchid text NOT NULL,
+    serial_no text NOT NULL,
+    private_key text NOT NULL,
+    wechatpay_public_key_id text,
+    wechatpay_public_key text,
+    apiv3_key text,
+    base_url text NOT NULL DEFAULT 'https://api.mch.weixin.qq.com',
+    ca_cert text,
+    CONSTRAINT wxpay_config_base_url_https
+        CHECK (pg_catalog.lower(pg_catalog.substr(base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://')
+);
+
+COMMENT ON TABLE @extschema@.wxpay_config IS
+    'WeChat Pay merchant accounts used by wxpay_signplan; holds secrets, readable by its owner only';
+
+--
+-- WeChat Pay platform certificates (platform-certificate mode).  Several may
+-- coexist while WeChat Pay rotates them.
+--
+CREATE TABLE @extschema@.wxpay_platform_certificate (
+    config_name text NOT NULL
+        REFERENCES @extschema@.wxpay_config (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    serial_no text NOT NULL,
+    certificate text NOT NULL,
+    effective_time timestamptz,
+    expire_time timestamptz,
+    PRIMARY KEY (config_name, serial_no)
+);
+
+COMMENT ON TABLE @extschema@.wxpay_platform_certificate IS
+    'WeChat Pay platform certificates that verify answers in platform-certificate mode';
+
+REVOKE ALL ON TABLE @extschema@.wxpay_config FROM PUBLIC;
+REVOKE ALL ON TABLE @extschema@.wxpay_platform_certificate FROM PUBLIC;
+
+-- pg_dump keeps the rows of both tables (dumped by their owner only).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_config', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_platform_certificate', '');
+
+--
+-- PostgreSQL reports a NOT NULL or CHECK violation with the whole row in
+-- its DETAIL ("Failing row contains ..."), which would put the private key
+-- into the client's error and the server log.  This trigger runs before
+-- those checks and rejects such rows with messages that quote no column.
+--
+CREATE FUNCTION @extschema@.wxpay_config_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.name IS NULL OR NEW.mchid IS NULL OR NEW.serial_no IS NULL
+       OR NEW.private_key IS NULL OR NEW.base_url IS NULL THEN
+        RAISE EXCEPTION 'wxpay_config columns name, mchid, serial_no, private_key and base_url must not be null'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    IF lower(substr(NEW.base_url, 1, 8)) <> 'https://' THEN
+        RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_config_check() FROM PUBLIC;
+
+CREATE TRIGGER wxpay_config_check
+    BEFORE INSERT OR UPDATE ON @extschema@.wxpay_config
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.wxpay_config_check();
+
+--
+-- Every backend caches parsed keys.  Any change to the two tables sends a
+-- relcache invalidation for the table, which tells every backend to reload.
+--
+CREATE FUNCTION @extschema@.wxpay_config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'wxpay_config_changed'
+LANGUAGE C;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_config_changed() FROM PUBLIC;
+
+CREATE TRIGGER wxpay_config_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.wxpay_config
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.wxpay_config_changed();
+
+CREATE TRIGGER wxpay_config_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.wxpay_platform_certificate
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.wxpay_config_changed();
+
+--
+-- Typed answers, fields in the API's order and with its names.
+--
+CREATE TYPE @extschema@.wxpay_sign_plan AS (
+    sign_plan_id text,
+    openid text,
+    service_id text,
+    mchid text,
+    appid text,
+    merchant_sign_plan_no text,
+    merchant_callback_url text,
+    plan_id text,
+    going_detail_no integer,
+    sign_state text,
+    cancel_sign_time timestamptz,
+    cancel_sign_type text,
+    cancel_reason text,
+    plan_name text,
+    plan_over_time timestamptz,
+    total_origin_price bigint,
+    deduction_quantity integer,
+    total_actual_price bigint,
+    signed_detail_list jsonb,
+    sign_time timestamptz
+);
+
+CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
+    plan_detail_no integer,
+    original_price bigint,
+    plan_discount_description text,
+    actual_price bigint,
+    plan_detail_state text,
+    order_id text,
+    merchant_plan_detail_no text,
+    plan_detail_name text,
+    actual_pay_price bigint,
+    use_time timestamptz,
+    complete_time timestamptz,
+    cancel_time timestamptz
+);
+
+--
+-- Stop a sign plan.  SECURITY DEFINER so that it can read the keys its
+-- caller may not; the pinned search_path makes it immune to objects the
+-- caller plants.  Not STRICT: a NULL argument is an error, not a silent NULL.
+--
+CREATE FUNCTION @extschema@.wxpay_stop_sign_plan(
+    merchant_sign_plan_no text,
+    stop_reason text,
+    config_name text DEFAULT 'default')
+RETURNS @extschema@.wxpay_sign_plan
+AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plan'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM PUBLIC;
+
+--
+-- Query a sign plan: the signed, verified GET.  How to learn the truth
+-- after an outcome-unknown error.  Same guarantees as the stop function.
+--
+CREATE FUNCTION @extschema@.wxpay_query_sign_plan(
+    merchant_sign_plan_no text,
+    config_name text DEFAULT 'default')
+RETURNS @extschema@.wxpay_sign_plan
+AS 'MODULE_PATHNAME', 'wxpay_query_sign_plan'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text) FROM PUBLIC;
+
+--
+-- Expand a plan's signed_detail_list into rows.  Pure functions of their
+-- argument: no secrets, no network.
+--
+CREATE FUNCTION @extschema@.wxpay_sign_plan_details(signed_detail_list jsonb)
+RETURNS SETOF @extschema@.wxpay_sign_plan_detail
+AS 'MODULE_PATHNAME', 'wxpay_sign_plan_details'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.wxpay_sign_plan_details(plan @extschema@.wxpay_sign_plan)
+RETURNS SETOF @extschema@.wxpay_sign_plan_detail
+AS 'MODULE_PATHNAME', 'wxpay_sign_plan_details_plan'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- ===================================================================
+-- 0.2.0: failover to the backup domain (issue 6)
+-- ===================================================================
+
+
+-- ===================================================================
+-- 0.2.0: platform certificates and the configuration check (issue 4)
+-- ===================================================================
+
+
+-- ===================================================================
+-- 0.2.0: the concurrent batch stop (issue 5)
+-- ===================================================================
+
+
+-- ===================================================================
+-- 0.2.0: the durable outbox and its background worker (issue 3)
+-- ===================================================================
