@@ -21,11 +21,15 @@ mkdir "$WX_WORK/tree"
     tar xf - -C "$WX_WORK/tree"
 [ "$(id -u)" = 0 ] && chown -R postgres "$WX_WORK/tree"
 
+# WX_MAKE_ARGS is split as the shell would (quotes group words), so that
+# REGRESS='01_setup 03_stop' reaches make as one argument.
+eval "make_args=(${WX_MAKE_ARGS:-})"
+
 status=0
 cd "$WX_WORK/tree"
 if ! wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
         WXPAY_SIM_CONTROL="$WXPAY_SIM_CONTROL" PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=postgres \
-        make -s PG_CONFIG="$WX_PG_CONFIG" installcheck ${WX_MAKE_ARGS:-}; then
+        make -s PG_CONFIG="$WX_PG_CONFIG" installcheck "${make_args[@]}"; then
     status=1
     [ -f regression.diffs ] && cat regression.diffs
     for f in tmp_check/log/regress_log_*; do
