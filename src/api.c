@@ -42,10 +42,7 @@
 
 #include "wxpay_signplan.h"
 
-#define PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
-
 static const char *CallWhat(const WxpayCall *call);
-static bool CallVerify(WxpayCall *call, char **why);
 static void CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 					 char *detail, const char *hint);
 static char *CallRequestId(WxpayCall *call);
@@ -126,49 +123,30 @@ wxpay_check_stop_reason_arg(text *reason)
 }
 
 /*
- * Build and sign the request for call.  No network I/O.  Errors here are
- * configuration problems (WX001): nothing has been sent.
+ * Sign a request for cfg and fill req with everything the transport needs:
+ * method, URL (base_url + path), Authorization header, body, CA bundle.
+ * path is the path and query exactly as sent; body is NULL for a GET.  No
+ * network I/O; the strings are palloc'd in the current context.  A signing
+ * failure is a configuration problem (WX001): nothing has been sent.
  */
 void
-wxpay_call_prepare(WxpayCall *call)
+wxpay_request_sign(const WxpayConfig *cfg, const char *method,
+				   const char *path, const char *body, size_t body_len,
+				   WxpayHttpRequest *req)
 {
-	const WxpayConfig *cfg = call->cfg;
-	WxpayHttpRequest *req = &call->req;
-	StringInfoData path;
-	StringInfoData body;
 	StringInfoData msg;
 	char		nonce[WXPAY_NONCE_LEN + 1];
 	char		ts[32];
 	char	   *signature;
 	WxpayKeyError err;
 
-	if (wxpay_config_find_key(cfg, NULL, GetCurrentTimestamp()) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
-				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", cfg->name),
-				 errdetail("No configured platform certificate is in its validity period now."),
-				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
-
-	initStringInfo(&path);
-	appendStringInfoString(&path, PLAN_PATH);
-	appendStringInfoString(&path, call->plan_no);
-
-	initStringInfo(&body);
-	if (call->op == WXPAY_OP_STOP)
-	{
-		appendStringInfoString(&path, "/stop");
-		appendStringInfoString(&body, "{\"stop_reason\":");
-		escape_json(&body, call->stop_reason);
-		appendStringInfoChar(&body, '}');
-	}
-
 	snprintf(ts, sizeof(ts), "%lld", (long long) time(NULL));
 	wxpay_make_nonce(nonce);
 
 	initStringInfo(&msg);
-	appendStringInfo(&msg, "%s\n%s\n%s\n%s\n",
-					 call->op == WXPAY_OP_STOP ? "POST" : "GET", path.data, ts, nonce);
-	appendBinaryStringInfo(&msg, body.data, body.len);
+	appendStringInfo(&msg, "%s\n%s\n%s\n%s\n", method, path, ts, nonce);
+	if (body != NULL)
+		appendBinaryStringInfo(&msg, body, body_len);
 	appendStringInfoChar(&msg, '\n');
 
 	signature = wxpay_sign_base64(cfg->private_key, msg.data, msg.len, &err);
@@ -179,20 +157,57 @@ wxpay_call_prepare(WxpayCall *call)
 				 errdetail_internal("%s: %s", err.msg, err.lib)));
 
 	memset(req, 0, sizeof(WxpayHttpRequest));
-	req->method = call->op == WXPAY_OP_STOP ? "POST" : "GET";
-	req->url = psprintf("%s%s", cfg->base_url, path.data);
+	req->method = method;
+	req->url = psprintf("%s%s", cfg->base_url, path);
 	req->authorization =
 		psprintf("Authorization: WECHATPAY2-SHA256-RSA2048 mchid=\"%s\",nonce_str=\"%s\","
 				 "signature=\"%s\",timestamp=\"%s\",serial_no=\"%s\"",
 				 cfg->mchid, nonce, signature, ts, cfg->serial_no);
-	req->body = call->op == WXPAY_OP_STOP ? body.data : NULL;
-	req->body_len = call->op == WXPAY_OP_STOP ? body.len : 0;
+	req->body = body;
+	req->body_len = body != NULL ? body_len : 0;
 	req->ca_cert = cfg->ca_cert;
 	req->ca_cert_len = cfg->ca_cert_len;
 
 	pfree(msg.data);
-	pfree(path.data);
 	pfree(signature);
+}
+
+/*
+ * Build and sign the request for call.  No network I/O.  Errors here are
+ * configuration problems (WX001): nothing has been sent.
+ */
+void
+wxpay_call_prepare(WxpayCall *call)
+{
+	const WxpayConfig *cfg = call->cfg;
+	StringInfoData path;
+	StringInfoData body;
+
+	if (wxpay_config_find_key(cfg, NULL, GetCurrentTimestamp()) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", cfg->name),
+				 errdetail("No configured platform certificate is in its validity period now."),
+				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
+
+	initStringInfo(&path);
+	appendStringInfoString(&path, WXPAY_PLAN_PATH);
+	appendStringInfoString(&path, call->plan_no);
+
+	if (call->op == WXPAY_OP_STOP)
+	{
+		appendStringInfoString(&path, "/stop");
+		initStringInfo(&body);
+		appendStringInfoString(&body, "{\"stop_reason\":");
+		escape_json(&body, call->stop_reason);
+		appendStringInfoChar(&body, '}');
+		wxpay_request_sign(cfg, "POST", path.data, body.data, body.len,
+						   &call->req);
+	}
+	else
+		wxpay_request_sign(cfg, "GET", path.data, NULL, 0, &call->req);
+
+	pfree(path.data);
 }
 
 static const char *
@@ -227,20 +242,20 @@ CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 	res->hint = hint ? pstrdup(hint) : NULL;
 }
 
-/* Verify a 2xx answer; false with *why on any failure. */
-static bool
-CallVerify(WxpayCall *call, char **why)
+/*
+ * The checks on an answer's Wechatpay-* headers that come before the
+ * signature: all four exactly once, none overlong, and a timestamp within
+ * WXPAY_MAX_CLOCK_SKEW_SECS of our clock.  False with *why on failure.
+ */
+bool
+wxpay_answer_check_headers(WxpayHttpRequest *req, char **why)
 {
-	WxpayHttpRequest *req = &call->req;
 	WxpayHeaderValue *hs[4] = {&req->h_timestamp, &req->h_nonce,
 	&req->h_signature, &req->h_serial};
 	static const char *const names[4] = {"Wechatpay-Timestamp", "Wechatpay-Nonce",
 	"Wechatpay-Signature", "Wechatpay-Serial"};
 	int64		ts;
 	int64		now = (int64) time(NULL);
-	const WxpayVerifyKey *key;
-	StringInfoData msg;
-	bool		ok;
 
 	for (int i = 0; i < 4; i++)
 	{
@@ -272,23 +287,49 @@ CallVerify(WxpayCall *call, char **why)
 						(long long) (ts > now ? ts - now : now - ts));
 		return false;
 	}
+	return true;
+}
 
-	key = wxpay_config_find_key(call->cfg, req->h_serial.value, GetCurrentTimestamp());
-	if (key == NULL)
-	{
-		*why = psprintf("no usable key of wxpay configuration \"%s\" has serial \"%s\"",
-						call->cfg->name, req->h_serial.value);
-		return false;
-	}
+/*
+ * Whether key signed the answer: "timestamp\nnonce\nbody\n".  Call only after
+ * wxpay_answer_check_headers() succeeded.
+ */
+bool
+wxpay_answer_check_signature(WxpayHttpRequest *req, EVP_PKEY *key)
+{
+	StringInfoData msg;
+	bool		ok;
 
 	initStringInfo(&msg);
 	appendStringInfo(&msg, "%s\n%s\n", req->h_timestamp.value, req->h_nonce.value);
 	appendBinaryStringInfo(&msg, req->resp ? req->resp : "", req->resp_len);
 	appendStringInfoChar(&msg, '\n');
-	ok = wxpay_verify_base64(key->pkey, msg.data, msg.len,
+	ok = wxpay_verify_base64(key, msg.data, msg.len,
 							 req->h_signature.value, req->h_signature.len);
 	pfree(msg.data);
-	if (!ok)
+	return ok;
+}
+
+/*
+ * Verify an answer with the keys of cfg (the contract in the header
+ * comment); false with *why on any failure.
+ */
+bool
+wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req, char **why)
+{
+	const WxpayVerifyKey *key;
+
+	if (!wxpay_answer_check_headers(req, why))
+		return false;
+
+	key = wxpay_config_find_key(cfg, req->h_serial.value, GetCurrentTimestamp());
+	if (key == NULL)
+	{
+		*why = psprintf("no usable key of wxpay configuration \"%s\" has serial \"%s\"",
+						cfg->name, req->h_serial.value);
+		return false;
+	}
+	if (!wxpay_answer_check_signature(req, key->pkey))
 	{
 		*why = pstrdup("the signature does not match the answer");
 		return false;
@@ -345,7 +386,7 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 		Datum	   *values;
 		bool	   *nulls;
 
-		if (!CallVerify(call, &why))
+		if (!wxpay_answer_verify(call->cfg, &call->req, &why))
 		{
 			CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					 psprintf("WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted, so the outcome is unknown.",

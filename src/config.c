@@ -137,10 +137,30 @@ ConfigFreeAll(void)
 
 /*
  * The parsed config called name, loading it on first use.  Errors:
- * 42704 when there is no such config, WX001 when it is unusable.
+ * 42704 when there is no such config, WX001 when it is unusable, including
+ * when it has no key to verify answers with.
  */
 const WxpayConfig *
 wxpay_config_get(const char *name, Oid nspoid)
+{
+	const WxpayConfig *cfg = wxpay_config_get_signing(name, nspoid);
+
+	if (cfg->nkeys == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
+				 errdetail("Neither wechatpay_public_key nor an unexpired platform certificate is configured."),
+				 errhint("Set wechatpay_public_key_id and wechatpay_public_key, or add rows to wxpay_platform_certificate.")));
+	return cfg;
+}
+
+/*
+ * The same, but a config without any verification key is returned (nkeys
+ * is then 0): for calls that verify the answer with keys of their own, such
+ * as the first download of the platform certificates.
+ */
+const WxpayConfig *
+wxpay_config_get_signing(const char *name, Oid nspoid)
 {
 	CacheEntry *e;
 
@@ -306,13 +326,6 @@ ConfigLoad(const char *name, Oid nspoid)
 		MemoryContextSwitchTo(cxt);
 		ConfigParseCertificates(name, cfg, (int) SPI_processed,
 								SPI_tuptable->vals, SPI_tuptable->tupdesc);
-
-		if (cfg->nkeys == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
-					 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
-					 errdetail("Neither wechatpay_public_key nor an unexpired platform certificate is configured."),
-					 errhint("Set wechatpay_public_key_id and wechatpay_public_key, or add rows to wxpay_platform_certificate.")));
 	}
 	PG_CATCH();
 	{
