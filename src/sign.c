@@ -351,3 +351,130 @@ wxpay_verify_base64(EVP_PKEY *key, const char *msg, size_t len,
 	ERR_clear_error();
 	return ok;
 }
+
+/*
+ * Count the certificates in a PEM bundle (ca_cert); -1 with err filled in
+ * when there is none or one of them cannot be parsed.
+ */
+int
+wxpay_count_certificates(const char *pem, size_t len, WxpayKeyError *err)
+{
+	BIO		   *bio;
+	int			n = 0;
+	bool		ok = true;
+
+	ERR_clear_error();
+	bio = pem_bio(pem, len);
+	if (bio == NULL)
+	{
+		key_error(err, "out of memory");
+		return -1;
+	}
+	for (;;)
+	{
+		X509	   *x509 = PEM_read_bio_X509(bio, NULL, no_password_cb, NULL);
+		unsigned long code;
+
+		if (x509 != NULL)
+		{
+			X509_free(x509);
+			n++;
+			continue;
+		}
+		/* the end of the text is "no start line"; anything else is damage */
+		code = ERR_peek_last_error();
+		if (ERR_GET_LIB(code) != ERR_LIB_PEM ||
+			ERR_GET_REASON(code) != PEM_R_NO_START_LINE)
+			ok = false;
+		break;
+	}
+	BIO_free(bio);
+	if (!ok)
+	{
+		key_error(err, n == 0 ?
+				  "the first certificate cannot be parsed" :
+				  "a certificate after the first cannot be parsed");
+		return -1;
+	}
+	ERR_clear_error();
+	if (n == 0)
+	{
+		key_error(err, "it contains no PEM certificate (BEGIN CERTIFICATE)");
+		return -1;
+	}
+	return n;
+}
+
+/*
+ * AEAD_AES_256_GCM decryption as WeChat Pay uses it for platform
+ * certificates: key = the 32-byte APIv3 key, IV = the 12-byte nonce string,
+ * AAD = associated_data, input = ciphertext followed by the 16-byte tag.
+ * Returns the plaintext (NUL-terminated, palloc'd in the current context)
+ * and its length, or NULL with err filled in.  Nothing is returned unless
+ * the tag verifies: a wrong key and an altered ciphertext or tag look alike.
+ */
+char *
+wxpay_aes256gcm_decrypt(const unsigned char *key, size_t keylen,
+						const char *nonce, size_t noncelen,
+						const char *aad, size_t aadlen,
+						const unsigned char *in, size_t inlen,
+						size_t *outlen, WxpayKeyError *err)
+{
+	EVP_CIPHER_CTX *ctx;
+	unsigned char *out;
+	size_t		ctlen;
+	int			n1 = 0,
+				n2 = 0;
+	bool		ok;
+
+	if (keylen != WXPAY_APIV3_KEY_LEN)
+	{
+		key_error(err, "the APIv3 key is not 32 bytes long");
+		return NULL;
+	}
+	if (noncelen != WXPAY_GCM_NONCE_LEN)
+	{
+		key_error(err, "the nonce is not 12 bytes long");
+		return NULL;
+	}
+	if (inlen < WXPAY_GCM_TAG_LEN || inlen - WXPAY_GCM_TAG_LEN > INT_MAX ||
+		aadlen > INT_MAX)
+	{
+		key_error(err, "the ciphertext is too short or too long");
+		return NULL;
+	}
+	ctlen = inlen - WXPAY_GCM_TAG_LEN;
+
+	/* palloc before any OpenSSL object exists: it may throw */
+	out = palloc(ctlen + 1);
+
+	ERR_clear_error();
+	ctx = EVP_CIPHER_CTX_new();
+	if (ctx == NULL)
+	{
+		pfree(out);
+		key_error(err, "out of memory");
+		return NULL;
+	}
+	ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int) noncelen, NULL) == 1 &&
+		EVP_DecryptInit_ex(ctx, NULL, NULL, key, (const unsigned char *) nonce) == 1 &&
+		(aadlen == 0 ||
+		 EVP_DecryptUpdate(ctx, NULL, &n1, (const unsigned char *) aad, (int) aadlen) == 1) &&
+		EVP_DecryptUpdate(ctx, out, &n1, in, (int) ctlen) == 1 &&
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, WXPAY_GCM_TAG_LEN,
+							(void *) (in + ctlen)) == 1 &&
+		EVP_DecryptFinal_ex(ctx, out + n1, &n2) == 1;
+	EVP_CIPHER_CTX_free(ctx);
+	if (!ok)
+	{
+		/* unauthenticated plaintext must not survive */
+		explicit_bzero(out, ctlen + 1);
+		pfree(out);
+		key_error(err, "the tag does not match: the ciphertext or its tag was altered, or the APIv3 key is wrong");
+		return NULL;
+	}
+	*outlen = (size_t) n1 + (size_t) n2;
+	out[*outlen] = '\0';
+	return (char *) out;
+}

@@ -21,6 +21,7 @@ PG_MODULE_MAGIC;
 /* GUC variables */
 int			wxpay_connect_timeout = 10000;
 int			wxpay_request_timeout = 30000;
+int			wxpay_certificate_refresh_interval = 12 * 3600;
 
 void		_PG_init(void);
 
@@ -43,6 +44,15 @@ _PG_init(void)
 							30000, 1, 3600 * 1000,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.certificate_refresh_interval",
+							"Sets how often the background worker downloads the WeChat Pay platform certificates.",
+							"Applies to each configuration with an apiv3_key; 0 turns the automatic refresh off. A failed refresh keeps the certificates already held.",
+							&wxpay_certificate_refresh_interval,
+							12 * 3600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("wxpay");

@@ -13,6 +13,10 @@
  *	  response.c		answer bodies to SQL values (jsonb, composites)
  *	  api.c				one signed, sent, verified call, and its error reports
  *	  signplan.c		SQL-callable entry points
+ *	  certs.c			platform certificates: download, decrypt, verify,
+ *						store (SQL function and the worker's C API)
+ *	  checkconfig.c		wxpay_check_config(): each piece of a config
+ *						checked alone, and one live request
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +29,7 @@
 #include "access/tupdesc.h"
 #include "fmgr.h"
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
 #ifndef WXPAY_VERSION
@@ -56,6 +61,7 @@
 /* GUC variables (wxpay_signplan.c) */
 extern int	wxpay_connect_timeout;
 extern int	wxpay_request_timeout;
+extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
 
 /* ---------- protocol.c ---------- */
 
@@ -109,6 +115,18 @@ extern char *wxpay_sign_base64(EVP_PKEY *key, const char *msg, size_t len,
 							   WxpayKeyError *err);
 extern bool wxpay_verify_base64(EVP_PKEY *key, const char *msg, size_t len,
 								const char *sig_b64, size_t sig_len);
+extern int	wxpay_count_certificates(const char *pem, size_t len,
+									 WxpayKeyError *err);
+
+#define WXPAY_APIV3_KEY_LEN		32
+#define WXPAY_GCM_NONCE_LEN		12
+#define WXPAY_GCM_TAG_LEN		16
+
+extern char *wxpay_aes256gcm_decrypt(const unsigned char *key, size_t keylen,
+									 const char *nonce, size_t noncelen,
+									 const char *aad, size_t aadlen,
+									 const unsigned char *in, size_t inlen,
+									 size_t *outlen, WxpayKeyError *err);
 
 /* ---------- config.c ---------- */
 
@@ -135,6 +153,8 @@ typedef struct WxpayConfig
 
 extern void ConfigInit(void);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
+extern const WxpayConfig *wxpay_config_get_signing(const char *name,
+												   Oid nspoid);
 extern const WxpayVerifyKey *wxpay_config_find_key(const WxpayConfig *cfg,
 												   const char *serial,
 												   TimestampTz now);
@@ -200,6 +220,8 @@ extern void wxpay_error_body(const char *body, size_t len,
 
 /* ---------- api.c ---------- */
 
+#define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
+
 typedef enum WxpayOperation
 {
 	WXPAY_OP_STOP,
@@ -234,9 +256,87 @@ extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
 extern void wxpay_check_plan_no_arg(const char *plan_no);
 extern char *wxpay_check_stop_reason_arg(text *reason);
+extern void wxpay_request_sign(const WxpayConfig *cfg, const char *method,
+							   const char *path, const char *body,
+							   size_t body_len, WxpayHttpRequest *req);
+extern bool wxpay_answer_check_headers(WxpayHttpRequest *req, char **why);
+extern bool wxpay_answer_check_signature(WxpayHttpRequest *req, EVP_PKEY *key);
+extern bool wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req,
+								char **why);
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
 extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
+
+/* ---------- certs.c ---------- */
+
+/*
+ * Refreshing the platform certificates of one config, in three phases so
+ * that no transaction is open during network I/O (the background worker)
+ * while the SQL function runs the same code in one transaction:
+ *
+ *	 WxpayCertRefresh r;
+ *
+ *	 (1) in a transaction:
+ *		 wxpay_cert_refresh_prepare(&r, name, nspoid, cxt);
+ *	   Reads the config (wxpay_config_get_signing) and builds the signed
+ *	   GET /v3/certificates.  Everything later phases use is copied into
+ *	   cxt (a context the caller owns and resets), so the transaction may
+ *	   end afterwards.  ereports ERROR when the config cannot be used:
+ *	   42704 no such config, WX001 unusable key or no apiv3_key.  The
+ *	   worker runs it under its usual PG_TRY/abort recovery.
+ *	 (2) outside any transaction (or inside; no catalog access):
+ *		 wxpay_cert_refresh_send(&r);
+ *	   One HTTPS request (wxpay_http_perform).  Honours cancel and
+ *	   ProcDiePending like any request (may ereport for those only).
+ *	 (3) in a new transaction:
+ *		 if (!wxpay_cert_refresh_finish(&r)) ... r.message/detail/hint
+ *	   Verifies the answer, decrypts each certificate with the config's
+ *	   apiv3_key (read now, zeroed after use), checks that the answer is
+ *	   signed by a certificate it contains or one already held, then
+ *	   upserts wxpay_platform_certificate and deletes the held ones that
+ *	   have expired.  Any failure before the upsert changes nothing and is
+ *	   returned in r (ok false, sqlstate, secret-free message, detail and
+ *	   hint) rather than raised; SPI errors still raise.
+ *
+ * wxpay_cert_refresh_configs() lists the configs the worker should refresh
+ * (those with an apiv3_key), in a transaction.  The worker refreshes each
+ * every wxpay.certificate_refresh_interval seconds (0 = never); after a
+ * failure it may retry sooner, but the certificates held stay usable until
+ * they expire, so there is no hurry.
+ */
+typedef struct WxpayCertInfo
+{
+	char	   *serial_no;		/* upper-case hex */
+	TimestampTz effective_time;
+	TimestampTz expire_time;
+	bool		is_new;			/* not held before this refresh */
+} WxpayCertInfo;
+
+typedef struct WxpayCertRefresh
+{
+	/* phase 1: everything in the caller's context */
+	MemoryContext cxt;
+	char	   *config_name;
+	Oid			nspoid;
+	char	   *base_url;		/* for messages */
+	WxpayHttpRequest req;		/* the signed GET; phase 2 fills the answer */
+
+	/* phase 3: the outcome */
+	bool		ok;
+	int			sqlstate;		/* when not ok */
+	char	   *message;		/* when not ok: primary, secret-free */
+	char	   *detail;
+	char	   *hint;
+	int			ncerts;			/* when ok: what is held now */
+	WxpayCertInfo *certs;
+} WxpayCertRefresh;
+
+extern void wxpay_cert_refresh_prepare(WxpayCertRefresh *r,
+									   const char *config_name, Oid nspoid,
+									   MemoryContext cxt);
+extern void wxpay_cert_refresh_send(WxpayCertRefresh *r);
+extern bool wxpay_cert_refresh_finish(WxpayCertRefresh *r);
+extern List *wxpay_cert_refresh_configs(Oid nspoid);
 
 #endif							/* WXPAY_SIGNPLAN_H */

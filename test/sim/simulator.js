@@ -663,7 +663,8 @@ function routeRequest(ctx) {
 const STOP_TIME = '2026-01-15T10:20:30.120+08:00';
 
 function getPlan(no) {
-    if (no.startsWith('notfound'))
+    /* wxpay-check-: the never-created plan that wxpay_check_config() queries */
+    if (no.startsWith('notfound') || no.startsWith('wxpay-check-'))
         return null;
     let p = state.plans.get(no);
     if (!p) {
