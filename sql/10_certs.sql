@@ -38,6 +38,12 @@ FROM wxpay_platform_certificate WHERE config_name = 'certs';
 -- and now stops work, verified with it
 SELECT sign_state FROM wxpay_stop_sign_plan('certs-1', 'r', 'certs');
 
+-- the worker's refresh interval: a server-wide setting (reload), 0 = off
+SHOW wxpay.certificate_refresh_interval;
+SET wxpay.certificate_refresh_interval = '1h';
+SELECT setting, unit, context, min_val FROM pg_settings
+WHERE name = 'wxpay.certificate_refresh_interval';
+
 -- again: nothing new
 SELECT serial_no = :'cert_serial' AS is_platform_cert, is_new
 FROM wxpay_refresh_platform_certificates('certs');

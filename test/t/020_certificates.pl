@@ -23,6 +23,15 @@ my %serial = map { $_ => pki_file("${_}_serial.txt", chomp => 1) }
   qw(platform_cert platform_cert2 platform_cert_expired);
 my %name_of = reverse %serial;
 
+# put the simulator back even when a test dies half-way
+END
+{
+	eval {
+		ctl_post('/settings',
+			{ signing_cert => 'platform_cert', certificates => ['platform_cert'] });
+	};
+}
+
 my $node = new_node('certs');
 $node->safe_psql('postgres',
 	"ALTER SYSTEM SET log_min_messages = debug1; SELECT pg_reload_conf()");
