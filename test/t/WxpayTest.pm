@@ -64,7 +64,9 @@ sub dq
 }
 
 # INSERT for a public-key mode merchant (mchid 1900000001); %over replaces
-# columns (name, serial_no, private_key, base_url, ...).
+# columns (name, serial_no, private_key, base_url, ...).  undef is NULL.
+# backup_base_url is NULL unless given: the column's default is WeChat Pay's
+# real backup domain, which a test must never fail over to.
 sub config_insert_sql
 {
 	my (%over) = @_;
@@ -77,13 +79,14 @@ sub config_insert_sql
 		wechatpay_public_key => pki_file('platform_pub.pem'),
 		base_url => $ENV{WXPAY_SIM_URL},
 		ca_cert => pki_file('ca.crt'),
+		backup_base_url => undef,
 		%over);
 	my @cols = sort keys %c;
 	return
 	    'INSERT INTO wxpay_config ('
 	  . join(', ', @cols)
 	  . ') VALUES ('
-	  . join(', ', map { dq($c{$_}) } @cols) . ')';
+	  . join(', ', map { defined $c{$_} ? dq($c{$_}) : 'NULL' } @cols) . ')';
 }
 
 # A started cluster with the extension and the default config.
