@@ -30,6 +30,15 @@
  * can have reached WeChat Pay.  Any later failure is FAILED: the platform
  * may have acted.
  *
+ * Never twice.  When a kept-alive connection dies before any answer byte,
+ * libcurl on its own sends the same request again on a fresh connection.
+ * The first copy may have been acted on, and WeChat Pay refuses the copy (a
+ * replayed nonce, or "already stopped"), which would read as a rejection of
+ * a request that in fact succeeded.  CURLOPT_PREREQFUNCTION sees every
+ * attempt to send and aborts the second one, so the request is FAILED
+ * (outcome unknown), as it must be.  Older libcurl lacks that callback;
+ * there every request gets a fresh connection instead.
+ *
  * Failover.  A request with a backup_url whose transfer to url ends NOT_SENT
  * because the host could not be reached (DNS, refused or unreachable, connect
  * timeout, a TLS handshake cut short) is re-aimed at backup_url on the same
@@ -85,6 +94,10 @@ static int	SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp,
 static int	TimerCallback(CURLM *multi, long timeout_ms, void *userp);
 static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
 static size_t HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata);
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int	PrereqCallback(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+						   int conn_primary_port, int conn_local_port);
+#endif
 static CURL *EasyGet(int i);
 static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
@@ -335,6 +348,28 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/*
+ * CURLOPT_PREREQFUNCTION: called each time libcurl is about to send the
+ * request.  A second time means libcurl wants to resend it after a
+ * connection died: refuse (see "Never twice" above).
+ */
+static int
+PrereqCallback(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+			   int conn_primary_port, int conn_local_port)
+{
+	WxpayHttpRequest *req = (WxpayHttpRequest *) clientp;
+
+	(void) conn_primary_ip;
+	(void) conn_local_ip;
+	(void) conn_primary_port;
+	(void) conn_local_port;
+	if (++req->nsends > 1)
+		return CURL_PREREQFUNC_ABORT;
+	return CURL_PREREQFUNC_OK;
+}
+#endif
+
 /* The i-th pooled easy handle, with the options that never change. */
 static CURL *
 EasyGet(int i)
@@ -379,6 +414,11 @@ EasyGet(int i)
 						 (curl_off_t) WXPAY_MAX_RESPONSE_BYTES);
 		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCallback);
 		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, HeaderCallback);
+#if LIBCURL_VERSION_NUM >= 0x075000
+		curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, PrereqCallback);
+#else
+		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+#endif
 	}
 	return Easy[i];
 }
@@ -395,6 +435,7 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	req->errbuf[0] = '\0';
 	req->too_large = false;
 	req->timed_out = false;
+	req->nsends = 0;
 	req->failed_over = false;
 	req->primary_errbuf[0] = '\0';
 	req->status = 0;
@@ -447,6 +488,9 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
+#endif
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
 }
 
@@ -497,6 +541,7 @@ FailoverStart(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 
 	req->outcome = WXPAY_TRANSPORT_NOT_SENT;
 	req->errbuf[0] = '\0';
+	req->nsends = 0;
 	req->too_large = false;
 	req->timed_out = false;
 	req->status = 0;
@@ -519,6 +564,14 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 	{
 		req->outcome = WXPAY_TRANSPORT_ANSWERED;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+	}
+	else if (req->nsends > 1)
+	{
+		/* PrereqCallback refused to send it again */
+		req->outcome = WXPAY_TRANSPORT_FAILED;
+		strlcpy(req->errbuf,
+				"the connection closed before an answer arrived, and the request is never sent twice",
+				sizeof(req->errbuf));
 	}
 	else
 	{

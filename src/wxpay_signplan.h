@@ -176,6 +176,7 @@ typedef struct WxpayHttpRequest
 	char		errbuf[256];	/* libcurl's words, for errdetail_internal */
 	bool		too_large;		/* answer exceeded WXPAY_MAX_RESPONSE_BYTES */
 	bool		timed_out;
+	int			nsends;			/* times libcurl was about to send it */
 	bool		failed_over;	/* url failed before sending; went to backup_url */
 	char		primary_errbuf[256];	/* libcurl's words about url, when
 										 * failed_over */
