@@ -17,6 +17,9 @@
  *	  WX003 outcome unknown: the request may have been acted on (timeout or
  *			failure after sending, 5xx, an answer that fails verification or
  *			cannot be read).
+ * A request that went to the backup domain (transport.c, "Failover") is
+ * classified the same way; its report says where it went.
+ *
  * Every answer with status 2xx is verified before its body is looked at:
  * all four Wechatpay-* headers exactly once, timestamp within 300 s of our
  * clock, a configured key under that serial, a valid signature over
@@ -323,10 +326,11 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 	/* the operator should learn that the main domain is unreachable */
 	if (req->failed_over)
 		ereport(LOG,
-				(errmsg("wxpay: connecting to %s failed, sent the %s of sign plan \"%s\" to the backup domain %s",
-						call->cfg->base_url, CallWhat(call), call->plan_no,
-						call->cfg->backup_base_url),
-				 errdetail_internal("%s", req->primary_errbuf)));
+				(errmsg("sent the %s of sign plan \"%s\" to the backup domain %s because %s could not be reached",
+						CallWhat(call), call->plan_no,
+						call->cfg->backup_base_url, call->cfg->base_url),
+				 errdetail_internal("Connecting to %s failed: %s.",
+									call->cfg->base_url, req->primary_errbuf)));
 
 	if (req->outcome == WXPAY_TRANSPORT_NOT_SENT)
 	{

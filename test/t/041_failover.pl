@@ -101,7 +101,7 @@ for my $case (
 	run_sql('RESET wxpay.connect_timeout') if $set;
 }
 ok($node->log_contains(
-		qr/LOG:  wxpay: connecting to \Q$closed_url\E failed, sent the stop of sign plan "t41-fo_refused" to the backup domain \Q$backup->{url}\E/),
+		qr/LOG:  sent the stop of sign plan "t41-fo_refused" to the backup domain \Q$backup->{url}\E because \Q$closed_url\E could not be reached/),
 	'the server log says the request went to the backup domain');
 
 # ---- the backup gets what is left of the request timeout ----
