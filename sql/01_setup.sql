@@ -49,12 +49,12 @@ VALUES ('nokey', '1', 'AB', NULL);
 
 -- public-key mode (the default config)
 INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca');
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
+VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca', NULL);
 
 -- platform-certificate mode, PKCS#1 key, lower-case serial
-INSERT INTO wxpay_config (name, mchid, serial_no, private_key, base_url, ca_cert)
-VALUES ('certmode', '1900000002', lower(:'serial'), :'key_pkcs1', :'sim_url', :'ca');
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, base_url, ca_cert, backup_base_url)
+VALUES ('certmode', '1900000002', lower(:'serial'), :'key_pkcs1', :'sim_url', :'ca', NULL);
 INSERT INTO wxpay_platform_certificate (config_name, serial_no, certificate)
 VALUES ('certmode', :'cert_serial', :'cert');
 

@@ -56,17 +56,17 @@ SELECT regress_sqlstate($$SELECT wxpay_stop_sign_plan('fault-truncated_chunked',
 
 -- nothing sent: closed port, and a server our CA does not vouch for
 INSERT INTO wxpay_config (name, mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert)
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
 SELECT 'closed', mchid, serial_no, private_key, wechatpay_public_key_id,
-       wechatpay_public_key, 'https://127.0.0.1:1', ca_cert
+       wechatpay_public_key, 'https://127.0.0.1:1', ca_cert, NULL
 FROM wxpay_config WHERE name = 'default';
 SELECT regress_sqlstate($$SELECT wxpay_stop_sign_plan('err-1', 'r', 'closed')$$);
 
 \set other_ca `cat "$WXPAY_PKI/other_ca.crt"`
 INSERT INTO wxpay_config (name, mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert)
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
 SELECT 'wrongca', mchid, serial_no, private_key, wechatpay_public_key_id,
-       wechatpay_public_key, base_url, :'other_ca'
+       wechatpay_public_key, base_url, :'other_ca', NULL
 FROM wxpay_config WHERE name = 'default';
 SELECT regress_sqlstate($$SELECT wxpay_stop_sign_plan('err-2', 'r', 'wrongca')$$);
 \! node test/sim/ctl.js attempts err-2

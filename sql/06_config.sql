@@ -14,8 +14,8 @@
 \set expired_serial `cat "$WXPAY_PKI/platform_cert_expired_serial.txt"`
 
 INSERT INTO wxpay_config (name, mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url)
-VALUES ('c', '1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', 'https://127.0.0.1:1');
+                          wechatpay_public_key, base_url, backup_base_url)
+VALUES ('c', '1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', 'https://127.0.0.1:1', NULL);
 
 -- a broken private key
 UPDATE wxpay_config SET private_key = 'not a key' WHERE name = 'c';

@@ -17,6 +17,9 @@
  *	  WX003 outcome unknown: the request may have been acted on (timeout or
  *			failure after sending, 5xx, an answer that fails verification or
  *			cannot be read).
+ * A request that went to the backup domain (transport.c, "Failover") is
+ * classified the same way; its report says where it went.
+ *
  * Every answer with status 2xx is verified before its body is looked at:
  * all four Wechatpay-* headers exactly once, timestamp within 300 s of our
  * clock, a configured key under that serial, a valid signature over
@@ -159,6 +162,8 @@ wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 	memset(req, 0, sizeof(WxpayHttpRequest));
 	req->method = method;
 	req->url = psprintf("%s%s", cfg->base_url, path);
+	req->backup_url = cfg->backup_base_url ?
+		psprintf("%s%s", cfg->backup_base_url, path) : NULL;
 	req->authorization =
 		psprintf("Authorization: WECHATPAY2-SHA256-RSA2048 mchid=\"%s\",nonce_str=\"%s\","
 				 "signature=\"%s\",timestamp=\"%s\",serial_no=\"%s\"",
@@ -226,7 +231,10 @@ CallRequestId(WxpayCall *call)
 	return pstrdup(h->value);
 }
 
-/* Fill res as a failure; detail gets the Request-ID appended. */
+/*
+ * Fill res as a failure; detail gets the Request-ID appended, and where the
+ * request went when it failed over (not-sent details say it themselves).
+ */
 static void
 CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 		 char *detail, const char *hint)
@@ -234,6 +242,9 @@ CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 	res->ok = false;
 	res->sqlstate = sqlstate;
 	res->message = psprintf("could not %s sign plan \"%s\"", CallWhat(call), call->plan_no);
+	if (call->req.failed_over && sqlstate != ERRCODE_WXPAY_REQUEST_NOT_SENT)
+		detail = psprintf("%s The request went to the backup domain %s because connecting to %s failed.",
+						  detail, call->cfg->backup_base_url, call->cfg->base_url);
 	res->request_id = CallRequestId(call);
 	if (res->request_id)
 		res->detail = psprintf("%s Request-ID: %s.", detail, res->request_id);
@@ -353,11 +364,27 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 	memset(res, 0, sizeof(WxpayCallResult));
 	res->http_status = req->status;
 
+	/* the operator should learn that the main domain is unreachable */
+	if (req->failed_over)
+		ereport(LOG,
+				(errmsg("sent the %s of sign plan \"%s\" to the backup domain %s because %s could not be reached",
+						CallWhat(call), call->plan_no,
+						call->cfg->backup_base_url, call->cfg->base_url),
+				 errdetail_internal("Connecting to %s failed: %s.",
+									call->cfg->base_url, req->primary_errbuf)));
+
 	if (req->outcome == WXPAY_TRANSPORT_NOT_SENT)
 	{
-		CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
-				 psprintf("Nothing was sent to %s: %s.", call->cfg->base_url, req->errbuf),
-				 "Nothing reached WeChat Pay, so retrying is safe.");
+		if (req->failed_over)
+			CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
+					 psprintf("Nothing was sent to %s: %s. Nothing was sent to the backup domain %s either: %s.",
+							  call->cfg->base_url, req->primary_errbuf,
+							  call->cfg->backup_base_url, req->errbuf),
+					 "Nothing reached WeChat Pay, so retrying is safe.");
+		else
+			CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
+					 psprintf("Nothing was sent to %s: %s.", call->cfg->base_url, req->errbuf),
+					 "Nothing reached WeChat Pay, so retrying is safe.");
 		return false;
 	}
 

@@ -281,7 +281,7 @@ ConfigLoad(const char *name, Oid nspoid)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT mchid, serial_no, private_key, wechatpay_public_key_id, "
-					 "wechatpay_public_key, base_url, ca_cert "
+					 "wechatpay_public_key, base_url, ca_cert, backup_base_url "
 					 "FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
 					 qnsp);
 	plan = SPI_prepare(sql.data, 1, argtype);
@@ -352,6 +352,7 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 	char	   *pubkey_pem = ConfigText(tup, desc, 5);
 	char	   *base_url = ConfigText(tup, desc, 6);
 	char	   *ca_cert = ConfigText(tup, desc, 7);
+	char	   *backup_base_url = ConfigText(tup, desc, 8);
 	WxpayKeyError err;
 	char		why[256];
 	size_t		len;
@@ -383,6 +384,17 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("wxpay configuration \"%s\" has an invalid base_url", name),
 				 errdetail("%s", why)));
+
+	if (backup_base_url != NULL)
+	{
+		cfg->backup_base_url = wxpay_validate_base_url(backup_base_url, why, sizeof(why));
+		if (cfg->backup_base_url == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+					 errmsg("wxpay configuration \"%s\" has an invalid backup_base_url", name),
+					 errdetail("%s", why),
+					 errhint("Set it to an https:// URL with a host and an optional port, or to NULL to disable failover.")));
+	}
 
 	if (ca_cert != NULL)
 	{

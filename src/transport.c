@@ -30,6 +30,27 @@
  * can have reached WeChat Pay.  Any later failure is FAILED: the platform
  * may have acted.
  *
+ * Never twice.  When a kept-alive connection dies before any answer byte,
+ * libcurl on its own sends the same request again on a fresh connection.
+ * The first copy may have been acted on, and WeChat Pay refuses the copy (a
+ * replayed nonce, or "already stopped"), which would read as a rejection of
+ * a request that in fact succeeded.  CURLOPT_PREREQFUNCTION sees every
+ * attempt to send and aborts the second one, so the request is FAILED
+ * (outcome unknown), as it must be.  Older libcurl lacks that callback;
+ * there every request gets a fresh connection instead.
+ *
+ * Failover.  A request with a backup_url whose transfer to url ends NOT_SENT
+ * because the host could not be reached (DNS, refused or unreachable, connect
+ * timeout, a TLS handshake cut short) is re-aimed at backup_url on the same
+ * easy handle, with the same headers and body: the signature covers the path,
+ * not the host, so the signed request is valid there too.  Only once, and
+ * never after a request byte may have left.  A certificate that fails
+ * verification is not "unreachable": it is what an interception looks like,
+ * and switching hosts silently would hide it, so it ends the request.  The
+ * backup gets what is left of wxpay.request_timeout, so that setting stays
+ * the bound on the whole request.  It happens inside the transfer loop, so
+ * every caller of wxpay_http_perform(), one request or many, gets it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -73,6 +94,10 @@ static int	SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp,
 static int	TimerCallback(CURLM *multi, long timeout_ms, void *userp);
 static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
 static size_t HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata);
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int	PrereqCallback(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+						   int conn_primary_port, int conn_local_port);
+#endif
 static CURL *EasyGet(int i);
 static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
@@ -82,6 +107,8 @@ static bool PerformLoop(WxpayHttpRequest **reqs, int nreqs);
 static void StoreHeader(WxpayHeaderValue *h, const char *v, size_t len);
 static void HeadersReset(WxpayHttpRequest *req);
 static WxpayTransportOutcome FailedOutcome(CURL *easy);
+static bool FailoverWanted(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
+static void FailoverStart(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
 
 void
 TransportInit(void)
@@ -321,6 +348,28 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/*
+ * CURLOPT_PREREQFUNCTION: called each time libcurl is about to send the
+ * request.  A second time means libcurl wants to resend it after a
+ * connection died: refuse (see "Never twice" above).
+ */
+static int
+PrereqCallback(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+			   int conn_primary_port, int conn_local_port)
+{
+	WxpayHttpRequest *req = (WxpayHttpRequest *) clientp;
+
+	(void) conn_primary_ip;
+	(void) conn_local_ip;
+	(void) conn_primary_port;
+	(void) conn_local_port;
+	if (++req->nsends > 1)
+		return CURL_PREREQFUNC_ABORT;
+	return CURL_PREREQFUNC_OK;
+}
+#endif
+
 /* The i-th pooled easy handle, with the options that never change. */
 static CURL *
 EasyGet(int i)
@@ -365,6 +414,11 @@ EasyGet(int i)
 						 (curl_off_t) WXPAY_MAX_RESPONSE_BYTES);
 		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCallback);
 		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, HeaderCallback);
+#if LIBCURL_VERSION_NUM >= 0x075000
+		curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, PrereqCallback);
+#else
+		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+#endif
 	}
 	return Easy[i];
 }
@@ -381,6 +435,9 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	req->errbuf[0] = '\0';
 	req->too_large = false;
 	req->timed_out = false;
+	req->nsends = 0;
+	req->failed_over = false;
+	req->primary_errbuf[0] = '\0';
 	req->status = 0;
 	req->resp_len = 0;
 	if (req->resp)
@@ -431,7 +488,72 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
+#endif
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+}
+
+/*
+ * Whether a transfer that ended with rc should be sent again to the backup:
+ * there is one, it has not been tried, nothing was sent, and the failure is
+ * about reaching the host, not about what the host presented.
+ */
+static bool
+FailoverWanted(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
+{
+	if (req->backup_url == NULL || req->failed_over)
+		return false;
+	switch (rc)
+	{
+		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_OPERATION_TIMEDOUT:
+		case CURLE_SSL_CONNECT_ERROR:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+			break;
+		default:
+			return false;		/* certificate problems among them */
+	}
+	return FailedOutcome(easy) == WXPAY_TRANSPORT_NOT_SENT;
+}
+
+/*
+ * Re-aim a finished (and removed) transfer at req->backup_url.  Headers and
+ * body stay as RequestStart() set them; the backup gets what is left of the
+ * request timeout.  The caller adds the handle to the multi handle again.
+ */
+static void
+FailoverStart(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
+{
+	curl_off_t	spent_us = 0;
+	long		left_ms;
+
+	if (req->errbuf[0] == '\0')
+		strlcpy(req->errbuf, curl_easy_strerror(rc), sizeof(req->errbuf));
+	strlcpy(req->primary_errbuf, req->errbuf, sizeof(req->primary_errbuf));
+	req->failed_over = true;
+
+	curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &spent_us);
+	left_ms = (long) wxpay_request_timeout - (long) (spent_us / 1000);
+	left_ms = Max(left_ms, 1L);
+
+	req->outcome = WXPAY_TRANSPORT_NOT_SENT;
+	req->errbuf[0] = '\0';
+	req->nsends = 0;
+	req->too_large = false;
+	req->timed_out = false;
+	req->status = 0;
+	req->resp_len = 0;
+	if (req->resp)
+		req->resp[0] = '\0';
+	HeadersReset(req);
+
+	curl_easy_setopt(easy, CURLOPT_URL, req->backup_url);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 Min((long) wxpay_connect_timeout, left_ms));
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, left_ms);
 }
 
 /* Record how a transfer ended. */
@@ -442,6 +564,14 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 	{
 		req->outcome = WXPAY_TRANSPORT_ANSWERED;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+	}
+	else if (req->nsends > 1)
+	{
+		/* PrereqCallback refused to send it again */
+		req->outcome = WXPAY_TRANSPORT_FAILED;
+		strlcpy(req->errbuf,
+				"the connection closed before an answer arrived, and the request is never sent twice",
+				sizeof(req->errbuf));
 	}
 	else
 	{
@@ -562,13 +692,30 @@ PerformLoop(WxpayHttpRequest **reqs, int nreqs)
 		/* collect finished transfers */
 		while ((msg = curl_multi_info_read(Multi, &left)) != NULL)
 		{
+			CURLcode	rc;
+
 			if (msg->msg != CURLMSG_DONE)
 				continue;
+			rc = msg->data.result;
 			for (int i = 0; i < NSlots; i++)
 			{
 				if (Easy[i] != msg->easy_handle || SlotRequest[i] == NULL)
 					continue;
-				RequestFinish(Easy[i], SlotRequest[i], msg->data.result);
+				if (FailoverWanted(Easy[i], SlotRequest[i], rc))
+				{
+					CURLMcode	mc;
+
+					curl_multi_remove_handle(Multi, Easy[i]);
+					FailoverStart(Easy[i], SlotRequest[i], rc);
+					mc = curl_multi_add_handle(Multi, Easy[i]);
+					if (mc != CURLM_OK)
+						ereport(ERROR,
+								(errcode(ERRCODE_INTERNAL_ERROR),
+								 errmsg("could not start an HTTPS request"),
+								 errdetail_internal("libcurl: %s", curl_multi_strerror(mc))));
+					break;
+				}
+				RequestFinish(Easy[i], SlotRequest[i], rc);
 				curl_multi_remove_handle(Multi, Easy[i]);
 				curl_slist_free_all(SlotHeaders[i]);
 				SlotHeaders[i] = NULL;

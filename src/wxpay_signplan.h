@@ -145,6 +145,7 @@ typedef struct WxpayConfig
 	char	   *serial_no;		/* upper-case hex */
 	EVP_PKEY   *private_key;
 	char	   *base_url;		/* https://host[:port], no trailing slash */
+	char	   *backup_base_url;	/* the same form, or NULL: no failover */
 	char	   *ca_cert;		/* PEM bundle or NULL for the system store */
 	size_t		ca_cert_len;
 	int			nkeys;
@@ -181,6 +182,9 @@ typedef struct WxpayHttpRequest
 	/* filled by the caller */
 	const char *method;			/* "POST" or "GET" */
 	const char *url;
+	const char *backup_url;		/* the same request at the backup domain, or
+								 * NULL; tried only when url fails before
+								 * anything was sent (wxpay_http_perform) */
 	const char *authorization;	/* full header line, secret-free */
 	const char *body;			/* NULL for GET */
 	size_t		body_len;
@@ -192,6 +196,10 @@ typedef struct WxpayHttpRequest
 	char		errbuf[256];	/* libcurl's words, for errdetail_internal */
 	bool		too_large;		/* answer exceeded WXPAY_MAX_RESPONSE_BYTES */
 	bool		timed_out;
+	int			nsends;			/* times libcurl was about to send it */
+	bool		failed_over;	/* url failed before sending; went to backup_url */
+	char		primary_errbuf[256];	/* libcurl's words about url, when
+										 * failed_over */
 	long		status;
 	char	   *resp;			/* NUL-terminated, palloc'd */
 	size_t		resp_len;

@@ -17,9 +17,10 @@ CREATE EXTENSION wxpay_signplan;
 \set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
 \set ca `cat "$WXPAY_PKI/ca.crt"`
 \getenv sim_url WXPAY_SIM_URL
+-- backup_base_url NULL: no failover to WeChat Pay's real backup domain
 INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca');
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
+VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca', NULL);
 SET TimeZone = 'Asia/Shanghai';
 
 \echo

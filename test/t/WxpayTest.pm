@@ -15,7 +15,10 @@ use strict;
 use warnings FATAL => 'all';
 
 use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Spec;
 use HTTP::Tiny;
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -25,6 +28,7 @@ our @EXPORT = qw(
   pki_file sim_url new_node config_insert_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish
+  start_sim stop_sim ctl_get_at
 );
 
 BEGIN
@@ -64,7 +68,9 @@ sub dq
 }
 
 # INSERT for a public-key mode merchant (mchid 1900000001); %over replaces
-# columns (name, serial_no, private_key, base_url, ...).
+# columns (name, serial_no, private_key, base_url, ...).  undef is NULL.
+# backup_base_url is NULL unless given: the column's default is WeChat Pay's
+# real backup domain, which a test must never fail over to.
 sub config_insert_sql
 {
 	my (%over) = @_;
@@ -77,13 +83,14 @@ sub config_insert_sql
 		wechatpay_public_key => pki_file('platform_pub.pem'),
 		base_url => $ENV{WXPAY_SIM_URL},
 		ca_cert => pki_file('ca.crt'),
+		backup_base_url => undef,
 		%over);
 	my @cols = sort keys %c;
 	return
 	    'INSERT INTO wxpay_config ('
 	  . join(', ', @cols)
 	  . ') VALUES ('
-	  . join(', ', map { dq($c{$_}) } @cols) . ')';
+	  . join(', ', map { defined $c{$_} ? dq($c{$_}) : 'NULL' } @cols) . ')';
 }
 
 # A started cluster with the extension and the default config.
@@ -124,6 +131,46 @@ sub ctl_post
 }
 
 sub sim_stats { return ctl_get('/stats'); }
+
+# GET from the control server of another simulator instance (start_sim).
+sub ctl_get_at
+{
+	my ($sim, $path) = @_;
+	my $r = $http->get("$sim->{control}$path");
+	die "control GET $sim->{control}$path failed: $r->{status} $r->{reason}"
+	  unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+# ---- extra simulator instances ----
+
+# Start another simulator on its own ports with its own state, e.g.
+# start_sim(tls_cert => 'server_expired').  Returns { url, control, ... };
+# stop_sim() ends it (the test must, before it exits).
+sub start_sim
+{
+	my (%opt) = @_;
+	my $js = File::Spec->catfile(dirname(__FILE__), '..', 'sim', 'simulator.js');
+	my @cmd = ('node', $js, '--pki', $ENV{WXPAY_PKI});
+	push @cmd, '--tls-cert', $opt{tls_cert} if $opt{tls_cert};
+	my $sim = { out => '', err => '' };
+	$sim->{timer} = IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
+	$sim->{h} = IPC::Run::start(\@cmd, '<', \undef, '>', \$sim->{out},
+		'2>', \$sim->{err}, $sim->{timer});
+	$sim->{h}->pump until $sim->{out} =~ /^READY port=(\d+) control=(\d+)$/m;
+	$sim->{url} = "https://127.0.0.1:$1";
+	$sim->{control} = "http://127.0.0.1:$2";
+	$sim->{timer}->reset;
+	return $sim;
+}
+
+sub stop_sim
+{
+	my ($sim) = @_;
+	$sim->{h}->signal('TERM');
+	$sim->{h}->finish;
+	return;
+}
 
 # The logged /v3 requests (oldest first) whose path is exactly $path.
 sub sim_requests_for_path

@@ -1,0 +1,68 @@
+--
+-- The backup domain: wxpay_config.backup_base_url
+--
+\getenv sim_url WXPAY_SIM_URL
+\set key `cat "$WXPAY_PKI/merchant.key"`
+
+-- the column, its default (WeChat Pay's backup domain) and its check
+SELECT column_name, column_default, is_nullable
+FROM information_schema.columns
+WHERE table_name = 'wxpay_config' AND column_name IN ('base_url', 'backup_base_url')
+ORDER BY column_name;
+SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conrelid = 'wxpay_config'::regclass AND contype = 'c' ORDER BY conname;
+
+-- https only, and a rejected row is never echoed (it holds a key)
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, backup_base_url)
+VALUES ('plainbackup', '1', 'AB', 'SECRET KEY TEXT', 'http://api2.mch.weixin.qq.com');
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, backup_base_url)
+VALUES ('ftpbackup', '1', 'AB', 'SECRET KEY TEXT', 'ftp://api2.mch.weixin.qq.com');
+UPDATE wxpay_config SET backup_base_url = 'http://127.0.0.1:1' WHERE name = 'default';
+
+-- without the column a config gets the real backup domain
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key)
+VALUES ('defaults', '1900000001', 'AB', 'SECRET KEY TEXT');
+SELECT name, base_url, backup_base_url FROM wxpay_config WHERE name = 'defaults';
+DELETE FROM wxpay_config WHERE name = 'defaults';
+
+-- a copy of the default config whose primary refuses connections
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, wechatpay_public_key_id,
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
+SELECT 'fo', mchid, serial_no, private_key, wechatpay_public_key_id,
+       wechatpay_public_key, 'https://127.0.0.1:1', ca_cert, NULL
+FROM wxpay_config WHERE name = 'default';
+
+-- NULL: no failover, nothing sent
+SELECT regress_sqlstate($$SELECT wxpay_stop_sign_plan('t30-1', 'r', 'fo')$$);
+
+-- the backup (here the simulator) gets the same signed request
+UPDATE wxpay_config SET backup_base_url = :'sim_url' WHERE name = 'fo';
+SELECT merchant_sign_plan_no, sign_state FROM wxpay_stop_sign_plan('t30-1', 'r', 'fo');
+\! node test/sim/ctl.js stops t30-1
+SELECT merchant_sign_plan_no, cancel_sign_type FROM wxpay_query_sign_plan('t30-1', 'fo');
+-- a trailing slash is fine, as for base_url
+UPDATE wxpay_config SET backup_base_url = :'sim_url' || '/' WHERE name = 'fo';
+SELECT merchant_sign_plan_no, sign_state FROM wxpay_stop_sign_plan('t30-2', 'r', 'fo');
+
+-- the backup's answer is verified like any other
+\! node test/sim/ctl.js fault t30-3 bad_signature
+SELECT regexp_replace(regress_error($$SELECT wxpay_stop_sign_plan('t30-3', 'r', 'fo')$$),
+                      '127\.0\.0\.1:\d{2,}', 'SIMULATOR');
+-- and its rejections are rejections
+SELECT regexp_replace(regress_error($$SELECT wxpay_stop_sign_plan('t30-1', 'r', 'fo')$$),
+                      '127\.0\.0\.1:\d{2,}', 'SIMULATOR');
+
+-- validated like base_url when the config is loaded: WX001, nothing sent
+\set before `node test/sim/ctl.js requests`
+UPDATE wxpay_config SET backup_base_url = 'https://127.0.0.1:1/v3' WHERE name = 'fo';
+SELECT wxpay_stop_sign_plan('t30-4', 'r', 'fo');
+UPDATE wxpay_config SET backup_base_url = 'https://user:pw@127.0.0.1:1' WHERE name = 'fo';
+SELECT wxpay_stop_sign_plan('t30-4', 'r', 'fo');
+UPDATE wxpay_config SET backup_base_url = 'https://127.0.0.1:1?x=1' WHERE name = 'fo';
+SELECT wxpay_stop_sign_plan('t30-4', 'r', 'fo');
+UPDATE wxpay_config SET backup_base_url = 'https://' WHERE name = 'fo';
+SELECT wxpay_stop_sign_plan('t30-4', 'r', 'fo');
+\set after `node test/sim/ctl.js requests`
+SELECT :after - :before AS requests_sent;
+
+DELETE FROM wxpay_config WHERE name = 'fo';
