@@ -45,8 +45,10 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("wxpay");
-
 	TransportInit();
 	ConfigInit();
+	WorkerInit();
+	QueueInit();
+
+	MarkGUCPrefixReserved("wxpay");
 }

@@ -13,6 +13,9 @@
  *	  response.c		answer bodies to SQL values (jsonb, composites)
  *	  api.c				one signed, sent, verified call, and its error reports
  *	  signplan.c		SQL-callable entry points
+ *	  queue.c			the outbox: enqueue in the caller's transaction, wait
+ *	  worker.c			the launcher and the queue worker (background
+ *						processes), shared memory and wakeups
  *
  *-------------------------------------------------------------------------
  */
@@ -238,5 +241,21 @@ extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
 extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
+
+/* ---------- worker.c ---------- */
+
+/* GUC variables of the background worker */
+extern char *wxpay_database_name;
+
+extern void WorkerInit(void);
+extern bool wxpay_worker_preloaded(void);
+extern void wxpay_worker_wake(void);
+extern void wxpay_worker_wait_finished(long timeout_ms);
+extern void wxpay_worker_prepare_wait(void);
+extern void wxpay_worker_cancel_wait(void);
+
+/* ---------- queue.c ---------- */
+
+extern void QueueInit(void);
 
 #endif							/* WXPAY_SIGNPLAN_H */
