@@ -114,6 +114,7 @@ static int	retry_base_delay = 1000;	/* ms */
 static int	retry_max_delay = 600 * 1000;	/* ms */
 static int	rate_limit = 50;	/* requests per second per merchant */
 static int	stop_request_retention = 0; /* s, 0 = keep */
+static int	reconcile_delay = 10000;	/* ms */
 
 /* Shared state, in the main shared memory segment. */
 typedef struct WxpayShared
@@ -258,6 +259,14 @@ WorkerInit(void)
 							NULL,
 							&retry_max_delay,
 							600 * 1000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.reconcile_delay",
+							"Sets how long the background worker waits before settling an attempt whose outcome is unknown.",
+							"The request may still be in progress at WeChat Pay; the plan is queried only after this delay.",
+							&reconcile_delay,
+							10000, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
@@ -823,15 +832,16 @@ WorkerReconcileOrphans(const char *q)
 				   " UPDATE %s SET"
 				   "  state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,"
 				   "  finished_at = CASE WHEN attempts >= $1 THEN pg_catalog.now() END,"
-				   "  next_attempt_at = pg_catalog.now(),"
+				   "  next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $2),"
 				   "  http_status = NULL, request_id = NULL,"
 				   "  error_code = 'WX003',"
 				   "  error_message = 'The worker stopped while this request was in flight, so the outcome of that attempt is unknown.'"
 				   " WHERE state = 'sending' RETURNING id, state)"
 				   " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
 				   " FROM r WHERE state = 'failed'", q);
-	ret = WorkerExec(sql, 1, (Oid[]) {INT4OID},
-					 (Datum[]) {Int32GetDatum(max_attempts)}, false);
+	ret = WorkerExec(sql, 2, (Oid[]) {INT4OID, FLOAT8OID},
+					 (Datum[]) {Int32GetDatum(max_attempts),
+					 Float8GetDatum(reconcile_delay / 1000.0)}, false);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not reconcile stop requests: SPI error %d", ret);
 }
@@ -1314,6 +1324,7 @@ WorkerRecord(const char *q, QueueItem *items, int n, Oid plan_type)
 
 		{
 			bool		retry = it->retry && it->attempts < max_attempts;
+			long		delay_ms;
 
 			if (it->error_code)
 				v[3] = CStringGetTextDatum(it->error_code);
@@ -1324,7 +1335,11 @@ WorkerRecord(const char *q, QueueItem *items, int n, Oid plan_type)
 			else
 				nulls[4] = 'n';
 			v[5] = BoolGetDatum(retry);
-			v[6] = Float8GetDatum(retry ? WorkerBackoff(it->attempts) / 1000.0 : 0.0);
+			delay_ms = retry ? WorkerBackoff(it->attempts) : 0;
+			/* let an attempt that may still be in progress finish first */
+			if (retry && it->unknown)
+				delay_ms = Max(delay_ms, reconcile_delay);
+			v[6] = Float8GetDatum(delay_ms / 1000.0);
 			if (SPI_execute_plan(fail_plan, v, nulls, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not record a stop request's outcome");
 		}

@@ -34,6 +34,7 @@ shared_preload_libraries = 'wxpay_signplan'
 max_prepared_transactions = 4
 wxpay.retry_base_delay = '20ms'
 wxpay.retry_max_delay = '100ms'
+wxpay.reconcile_delay = '400ms'
 wxpay.request_timeout = '2s'
 wxpay.rate_limit = 0
 $conf
