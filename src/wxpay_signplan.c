@@ -55,8 +55,10 @@ _PG_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("wxpay");
-
 	TransportInit();
 	ConfigInit();
+	WorkerInit();
+	QueueInit();
+
+	MarkGUCPrefixReserved("wxpay");
 }

@@ -17,6 +17,9 @@
  *						store (SQL function and the worker's C API)
  *	  checkconfig.c		wxpay_check_config(): each piece of a config
  *						checked alone, and one live request
+ *	  queue.c			the outbox: enqueue in the caller's transaction, wait
+ *	  worker.c			the launcher and the queue worker (background
+ *						processes), shared memory and wakeups
  *
  *-------------------------------------------------------------------------
  */
@@ -346,5 +349,20 @@ extern void wxpay_cert_refresh_prepare(WxpayCertRefresh *r,
 extern void wxpay_cert_refresh_send(WxpayCertRefresh *r);
 extern bool wxpay_cert_refresh_finish(WxpayCertRefresh *r);
 extern List *wxpay_cert_refresh_configs(Oid nspoid);
+/* ---------- worker.c ---------- */
+
+/* GUC variables of the background worker */
+extern char *wxpay_database_name;
+
+extern void WorkerInit(void);
+extern bool wxpay_worker_preloaded(void);
+extern void wxpay_worker_wake(void);
+extern void wxpay_worker_wait_finished(long timeout_ms);
+extern void wxpay_worker_prepare_wait(void);
+extern void wxpay_worker_cancel_wait(void);
+
+/* ---------- queue.c ---------- */
+
+extern void QueueInit(void);
 
 #endif							/* WXPAY_SIGNPLAN_H */

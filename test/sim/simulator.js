@@ -165,6 +165,7 @@ function resetState() {
             requests: 0,
             stops: {},
             stop_attempts: {},
+            already_stopped: {},
             queries: {},
             certificate_downloads: 0,
         },
@@ -783,8 +784,10 @@ function perform(ctx, r, fault) {
     const plan = getPlan(r.planNo);
     if (!plan)
         return { answer: errorAnswer(404, 'RESOURCE_NOT_EXISTS', 'sign plan does not exist') };
-    if (r.route === 'stop' && !doStop(r.planNo, plan, r.stopReason))
+    if (r.route === 'stop' && !doStop(r.planNo, plan, r.stopReason)) {
+        bump(state.stats.already_stopped, r.planNo);
         return { answer: errorAnswer(400, 'INVALID_REQUEST', 'sign plan has already been stopped'), plan };
+    }
     const obj = planObject(r.planNo, plan, ctx.merchant);
     return { answer: jsonAnswer(200, obj), obj, plan };
 }
