@@ -167,6 +167,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 {
 	int64		id;
 	Interval   *timeout;
+	TimestampTz start;
 	TimestampTz deadline;
 	SPIPlanPtr	plan;
 	char	   *sql;
@@ -184,10 +185,11 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 				 errmsg("timeout must not be null")));
 	id = PG_GETARG_INT64(0);
 	timeout = PG_GETARG_INTERVAL_P(1);
+	start = GetCurrentTimestamp();
 	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-													   TimestampTzGetDatum(GetCurrentTimestamp()),
+													   TimestampTzGetDatum(start),
 													   IntervalPGetDatum(timeout)));
-	if (deadline < GetCurrentTimestamp())
+	if (deadline < start)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
