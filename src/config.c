@@ -104,6 +104,9 @@ wxpay_config_changed(PG_FUNCTION_ARGS)
 				 errmsg("wxpay_config_changed() must be called as a trigger")));
 
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+
+	/* a new or changed config may have certificates to fetch: wake the worker */
+	wxpay_queue_wake_at_commit();
 	return PointerGetDatum(NULL);
 }
 

@@ -77,6 +77,23 @@ QueueXactCallback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * Wake the worker when the current transaction commits (and only then).
+ * A no-op without the preloaded worker.
+ */
+void
+wxpay_queue_wake_at_commit(void)
+{
+	if (!wxpay_worker_preloaded())
+		return;
+	if (!CallbackRegistered)
+	{
+		RegisterXactCallback(QueueXactCallback, NULL);
+		CallbackRegistered = true;
+	}
+	WakeAtCommit = true;
+}
+
 /* The queue is served only with the worker, and only in its database. */
 static void
 QueueRequireWorker(const char *funcname)
@@ -151,12 +168,7 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_finish();
 
-	if (!CallbackRegistered)
-	{
-		RegisterXactCallback(QueueXactCallback, NULL);
-		CallbackRegistered = true;
-	}
-	WakeAtCommit = true;
+	wxpay_queue_wake_at_commit();
 
 	PG_RETURN_DATUM(id);
 }

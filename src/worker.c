@@ -175,6 +175,18 @@ typedef struct GetConfigArg
 	const WxpayConfig *cfg;
 } GetConfigArg;
 
+/* when each config's platform certificates are next refreshed */
+typedef struct CertSchedule
+{
+	char		name[NAMEDATALEN * 2];
+	TimestampTz next;
+} CertSchedule;
+
+#define CERT_RETRY_MS	(5 * 60 * 1000)
+
+static CertSchedule *CertSchedules = NULL;
+static int	NCertSchedules = 0;
+
 static RateWindow *RateWindows = NULL;
 static int	NRateWindows = 0;
 static MemoryContext CycleCxt = NULL;	/* one cycle's memory */
@@ -210,6 +222,9 @@ static void WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg,
 static void WorkerRecord(const char *q, QueueItem *items, int n, Oid plan_type);
 static void WorkerFail(QueueItem *it, WxpayCallResult *res);
 static long WorkerBackoff(int attempts);
+static bool WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms);
+static CertSchedule *CertScheduleFind(const char *name);
+static void WorkerCertPrepare(void *arg);
 static bool WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure);
 static void WorkerGetConfig(void *arg);
 static void WorkerSign(void *arg);
@@ -796,7 +811,10 @@ WorkerCycle(MemoryContext cxt, long *sleep_ms)
 	n = WorkerClaim(q, nspoid, &items, &cfg, &plan_desc, sleep_ms);
 	WorkerTxnEnd(cxt);
 	if (n <= 0)
-		return 0;
+	{
+		/* idle: time for certificates? */
+		return WorkerRefreshCertificates(cxt, sleep_ms) ? 1 : 0;
+	}
 
 	/*
 	 * No transaction from here to the outcomes: cfg stays valid, because
@@ -1360,6 +1378,149 @@ WorkerBackoff(int attempts)
 		d *= 2;
 	d = Min(d, (double) retry_max_delay);
 	return (long) (d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2);
+}
+
+/* ----------------------------------------------------------------
+ *		Platform certificates: each config with an apiv3_key is refreshed
+ *		every wxpay.certificate_refresh_interval, one config per idle cycle,
+ *		in certs.c's three phases (no transaction across the download).  A
+ *		failure is logged and retried after five minutes (or the interval,
+ *		if shorter); the certificates already held stay in use.
+ * ----------------------------------------------------------------
+ */
+
+static CertSchedule *
+CertScheduleFind(const char *name)
+{
+	MemoryContext old;
+	CertSchedule *cs;
+
+	for (int i = 0; i < NCertSchedules; i++)
+		if (strcmp(CertSchedules[i].name, name) == 0)
+			return &CertSchedules[i];
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (CertSchedules == NULL)
+		CertSchedules = palloc0(sizeof(CertSchedule) * 16);
+	else if (NCertSchedules % 16 == 0)
+		CertSchedules = repalloc(CertSchedules,
+								 sizeof(CertSchedule) * (NCertSchedules + 16));
+	MemoryContextSwitchTo(old);
+	cs = &CertSchedules[NCertSchedules++];
+	strlcpy(cs->name, name, sizeof(cs->name));
+	cs->next = 0;				/* due at once */
+	return cs;
+}
+
+typedef struct CertPrepareArg
+{
+	WxpayCertRefresh *r;
+	const char *name;
+	Oid			nspoid;
+	MemoryContext cxt;
+} CertPrepareArg;
+
+static void
+WorkerCertPrepare(void *arg)
+{
+	CertPrepareArg *a = (CertPrepareArg *) arg;
+
+	wxpay_cert_refresh_prepare(a->r, a->name, a->nspoid, a->cxt);
+}
+
+/* Refresh one due config's certificates; returns whether one was tried. */
+static bool
+WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		interval_ms = (long) wxpay_certificate_refresh_interval * 1000;
+	List	   *names;
+	ListCell   *lc;
+	CertSchedule *due = NULL;
+	WxpayCertRefresh *r;
+	CertPrepareArg arg;
+	WxpayCallResult failure;
+	Oid			nspoid;
+
+	if (wxpay_certificate_refresh_interval <= 0)
+		return false;
+
+	WorkerTxnBegin(cxt, "checking platform certificates");
+	nspoid = WorkerExtensionSchema();
+	if (!OidIsValid(nspoid))
+	{
+		WorkerTxnEnd(cxt);
+		return false;
+	}
+	names = wxpay_cert_refresh_configs(nspoid);
+	MemoryContextSwitchTo(cxt);
+	foreach(lc, names)
+	{
+		CertSchedule *cs = CertScheduleFind((char *) lfirst(lc));
+
+		if (cs->next <= now && due == NULL)
+			due = cs;
+		else if (cs->next > now)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(now, cs->next, &secs, &usecs);
+			*sleep_ms = Min(*sleep_ms, secs * 1000 + usecs / 1000 + 1);
+		}
+	}
+	if (due == NULL)
+	{
+		WorkerTxnEnd(cxt);
+		return false;
+	}
+
+	/* whatever happens below, not again before the retry delay */
+	due->next = TimestampTzPlusMilliseconds(now, Min(interval_ms, CERT_RETRY_MS));
+
+	r = palloc0(sizeof(WxpayCertRefresh));
+	arg.r = r;
+	arg.name = due->name;
+	arg.nspoid = nspoid;
+	arg.cxt = cxt;
+	if (!WorkerTry(WorkerCertPrepare, &arg, &failure))
+	{
+		WorkerTxnEnd(cxt);
+		ereport(WARNING,
+				(errcode(failure.sqlstate),
+				 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", due->name),
+				 errdetail_internal("%s%s%s", failure.message,
+									failure.detail ? ": " : "",
+									failure.detail ? failure.detail : "")));
+		return true;
+	}
+	WorkerTxnEnd(cxt);
+
+	pgstat_report_activity(STATE_RUNNING, "downloading platform certificates");
+	wxpay_cert_refresh_send(r);
+
+	WorkerTxnBegin(cxt, "storing platform certificates");
+	if (wxpay_cert_refresh_finish(r))
+	{
+		int			nnew = 0;
+
+		for (int i = 0; i < r->ncerts; i++)
+			nnew += r->certs[i].is_new ? 1 : 0;
+		due->next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), interval_ms);
+		ereport(nnew > 0 ? LOG : DEBUG1,
+				(errmsg("refreshed the platform certificates of wxpay configuration \"%s\": %d held, %d new",
+						due->name, r->ncerts, nnew)));
+	}
+	else
+		ereport(WARNING,
+				(errcode(r->sqlstate),
+				 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", due->name),
+				 errdetail_internal("%s%s%s", r->message,
+									r->detail ? ": " : "",
+									r->detail ? r->detail : ""),
+				 r->hint ? errhint("%s", r->hint) : 0));
+	WorkerTxnEnd(cxt);
+	return true;
 }
 
 /* ----------------------------------------------------------------
