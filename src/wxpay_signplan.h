@@ -13,6 +13,7 @@
  *	  response.c		answer bodies to SQL values (jsonb, composites)
  *	  api.c				one signed, sent, verified call, and its error reports
  *	  signplan.c		SQL-callable entry points
+ *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
  *
  *-------------------------------------------------------------------------
  */
@@ -56,6 +57,7 @@
 /* GUC variables (wxpay_signplan.c) */
 extern int	wxpay_connect_timeout;
 extern int	wxpay_request_timeout;
+extern int	wxpay_batch_concurrency;
 
 /* ---------- protocol.c ---------- */
 
@@ -190,6 +192,13 @@ extern char *wxpay_validate_base_url(const char *url, char *why, size_t whylen);
 extern void wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs,
 							   int concurrency);
 
+/* a stream of requests: next() returns NULL when there are no more */
+typedef WxpayHttpRequest *(*WxpayHttpNext) (void *arg);
+typedef void (*WxpayHttpDone) (WxpayHttpRequest *req, void *arg);
+
+extern void wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
+									  WxpayHttpDone done, void *arg);
+
 /* ---------- response.c ---------- */
 
 extern Jsonb *wxpay_parse_jsonb(const char *body, size_t len, char **why);
@@ -238,5 +247,10 @@ extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
 extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
+
+/* ---------- batch.c ---------- */
+
+/* most requests wxpay_stop_sign_plans keeps in flight (transport's pool) */
+#define WXPAY_BATCH_CONCURRENCY_MAX	64
 
 #endif							/* WXPAY_SIGNPLAN_H */
