@@ -21,6 +21,7 @@ PG_MODULE_MAGIC;
 /* GUC variables */
 int			wxpay_connect_timeout = 10000;
 int			wxpay_request_timeout = 30000;
+int			wxpay_batch_concurrency = 8;
 
 void		_PG_init(void);
 
@@ -43,6 +44,15 @@ _PG_init(void)
 							30000, 1, 3600 * 1000,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.batch_concurrency",
+							"Sets how many requests wxpay_stop_sign_plans keeps in flight at once.",
+							"Each request in flight uses its own kept-alive connection to WeChat Pay.",
+							&wxpay_batch_concurrency,
+							8, 1, WXPAY_BATCH_CONCURRENCY_MAX,
+							PGC_USERSET,
+							0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("wxpay");
