@@ -88,6 +88,10 @@ static int	SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp,
 static int	TimerCallback(CURLM *multi, long timeout_ms, void *userp);
 static size_t WriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata);
 static size_t HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata);
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int	PrereqCallback(void *clientp, char *remote_ip, char *local_ip,
+						   int remote_port, int local_port);
+#endif
 static CURL *EasyGet(int i);
 static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
@@ -339,6 +343,29 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/*
+ * CURLOPT_PREREQFUNCTION: called each time libcurl is about to send the
+ * request.  When a reused connection dies before any answer, libcurl sends
+ * the same request again on a new one.  That resend carries the same nonce
+ * and signature: WeChat Pay refuses it as a replay (a 401 that would read
+ * as "rejected, not stopped") while the first copy may have been acted on.
+ * So a second send is refused and the request ends as sent-but-unanswered.
+ */
+static int
+PrereqCallback(void *clientp, char *remote_ip, char *local_ip,
+			   int remote_port, int local_port)
+{
+	WxpayHttpRequest *req = (WxpayHttpRequest *) clientp;
+
+	(void) remote_ip;
+	(void) local_ip;
+	(void) remote_port;
+	(void) local_port;
+	return ++req->sends > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+}
+#endif
+
 /* The i-th pooled easy handle, with the options that never change. */
 static CURL *
 EasyGet(int i)
@@ -383,6 +410,9 @@ EasyGet(int i)
 						 (curl_off_t) WXPAY_MAX_RESPONSE_BYTES);
 		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCallback);
 		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, HeaderCallback);
+#if LIBCURL_VERSION_NUM >= 0x075000
+		curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, PrereqCallback);
+#endif
 	}
 	return Easy[i];
 }
@@ -400,6 +430,7 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	req->too_large = false;
 	req->timed_out = false;
 	req->status = 0;
+	req->sends = 0;
 	req->resp_len = 0;
 	if (req->resp)
 		req->resp[0] = '\0';
@@ -449,6 +480,9 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
+#endif
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
 }
 
@@ -460,6 +494,13 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 	{
 		req->outcome = WXPAY_TRANSPORT_ANSWERED;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+	}
+	else if (req->sends > 1)
+	{
+		/* PrereqCallback refused a resend: the first copy went out */
+		req->outcome = WXPAY_TRANSPORT_FAILED;
+		strlcpy(req->errbuf, "the kept-alive connection closed before an answer came, and the request was not sent again",
+				sizeof(req->errbuf));
 	}
 	else
 	{

@@ -174,6 +174,7 @@ typedef struct WxpayHttpRequest
 	char		errbuf[256];	/* libcurl's words, for errdetail_internal */
 	bool		too_large;		/* answer exceeded WXPAY_MAX_RESPONSE_BYTES */
 	bool		timed_out;
+	int			sends;			/* times libcurl began sending it (max 1) */
 	long		status;
 	char	   *resp;			/* NUL-terminated, palloc'd */
 	size_t		resp_len;
