@@ -66,6 +66,24 @@ RESET wxpay.batch_concurrency;
 \! node test/sim/ctl.js attempts b20-many-1
 \! node test/sim/ctl.js attempts b20-many-50
 
+-- answers that cannot be trusted or read are rows too, whatever breaks
+SELECT merchant_sign_plan_no, ok, sqlstate, error_code, error_message
+FROM wxpay_stop_sign_plans(ARRAY[
+    'fault-deep_nesting-b20', 'fault-huge-b20', 'fault-not_json-b20', 'fault-wrong_types-b20',
+    'fault-missing_signature-b20', 'fault-http502_html-b20', 'b20-f-1'], 'body faults');
+SELECT merchant_sign_plan_no, ok, sqlstate,
+       split_part(error_message, ': ', 1) AS error_message
+FROM wxpay_stop_sign_plans(ARRAY['fault-reset-b20', 'fault-reset_midbody-b20', 'b20-f-2'], 'transport faults');
+
+-- a reused connection that dies unanswered: libcurl would resend the same
+-- signed request on a new one (a replay WeChat Pay refuses with 401, which
+-- would read as "rejected" although the first copy may have been acted
+-- on); it is sent once and is WX003, in a batch and alone
+\! node test/sim/ctl.js attempts fault-reset-b20
+SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan('b20-f-3', 'warm connection');
+SELECT regress_error($$SELECT wxpay_stop_sign_plan('fault-reset-b20s', 'r')$$);
+\! node test/sim/ctl.js attempts fault-reset-b20s
+
 -- a timeout is one row (WX003); the others still succeed
 SET wxpay.request_timeout = '300ms';
 SELECT merchant_sign_plan_no, ok, sqlstate,
