@@ -20,6 +20,13 @@
  * host.  Easy handles are kept too (TLS session reuse); each request sets
  * every option that varies, so nothing leaks from one request to the next.
  *
+ * Many at once.  The transfer loop keeps up to N requests in flight, one
+ * pooled easy handle (and so one kept-alive connection) each.  It takes
+ * them from an array (wxpay_http_perform) or pulls them one by one from the
+ * caller as slots free up and hands each back as it finishes
+ * (wxpay_http_perform_stream), so a batch never has more than N signed
+ * requests and answers in memory.
+ *
  * Where requests go.  The URL comes only from the config table (validated by
  * wxpay_validate_base_url()); proxies from the environment are disabled,
  * only https is allowed, redirects are not followed, and peer and host
@@ -89,6 +96,14 @@ static int	NSlots = 0;
 static struct curl_slist *SlotHeaders[MAX_EASY];
 static WxpayHttpRequest *SlotRequest[MAX_EASY];
 
+/* where the transfer loop takes requests from (see PerformRun) */
+typedef struct ArraySource
+{
+	WxpayHttpRequest **reqs;
+	int			nreqs;
+	int			next;
+} ArraySource;
+
 static int	SocketCallback(CURL *easy, curl_socket_t s, int what, void *userp,
 						   void *socketp);
 static int	TimerCallback(CURLM *multi, long timeout_ms, void *userp);
@@ -103,7 +118,10 @@ static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
 static void RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
 static bool WaitOnce(void);
-static bool PerformLoop(WxpayHttpRequest **reqs, int nreqs);
+static bool PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg);
+static void PerformRun(int concurrency, WxpayHttpNext next,
+					   WxpayHttpDone done, void *arg);
+static WxpayHttpRequest *ArrayNext(void *arg);
 static void StoreHeader(WxpayHeaderValue *h, const char *v, size_t len);
 static void HeadersReset(WxpayHttpRequest *req);
 static WxpayTransportOutcome FailedOutcome(CURL *easy);
@@ -657,13 +675,16 @@ WaitOnce(void)
 }
 
 /*
- * The transfer loop of wxpay_http_perform(): keep up to NSlots transfers
- * in flight until all are done.  Returns false when interrupted.
+ * The transfer loop: keep up to NSlots transfers in flight, taking requests
+ * from next() until it returns NULL and handing each finished one to done()
+ * (if any), until all are done.  Returns false when interrupted.  next()
+ * and done() may ereport: the caller's PG_FINALLY detaches what is in
+ * flight.
  */
 static bool
-PerformLoop(WxpayHttpRequest **reqs, int nreqs)
+PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg)
 {
-	int			next = 0;
+	bool		exhausted = false;
 	int			active = 0;
 
 	for (;;)
@@ -672,20 +693,26 @@ PerformLoop(WxpayHttpRequest **reqs, int nreqs)
 		int			left;
 
 		/* fill free slots */
-		for (int i = 0; i < NSlots && next < nreqs; i++)
+		for (int i = 0; i < NSlots && !exhausted; i++)
 		{
+			WxpayHttpRequest *req;
 			CURLMcode	mc;
 
 			if (SlotRequest[i] != NULL)
 				continue;
-			RequestStart(Easy[i], reqs[next], &SlotHeaders[i]);
+			if ((req = next(arg)) == NULL)
+			{
+				exhausted = true;
+				break;
+			}
+			RequestStart(Easy[i], req, &SlotHeaders[i]);
 			mc = curl_multi_add_handle(Multi, Easy[i]);
 			if (mc != CURLM_OK)
 				ereport(ERROR,
 						(errcode(ERRCODE_INTERNAL_ERROR),
 						 errmsg("could not start an HTTPS request"),
 						 errdetail_internal("libcurl: %s", curl_multi_strerror(mc))));
-			SlotRequest[i] = reqs[next++];
+			SlotRequest[i] = req;
 			active++;
 		}
 
@@ -699,7 +726,9 @@ PerformLoop(WxpayHttpRequest **reqs, int nreqs)
 			rc = msg->data.result;
 			for (int i = 0; i < NSlots; i++)
 			{
-				if (Easy[i] != msg->easy_handle || SlotRequest[i] == NULL)
+				WxpayHttpRequest *req = SlotRequest[i];
+
+				if (Easy[i] != msg->easy_handle || req == NULL)
 					continue;
 				if (FailoverWanted(Easy[i], SlotRequest[i], rc))
 				{
@@ -721,15 +750,25 @@ PerformLoop(WxpayHttpRequest **reqs, int nreqs)
 				SlotHeaders[i] = NULL;
 				SlotRequest[i] = NULL;
 				active--;
+				if (done != NULL)
+					done(req, arg);
 				break;
 			}
 		}
 
-		if (active == 0 && next >= nreqs)
+		if (active == 0 && exhausted)
 			return true;
 		if (active > 0 && !WaitOnce())
 			return false;
 	}
+}
+
+static WxpayHttpRequest *
+ArrayNext(void *arg)
+{
+	ArraySource *src = (ArraySource *) arg;
+
+	return src->next < src->nreqs ? src->reqs[src->next++] : NULL;
 }
 
 /*
@@ -741,7 +780,7 @@ PerformLoop(WxpayHttpRequest **reqs, int nreqs)
 void
 wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 {
-	volatile bool completed = false;
+	ArraySource src;
 
 	CHECK_FOR_INTERRUPTS();
 	if (nreqs <= 0)
@@ -751,7 +790,34 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 		reqs[i]->outcome = WXPAY_TRANSPORT_NOT_SENT;
 		strlcpy(reqs[i]->errbuf, "the request was not started", sizeof(reqs[i]->errbuf));
 	}
-	NSlots = Max(1, Min(Min(concurrency, MAX_EASY), nreqs));
+	src.reqs = reqs;
+	src.nreqs = nreqs;
+	src.next = 0;
+	PerformRun(Min(concurrency, nreqs), ArrayNext, NULL, &src);
+}
+
+/*
+ * The same for a stream of requests: next() supplies the next request (or
+ * NULL when there are no more) as soon as a slot is free, and done() gets
+ * each request as it finishes, in completion order.  Requests are started
+ * lazily, so the caller needs memory for at most concurrency of them at a
+ * time.  done() is not called for requests a cancel interrupted.
+ */
+void
+wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
+						  WxpayHttpDone done, void *arg)
+{
+	CHECK_FOR_INTERRUPTS();
+	PerformRun(concurrency, next, done, arg);
+}
+
+/* Set up the slots, run the loop, and clean up whatever happens. */
+static void
+PerformRun(int concurrency, WxpayHttpNext next, WxpayHttpDone done, void *arg)
+{
+	volatile bool completed = false;
+
+	NSlots = Max(1, Min(concurrency, MAX_EASY));
 	for (int i = 0; i < NSlots; i++)
 	{
 		(void) EasyGet(i);
@@ -761,7 +827,7 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 
 	PG_TRY();
 	{
-		completed = PerformLoop(reqs, nreqs);
+		completed = PerformLoop(next, done, arg);
 	}
 	PG_FINALLY();
 	{

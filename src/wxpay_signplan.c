@@ -22,6 +22,7 @@ PG_MODULE_MAGIC;
 int			wxpay_connect_timeout = 10000;
 int			wxpay_request_timeout = 30000;
 int			wxpay_certificate_refresh_interval = 12 * 3600;
+int			wxpay_batch_concurrency = 8;
 
 void		_PG_init(void);
 
@@ -53,6 +54,14 @@ _PG_init(void)
 							12 * 3600, 0, 7 * 24 * 3600,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("wxpay.batch_concurrency",
+							"Sets how many requests wxpay_stop_sign_plans keeps in flight at once.",
+							"Each request in flight uses its own kept-alive connection to WeChat Pay.",
+							&wxpay_batch_concurrency,
+							8, 1, WXPAY_BATCH_CONCURRENCY_MAX,
+							PGC_USERSET,
+							0,
 							NULL, NULL, NULL);
 
 	TransportInit();

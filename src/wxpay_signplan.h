@@ -20,6 +20,7 @@
  *	  queue.c			the outbox: enqueue in the caller's transaction, wait
  *	  worker.c			the launcher and the queue worker (background
  *						processes), shared memory and wakeups
+ *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
  *
  *-------------------------------------------------------------------------
  */
@@ -65,6 +66,7 @@
 extern int	wxpay_connect_timeout;
 extern int	wxpay_request_timeout;
 extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
+extern int	wxpay_batch_concurrency;
 
 /* ---------- protocol.c ---------- */
 
@@ -221,6 +223,13 @@ extern char *wxpay_validate_base_url(const char *url, char *why, size_t whylen);
 extern void wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs,
 							   int concurrency);
 
+/* a stream of requests: next() returns NULL when there are no more */
+typedef WxpayHttpRequest *(*WxpayHttpNext) (void *arg);
+typedef void (*WxpayHttpDone) (WxpayHttpRequest *req, void *arg);
+
+extern void wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
+									  WxpayHttpDone done, void *arg);
+
 /* ---------- response.c ---------- */
 
 extern Jsonb *wxpay_parse_jsonb(const char *body, size_t len, char **why);
@@ -365,5 +374,9 @@ extern void wxpay_worker_cancel_wait(void);
 
 extern void QueueInit(void);
 extern void wxpay_queue_wake_at_commit(void);
+/* ---------- batch.c ---------- */
+
+/* most requests wxpay_stop_sign_plans keeps in flight (transport's pool) */
+#define WXPAY_BATCH_CONCURRENCY_MAX	64
 
 #endif							/* WXPAY_SIGNPLAN_H */

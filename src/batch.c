@@ -1,0 +1,353 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *	  wxpay_stop_sign_plans(): stop many sign plans in one call, several
+ *	  requests in flight at once, one result row per array element.
+ *
+ * What a row means.  Every array element gets exactly one row, in input
+ * order.  A failure that concerns one plan (a NULL or invalid element, a
+ * duplicate, a 4xx, a timeout, an answer that fails verification) is a row
+ * with ok = false and the SQLSTATE the synchronous function would have
+ * raised; it never ends the statement.  What concerns the whole call (a
+ * NULL or invalid stop reason, an unknown or unusable config) is an error
+ * raised before anything is sent; a cancel or statement_timeout ends the
+ * statement as usual.
+ *
+ * Duplicates.  A plan number that occurs again in the same array is not
+ * sent again: its later rows are 22023 rows naming the first position.
+ * Sending both would race two stops of one plan against each other, and
+ * the loser's answer (already stopped, or the winner's 200) would depend on
+ * timing; sending them one after the other would only fetch a certain 400.
+ *
+ * Flow and memory.  transport.c pulls requests from BatchNext() as slots
+ * free up and hands each back to BatchDone() as it finishes.  Each of the
+ * (at most wxpay.batch_concurrency) slots here owns a small memory context
+ * holding one call: its signed request, its answer and the row made from
+ * it; the context is reset as soon as the row is stored.  Requests are
+ * signed just before they are sent, so a long array never has more than
+ * that many signed bodies (or fresh timestamps going stale) in memory.
+ * Rows arrive in completion order; each goes into a tuplesort keyed by its
+ * position (bounded by work_mem, spilling to disk beyond it), and is read
+ * back in input order into the result tuplestore at the end.  A slow
+ * request thus never holds up the others.
+ *
+ * Not transactional: every stop is an HTTP call made while the function
+ * runs.  A cancel, statement_timeout or a rollback loses the rows but not
+ * the stops already made.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_operator_d.h"
+#include "catalog/pg_type_d.h"
+#include "executor/executor.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/elog.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/tuplesort.h"
+#include "utils/typcache.h"
+
+#include "wxpay_signplan.h"
+
+/* result columns (see the install script) */
+#define COL_PLAN_NO			0
+#define COL_OK				1
+#define COL_SQLSTATE		2
+#define COL_ERROR_CODE		3
+#define COL_ERROR_MESSAGE	4
+#define COL_REQUEST_ID		5
+#define COL_PLAN			6
+#define NUM_COLS			7
+#define COL_ORDINAL			7	/* sort key, not returned */
+
+/* one call in flight; req is inside call, which BatchDone relies on */
+typedef struct BatchSlot
+{
+	WxpayCall	call;
+	MemoryContext cxt;			/* everything of this call; reset after */
+	int			ordinal;		/* 0-based array position; -1 when free */
+} BatchSlot;
+
+typedef struct BatchSeen
+{
+	char		plan_no[WXPAY_PLAN_NO_MAX + 1];	/* hash key */
+	int			ordinal;		/* first position */
+} BatchSeen;
+
+typedef struct BatchState
+{
+	const WxpayConfig *cfg;
+	const char *stop_reason;	/* UTF-8 */
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	int			next;			/* next element to look at */
+	HTAB	   *seen;			/* plan numbers sent so far */
+	BatchSlot  *slots;
+	int			nslots;
+	TupleDesc	plan_desc;		/* wxpay_sign_plan, blessed */
+	Tuplesortstate *sort;		/* rows with their ordinal */
+	TupleTableSlot *sort_slot;
+	MemoryContext row_cxt;		/* input-error rows; reset per row */
+} BatchState;
+
+static WxpayHttpRequest *BatchNext(void *arg);
+static void BatchDone(WxpayHttpRequest *req, void *arg);
+static void BatchPut(BatchState *st, int ordinal, const char *plan_no,
+					 bool ok, int sqlstate, const char *error_code,
+					 const char *error_message, const char *request_id,
+					 HeapTuple plan);
+static void BatchPutInputError(BatchState *st, int ordinal,
+							   const char *plan_no, int sqlstate,
+							   const char *message);
+
+/* Store one row (copied into the sort) for array position ordinal. */
+static void
+BatchPut(BatchState *st, int ordinal, const char *plan_no, bool ok,
+		 int sqlstate, const char *error_code, const char *error_message,
+		 const char *request_id, HeapTuple plan)
+{
+	TupleTableSlot *slot = st->sort_slot;
+	Datum	   *v;
+	bool	   *n;
+
+	ExecClearTuple(slot);
+	v = slot->tts_values;
+	n = slot->tts_isnull;
+	memset(n, true, sizeof(bool) * (NUM_COLS + 1));
+
+#define PUT_TEXT(col, s) \
+	do { if ((s) != NULL) { v[col] = CStringGetTextDatum(s); n[col] = false; } } while (0)
+
+	PUT_TEXT(COL_PLAN_NO, plan_no);
+	v[COL_OK] = BoolGetDatum(ok);
+	n[COL_OK] = false;
+	if (!ok)
+		PUT_TEXT(COL_SQLSTATE, unpack_sql_state(sqlstate));
+	PUT_TEXT(COL_ERROR_CODE, error_code);
+	PUT_TEXT(COL_ERROR_MESSAGE, error_message);
+	PUT_TEXT(COL_REQUEST_ID, request_id);
+	if (plan != NULL)
+	{
+		v[COL_PLAN] = HeapTupleGetDatum(plan);
+		n[COL_PLAN] = false;
+	}
+	v[COL_ORDINAL] = Int32GetDatum(ordinal);
+	n[COL_ORDINAL] = false;
+#undef PUT_TEXT
+
+	ExecStoreVirtualTuple(slot);
+	tuplesort_puttupleslot(st->sort, slot);
+}
+
+static void
+BatchPutInputError(BatchState *st, int ordinal, const char *plan_no,
+				   int sqlstate, const char *message)
+{
+	MemoryContext old = MemoryContextSwitchTo(st->row_cxt);
+
+	BatchPut(st, ordinal, plan_no, false, sqlstate, NULL, message, NULL, NULL);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->row_cxt);
+}
+
+/*
+ * transport.c asks for the next request: skip (with a row each) elements
+ * that cannot be sent, then sign the next one in a free slot.
+ */
+static WxpayHttpRequest *
+BatchNext(void *arg)
+{
+	BatchState *st = (BatchState *) arg;
+
+	while (st->next < st->nelems)
+	{
+		int			ordinal = st->next++;
+		BatchSlot  *slot = NULL;
+		BatchSeen  *seen;
+		MemoryContext old;
+		char	   *plan_no;
+		bool		found;
+
+		/* signing thousands of requests takes a while: stay cancelable */
+		CHECK_FOR_INTERRUPTS();
+
+		if (st->elem_nulls[ordinal])
+		{
+			BatchPutInputError(st, ordinal, NULL, ERRCODE_NULL_VALUE_NOT_ALLOWED,
+							   "The array element is null.");
+			continue;
+		}
+
+		for (int i = 0; i < st->nslots; i++)
+			if (st->slots[i].ordinal < 0)
+			{
+				slot = &st->slots[i];
+				break;
+			}
+		if (slot == NULL)
+			elog(ERROR, "no free batch slot");
+
+		old = MemoryContextSwitchTo(slot->cxt);
+		plan_no = TextDatumGetCString(st->elems[ordinal]);
+		if (wxpay_check_plan_no(plan_no, strlen(plan_no)) != WXPAY_TEXT_OK)
+		{
+			MemoryContextSwitchTo(old);
+			BatchPutInputError(st, ordinal, plan_no, ERRCODE_INVALID_PARAMETER_VALUE,
+							   "A merchant sign plan number is 1 to 32 characters from ASCII letters, digits, \"_\", \"-\" and \"*\".");
+			MemoryContextReset(slot->cxt);
+			continue;
+		}
+
+		seen = (BatchSeen *) hash_search(st->seen, plan_no, HASH_ENTER, &found);
+		if (found)
+		{
+			char	   *msg = psprintf("The same merchant_sign_plan_no is element %d of the array; it is sent only once, for its first occurrence.",
+									   seen->ordinal + 1);
+
+			MemoryContextSwitchTo(old);
+			BatchPutInputError(st, ordinal, plan_no, ERRCODE_INVALID_PARAMETER_VALUE, msg);
+			MemoryContextReset(slot->cxt);
+			continue;
+		}
+		seen->ordinal = ordinal;
+
+		/* the one to send: configuration problems here are statement errors */
+		memset(&slot->call, 0, sizeof(WxpayCall));
+		slot->call.op = WXPAY_OP_STOP;
+		slot->call.plan_no = plan_no;
+		slot->call.stop_reason = st->stop_reason;
+		slot->call.cfg = st->cfg;
+		wxpay_call_prepare(&slot->call);
+		slot->call.req.resp_cxt = slot->cxt;
+		slot->ordinal = ordinal;
+		MemoryContextSwitchTo(old);
+		return &slot->call.req;
+	}
+	return NULL;
+}
+
+/* transport.c hands back a finished request: classify it, store its row */
+static void
+BatchDone(WxpayHttpRequest *req, void *arg)
+{
+	BatchState *st = (BatchState *) arg;
+	BatchSlot  *slot = (BatchSlot *) ((char *) req - offsetof(BatchSlot, call.req));
+	WxpayCallResult res;
+	MemoryContext old;
+
+	Assert(slot >= st->slots && slot < st->slots + st->nslots);
+	old = MemoryContextSwitchTo(slot->cxt);
+	if (wxpay_call_finish(&slot->call, st->plan_desc, &res))
+		BatchPut(st, slot->ordinal, slot->call.plan_no, true, 0,
+				 NULL, NULL, res.request_id, res.tuple);
+	else
+		BatchPut(st, slot->ordinal, slot->call.plan_no, false, res.sqlstate,
+				 res.error_code, res.detail, res.request_id, NULL);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(slot->cxt);
+	slot->ordinal = -1;
+}
+
+PG_FUNCTION_INFO_V1(wxpay_stop_sign_plans);
+Datum
+wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BatchState	st;
+	TupleDesc	out_desc;
+	TupleDesc	sort_desc;
+	ArrayType  *arr;
+	HASHCTL		hctl;
+	AttrNumber	sort_col = COL_ORDINAL + 1;
+	Oid			sort_op = Int4LessOperator;
+	Oid			sort_coll = InvalidOid;
+	bool		nulls_first = false;
+
+	/* whole-call arguments first: their errors come before anything is sent */
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stop_reason must not be null")));
+	memset(&st, 0, sizeof(st));
+	st.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	st.cfg = wxpay_resolve_config(fcinfo, 2);
+
+	InitMaterializedSRF(fcinfo, 0);
+	out_desc = rsinfo->setDesc;
+	if (out_desc->natts != NUM_COLS ||
+		TupleDescAttr(out_desc, COL_PLAN)->atttypid == InvalidOid)
+		elog(ERROR, "unexpected result type of wxpay_stop_sign_plans");
+
+	/* a NULL array has no elements, like an empty one */
+	if (PG_ARGISNULL(0))
+		return (Datum) 0;
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("merchant_sign_plan_nos must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &st.elems, &st.elem_nulls, &st.nelems);
+	if (st.nelems == 0)
+		return (Datum) 0;
+
+	st.plan_desc = lookup_rowtype_tupdesc_copy(TupleDescAttr(out_desc, COL_PLAN)->atttypid,
+											   TupleDescAttr(out_desc, COL_PLAN)->atttypmod);
+	st.plan_desc = BlessTupleDesc(st.plan_desc);
+
+	/* the rows as returned, plus their position to sort on */
+	sort_desc = CreateTemplateTupleDesc(NUM_COLS + 1);
+	for (int i = 0; i < NUM_COLS; i++)
+		TupleDescCopyEntry(sort_desc, i + 1, out_desc, i + 1);
+	TupleDescInitEntry(sort_desc, COL_ORDINAL + 1, "ordinal", INT4OID, -1, 0);
+	st.sort = tuplesort_begin_heap(sort_desc, 1, &sort_col, &sort_op, &sort_coll,
+								   &nulls_first, work_mem, NULL, TUPLESORT_NONE);
+	st.sort_slot = MakeSingleTupleTableSlot(sort_desc, &TTSOpsMinimalTuple);
+
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = WXPAY_PLAN_NO_MAX + 1;
+	hctl.entrysize = sizeof(BatchSeen);
+	hctl.hcxt = CurrentMemoryContext;
+	st.seen = hash_create("wxpay_stop_sign_plans plan numbers", Min(st.nelems, 1024),
+						  &hctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	st.nslots = Max(1, Min(Min(wxpay_batch_concurrency, WXPAY_BATCH_CONCURRENCY_MAX),
+						   st.nelems));
+	st.slots = palloc0(sizeof(BatchSlot) * st.nslots);
+	for (int i = 0; i < st.nslots; i++)
+	{
+		st.slots[i].cxt = AllocSetContextCreate(CurrentMemoryContext,
+												"wxpay_stop_sign_plans call",
+												ALLOCSET_DEFAULT_SIZES);
+		st.slots[i].ordinal = -1;
+	}
+	st.row_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									   "wxpay_stop_sign_plans row",
+									   ALLOCSET_SMALL_SIZES);
+
+	wxpay_http_perform_stream(st.nslots, BatchNext, BatchDone, &st);
+
+	/* back to input order */
+	tuplesort_performsort(st.sort);
+	while (tuplesort_gettupleslot(st.sort, true, false, st.sort_slot, NULL))
+	{
+		slot_getallattrs(st.sort_slot);
+		tuplestore_putvalues(rsinfo->setResult, out_desc,
+							 st.sort_slot->tts_values, st.sort_slot->tts_isnull);
+	}
+	tuplesort_end(st.sort);
+	ExecDropSingleTupleTableSlot(st.sort_slot);
+	for (int i = 0; i < st.nslots; i++)
+		MemoryContextDelete(st.slots[i].cxt);
+	MemoryContextDelete(st.row_cxt);
+	hash_destroy(st.seen);
+
+	return (Datum) 0;
+}
