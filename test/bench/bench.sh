@@ -49,8 +49,8 @@ CREATE EXTENSION wxpay_signplan;
 \set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
 \set ca `cat "$WXPAY_PKI/ca.crt"`
 INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'url', :'ca');
+                          wechatpay_public_key, base_url, backup_base_url, ca_cert)
+VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'url', NULL, :'ca');
 SQL
 
 sim_tls() { node "$WX_ROOT/test/sim/ctl.js" tls; }
