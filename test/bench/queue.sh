@@ -51,6 +51,28 @@ until [ "$(psql_su -c "SELECT count(*) FROM wxpay_stop_request WHERE state IN ('
     sleep 0.2
 done
 pid=$(worker_pid)
+
+# commit-to-finished time of single requests on the idle worker
+lat=$(psql_su -f - <<'SQL'
+CREATE TEMP TABLE lat (ms float8);
+DO $$
+BEGIN
+    FOR i IN 1..30 LOOP
+        PERFORM wxpay_stop_sign_plan_async('bq-lat-' || i, 'r');
+        COMMIT;
+        INSERT INTO lat
+        SELECT extract(epoch FROM r.finished_at - r.created_at) * 1000
+        FROM wxpay_stop_request q,
+             LATERAL wxpay_wait_stop_request(q.id, '30s') r
+        WHERE q.merchant_sign_plan_no = 'bq-lat-' || i;
+        COMMIT;
+    END LOOP;
+END $$;
+SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ms median, '
+    || round(max(ms)::numeric, 1) || ' ms max' FROM lat;
+SQL
+)
+echo "idle worker, commit to finished (one request, sent and answered): $lat"
 rss0=$(rss_anon "$pid")
 
 t0=$(date +%s.%N)
