@@ -41,7 +41,11 @@
  *		 each finished request, then wake the sessions waiting in
  *		 wxpay_wait_stop_request() through a condition variable.
  *
- * Classification of an attempt (README "How the worker retries"):
+ * When no request is due, an idle cycle refreshes the platform certificates
+ * of one config whose wxpay.certificate_refresh_interval has passed
+ * (certs.c's three phases, again with no transaction during the download).
+ *
+ * Classification of an attempt (README "How the worker sends and retries"):
  *	  2xx verified			succeeded
  *	  4xx but 429			failed (the platform refused this stop)
  *	  429, not sent, config	queued again; the next attempt needs no query
@@ -501,7 +505,6 @@ wxpay_launcher_main(Datum arg)
 	{
 		long		timeout = -1;
 		bool		wake;
-		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -578,11 +581,10 @@ wxpay_launcher_main(Datum arg)
 		}
 
 		pgstat_report_activity(STATE_IDLE, NULL);
-		rc = WaitLatch(MyLatch,
-					   WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
-					   (timeout >= 0 ? WL_TIMEOUT : 0),
-					   timeout, PG_WAIT_EXTENSION);
-		(void) rc;
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
+						 (timeout >= 0 ? WL_TIMEOUT : 0),
+						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
