@@ -256,7 +256,7 @@ CallVerify(WxpayCall *call, char **why)
 		}
 		if (hs[i]->overlong)
 		{
-			*why = psprintf("the %s header is too long", names[i]);
+			*why = psprintf("the %s header is too long or not text", names[i]);
 			return false;
 		}
 	}
