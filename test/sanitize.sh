@@ -48,6 +48,12 @@ for f in "$WX_SAN_DIR"/*; do
         foreign=$((foreign + 1))
     fi
 done
+# UBSan writes its one-line reports to the server's stderr, i.e. the logs
+for f in "$WX_WORK/postgres.log" "$WX_WORK"/tree/tmp_check/log/*.log; do
+    if grep -E 'runtime error:|ERROR: (AddressSanitizer|LeakSanitizer)' "$f"; then
+        echo "---- sanitizer report in server log $f (above)"; bad=1
+    fi
+done
 wx_log "sanitizer reports: $([ $bad = 0 ] && echo none of ours || echo SOME OF OURS); $foreign process(es) with leaks outside the extension (ignored)"
 [ $bad = 0 ] || status=1
 exit $status
