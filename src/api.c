@@ -282,7 +282,7 @@ wxpay_answer_check_headers(WxpayHttpRequest *req, char **why)
 		}
 		if (hs[i]->overlong)
 		{
-			*why = psprintf("the %s header is too long", names[i]);
+			*why = psprintf("the %s header is too long or not text", names[i]);
 			return false;
 		}
 	}

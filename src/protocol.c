@@ -304,7 +304,9 @@ b64_value(unsigned char c)
 
 /*
  * Strict decoding: length a multiple of 4, padding only at the end, no
- * whitespace.  Returns false for anything else, or when dst is too small.
+ * whitespace, zero bits under the padding (so that each value has exactly
+ * one accepted spelling).  Returns false for anything else, or when dst is
+ * too small.
  */
 bool
 wxpay_base64_decode(const char *src, size_t len, unsigned char *dst,
@@ -340,6 +342,10 @@ wxpay_base64_decode(const char *src, size_t len, unsigned char *dst,
 		}
 		bits = ((uint32) v[0] << 18) | ((uint32) v[1] << 12) |
 			((uint32) v[2] << 6) | (uint32) v[3];
+		/* the bits under the padding must be zero: one spelling per value */
+		if ((pad == 1 && (bits & 0xFF) != 0) ||
+			(pad == 2 && (bits & 0xFFFF) != 0))
+			return false;
 		if (o + 3 - pad > dstcap)
 			return false;
 		dst[o++] = (bits >> 16) & 0xFF;
@@ -388,6 +394,66 @@ wxpay_parse_header_line(const char *line, size_t len,
 	*value = line + vstart;
 	*valuelen = vend - vstart;
 	return true;
+}
+
+/*
+ * Which of the answer headers that verification needs the header name is
+ * (compared without regard to case, as HTTP requires), or -1.
+ */
+int
+wxpay_answer_header(const char *name, size_t len)
+{
+	static const char *const names[WXPAY_NUM_ANSWER_HEADERS] = {
+		[WXPAY_H_TIMESTAMP] = "Wechatpay-Timestamp",
+		[WXPAY_H_NONCE] = "Wechatpay-Nonce",
+		[WXPAY_H_SIGNATURE] = "Wechatpay-Signature",
+		[WXPAY_H_SERIAL] = "Wechatpay-Serial",
+		[WXPAY_H_REQUEST_ID] = "Request-ID",
+	};
+
+	for (int i = 0; i < WXPAY_NUM_ANSWER_HEADERS; i++)
+	{
+		const char *n = names[i];
+		size_t		k;
+
+		if (strlen(n) != len)
+			continue;
+		for (k = 0; k < len; k++)
+		{
+			unsigned char a = (unsigned char) name[k];
+			unsigned char b = (unsigned char) n[k];
+
+			if (a >= 'A' && a <= 'Z')
+				a += 'a' - 'A';
+			if (b >= 'A' && b <= 'Z')
+				b += 'a' - 'A';
+			if (a != b)
+				break;
+		}
+		if (k == len)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * Record one arrival of a header.  Every arrival counts, so that a
+ * duplicate is seen; the value kept is the last one.  A value that does not
+ * fit, or holds a NUL byte (which would make the C string differ from what
+ * came), is marked unusable instead of being cut.
+ */
+void
+wxpay_store_header(WxpayHeaderValue *h, const char *v, size_t len)
+{
+	h->count++;
+	if (len >= sizeof(h->value) || memchr(v, '\0', len) != NULL)
+	{
+		h->overlong = true;
+		return;
+	}
+	memcpy(h->value, v, len);
+	h->value[len] = '\0';
+	h->len = len;
 }
 
 /* Unix seconds: 1 to 12 decimal digits, nothing else. */

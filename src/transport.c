@@ -122,7 +122,6 @@ static bool PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg);
 static void PerformRun(int concurrency, WxpayHttpNext next,
 					   WxpayHttpDone done, void *arg);
 static WxpayHttpRequest *ArrayNext(void *arg);
-static void StoreHeader(WxpayHeaderValue *h, const char *v, size_t len);
 static void HeadersReset(WxpayHttpRequest *req);
 static WxpayTransportOutcome FailedOutcome(CURL *easy);
 static bool FailoverWanted(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
@@ -317,20 +316,6 @@ FailedOutcome(CURL *easy)
 	return reqsize > 0 ? WXPAY_TRANSPORT_FAILED : WXPAY_TRANSPORT_NOT_SENT;
 }
 
-static void
-StoreHeader(WxpayHeaderValue *h, const char *v, size_t len)
-{
-	h->count++;
-	if (len >= sizeof(h->value))
-	{
-		h->overlong = true;
-		return;
-	}
-	memcpy(h->value, v, len);
-	h->value[len] = '\0';
-	h->len = len;
-}
-
 /* CURLOPT_HEADERFUNCTION: keep the headers that verification needs */
 static size_t
 HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
@@ -341,6 +326,14 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 			   *value;
 	size_t		namelen,
 				valuelen;
+	WxpayHeaderValue *slots[WXPAY_NUM_ANSWER_HEADERS] = {
+		[WXPAY_H_TIMESTAMP] = &req->h_timestamp,
+		[WXPAY_H_NONCE] = &req->h_nonce,
+		[WXPAY_H_SIGNATURE] = &req->h_signature,
+		[WXPAY_H_SERIAL] = &req->h_serial,
+		[WXPAY_H_REQUEST_ID] = &req->h_request_id,
+	};
+	int			which;
 
 	/* a new status line starts a new answer (e.g. after 100 Continue) */
 	if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0)
@@ -351,18 +344,9 @@ HeaderCallback(char *ptr, size_t size, size_t nitems, void *userdata)
 	if (!wxpay_parse_header_line(ptr, n, &name, &namelen, &value, &valuelen))
 		return n;
 
-#define HEADER_IS(s) (namelen == strlen(s) && pg_strncasecmp(name, s, namelen) == 0)
-	if (HEADER_IS("Wechatpay-Timestamp"))
-		StoreHeader(&req->h_timestamp, value, valuelen);
-	else if (HEADER_IS("Wechatpay-Nonce"))
-		StoreHeader(&req->h_nonce, value, valuelen);
-	else if (HEADER_IS("Wechatpay-Signature"))
-		StoreHeader(&req->h_signature, value, valuelen);
-	else if (HEADER_IS("Wechatpay-Serial"))
-		StoreHeader(&req->h_serial, value, valuelen);
-	else if (HEADER_IS("Request-ID"))
-		StoreHeader(&req->h_request_id, value, valuelen);
-#undef HEADER_IS
+	which = wxpay_answer_header(name, namelen);
+	if (which >= 0)
+		wxpay_store_header(slots[which], value, valuelen);
 	return n;
 }
 

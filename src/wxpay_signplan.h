@@ -98,6 +98,29 @@ extern bool wxpay_parse_header_line(const char *line, size_t len,
 extern bool wxpay_parse_unix_seconds(const char *s, size_t len, int64 *result);
 extern bool wxpay_is_hex(const char *s, size_t len);
 
+/* The answer headers that verification needs (wxpay_answer_header()). */
+typedef enum WxpayAnswerHeader
+{
+	WXPAY_H_TIMESTAMP,
+	WXPAY_H_NONCE,
+	WXPAY_H_SIGNATURE,
+	WXPAY_H_SERIAL,
+	WXPAY_H_REQUEST_ID,
+	WXPAY_NUM_ANSWER_HEADERS
+} WxpayAnswerHeader;
+
+/* One answer header as it arrived. */
+typedef struct WxpayHeaderValue
+{
+	int			count;			/* how many times the header came */
+	bool		overlong;		/* a value did not fit or held a NUL byte */
+	size_t		len;
+	char		value[1024];
+} WxpayHeaderValue;
+
+extern int	wxpay_answer_header(const char *name, size_t len);
+extern void wxpay_store_header(WxpayHeaderValue *h, const char *v, size_t len);
+
 /* ---------- sign.c ---------- */
 
 typedef struct WxpayKeyError
@@ -166,14 +189,6 @@ extern const WxpayVerifyKey *wxpay_config_find_key(const WxpayConfig *cfg,
 												   TimestampTz now);
 
 /* ---------- transport.c ---------- */
-
-typedef struct WxpayHeaderValue
-{
-	int			count;			/* how many times the header came */
-	bool		overlong;		/* a value did not fit */
-	size_t		len;
-	char		value[1024];
-} WxpayHeaderValue;
 
 typedef enum WxpayTransportOutcome
 {

@@ -11,14 +11,18 @@ WX_PG_MAJOR=${WX_PG_MAJOR:-15}
 WX_PACKAGES="postgresql-$WX_PG_MAJOR postgresql-server-dev-$WX_PG_MAJOR libcurl4-openssl-dev
     libssl-dev pkg-config make gcc libipc-run-perl openssl curl nodejs"
 
+# Only the hardening steps (test/all.sh: static analysis, sanitizers,
+# fuzzing) need these; the fast suite never installs them.
+WX_HARDEN_PACKAGES="clang libclang-rt-14-dev llvm cppcheck libasan8 libubsan1"
+
 if [ "$(id -u)" = 0 ]; then WX_SUDO=""; else WX_SUDO="sudo"; fi
 
 wx_log() { printf '== %s\n' "$*" >&2; }
 
-# Install the Debian packages that are not there yet.
-wx_install_deps() {
+# Install those of the given Debian packages that are not there yet.
+wx_install_packages() {
     local missing=""
-    for p in $WX_PACKAGES; do
+    for p in "$@"; do
         if [ "$p" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
         dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
     done
@@ -27,6 +31,16 @@ wx_install_deps() {
         $WX_SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $WX_SUDO apt-get install -y -qq $missing >/dev/null
     fi
+}
+
+# What the hardening steps need on top of the suite's packages.
+wx_install_harden_deps() {
+    wx_install_packages $WX_HARDEN_PACKAGES
+}
+
+# The suite's packages, and PATH / WX_PG_CONFIG for the server.
+wx_install_deps() {
+    wx_install_packages $WX_PACKAGES
     export PATH="/usr/lib/postgresql/$WX_PG_MAJOR/bin:$PATH"
     WX_PG_CONFIG=/usr/lib/postgresql/$WX_PG_MAJOR/bin/pg_config
     [ -x "$WX_PG_CONFIG" ] || WX_PG_CONFIG=$(command -v pg_config)
@@ -69,10 +83,27 @@ wx_private_pg() {
     WX_SUDO=""
 }
 
+# A clean copy of the source tree (no build products) in directory $1.
+wx_copy_tree() {
+    mkdir -p "$1"
+    (cd "$WX_ROOT" && tar cf - --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
+        --exclude='./results' --exclude='./tmp_check' .) | tar xf - -C "$1"
+}
+
+# Builds in the source tree; with WX_COPT (extra compiler and linker flags,
+# PGXS's COPT: e.g. sanitizers) in a clean copy in the scratch directory,
+# so that no object built with other flags is reused or left behind.
 wx_build_install() {
-    wx_log "building and installing the extension"
-    make -C "$WX_ROOT" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_MAKE_FLAGS:-} >/dev/null
-    $WX_SUDO make -C "$WX_ROOT" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_MAKE_FLAGS:-} install >/dev/null
+    local src="$WX_ROOT"
+    if [ -n "${WX_COPT:-}" ]; then
+        wx_make_work
+        src="$WX_WORK/build"
+        wx_copy_tree "$src"
+    fi
+    wx_log "building and installing the extension${WX_COPT:+ (COPT=$WX_COPT)}"
+    make -C "$src" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_COPT:+"COPT=$WX_COPT"} ${WX_MAKE_FLAGS:-} >/dev/null
+    $WX_SUDO make -C "$src" -s PG_CONFIG="$WX_PG_CONFIG" ${WX_COPT:+"COPT=$WX_COPT"} \
+        ${WX_MAKE_FLAGS:-} install >/dev/null
 }
 
 # Run a command as the cluster's OS user.
@@ -124,12 +155,97 @@ CONF
     WX_CLUSTER_UP=1
 }
 
+# Run the pg_regress files and the TAP tests ("make installcheck", the
+# TAP clusters started from the same server) on a copy of the tree that
+# the postgres OS user may write into.  Returns non-zero on any failure,
+# after printing the diffs and the tails of the TAP logs.
+wx_run_suite() {
+    local status=0
+    # WX_MAKE_ARGS is shell words: REGRESS='01_setup 03_stop' stays one
+    eval "local -a margs=(${WX_MAKE_ARGS:-})"
+    wx_copy_tree "$WX_WORK/tree"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$WX_WORK/tree"
+    if ! (cd "$WX_WORK/tree" &&
+          wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
+            WXPAY_SIM_CONTROL="$WXPAY_SIM_CONTROL" PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=postgres \
+            ${WX_SANITIZE:+WXPAY_SANITIZER=1} make -s PG_CONFIG="$WX_PG_CONFIG" installcheck "${margs[@]}"); then
+        status=1
+        [ -f "$WX_WORK/tree/regression.diffs" ] && cat "$WX_WORK/tree/regression.diffs"
+        for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
+            [ -f "$f" ] && { echo "---- $f (tail)"; tail -n 40 "$f"; }
+        done
+    fi
+    return $status
+}
+
+# The fuzz targets' C entry points run once over every stored input (seed
+# corpus and the inputs of past crashes), built with gcc and its address and
+# undefined-behaviour sanitizers: the crashes fuzzing ever found stay fixed
+# without needing clang.
+wx_fuzz_replay() {
+    local out="$WX_WORK/fuzz-replay" t inc
+    mkdir -p "$out"
+    inc=$("$WX_PG_CONFIG" --includedir-server)
+    wx_log "replaying the fuzz corpora"
+    for t in "$WX_ROOT"/test/fuzz/fuzz_*.c; do
+        t=$(basename "$t" .c)
+        gcc -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
+            -I"$WX_ROOT/src" -isystem "$inc" -DWXPAY_FUZZ_REPLAY \
+            -o "$out/$t" "$WX_ROOT/test/fuzz/$t.c" "$WX_ROOT/test/fuzz/replay.c" \
+            "$WX_ROOT/src/protocol.c" || return 1
+        ASAN_OPTIONS=detect_leaks=1 "$out/$t" "$WX_ROOT/test/fuzz/corpus/$t" \
+            "$WX_ROOT/test/fuzz/regressions/$t" || return 1
+    done
+}
+
+# Sanitized server: the postgres program of the private installation is
+# replaced by a wrapper that preloads gcc's AddressSanitizer runtime (the
+# server itself is not instrumented; the extension is, with WX_COPT) and
+# sets the sanitizer options.  Every postmaster started from this
+# installation gets it: the suite's cluster, every TAP test's clusters and
+# initdb's bootstrap runs.  Reports go to $WX_SAN_DIR.
+WX_SAN_COPT="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
+wx_sanitize_server() {
+    local bindir asan
+    bindir=$("$WX_PG_CONFIG" --bindir)
+    asan=$(readlink -f "$(gcc -print-file-name=libasan.so)")
+    WX_SAN_DIR="$WX_WORK/sanitizer"
+    mkdir -p "$WX_SAN_DIR"
+    chmod 1777 "$WX_SAN_DIR"
+    # Debian's gcc 12 runtime, when preloaded, deadlocks in the constructor
+    # of libp11-kit (which the server links through GnuTLS): it calls
+    # newlocale(), which holds glibc's locale lock while its malloc starts
+    # the runtime, whose dlsym("swift_demangle") failure then translates
+    # the dlerror() message under the same lock.  Providing the symbol (a
+    # demangler that demangles nothing) avoids the failing lookup.
+    printf '%s\n' '#include <stddef.h>' \
+        'char *swift_demangle(const char *, size_t, char *, size_t *, unsigned);' \
+        'char *swift_demangle(const char *n, size_t l, char *o, size_t *ol, unsigned f)' \
+        '{ (void) n; (void) l; (void) o; (void) ol; (void) f; return NULL; }' \
+        >"$WX_WORK/san-shim.c"
+    gcc -shared -fPIC -o "$WX_WORK/san-shim.so" "$WX_WORK/san-shim.c"
+    mv "$bindir/postgres" "$bindir/postgres.unwrapped"
+    cat >"$bindir/postgres" <<WRAP
+#!/bin/bash
+# test/lib.sh wx_sanitize_server: the server with the ASan runtime preloaded
+export LD_PRELOAD="$asan:$WX_WORK/san-shim.so\${LD_PRELOAD:+:\$LD_PRELOAD}"
+export ASAN_OPTIONS="log_path=$WX_SAN_DIR/asan:abort_on_error=1:halt_on_error=1:detect_leaks=\${WX_SAN_LEAKS:-1}:leak_check_at_exit=1:exitcode=0:verify_asan_link_order=0:detect_odr_violation=0:print_suppressions=0"
+export UBSAN_OPTIONS="log_path=$WX_SAN_DIR/ubsan:print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+exec -a "\$0" "\${0%/*}/postgres.unwrapped" "\$@"
+WRAP
+    chmod 755 "$bindir/postgres"
+}
+
 # Everything the suite and the demo need, in order.  With WX_PRIVATE_PG=1
 # the extension goes into a private copy of the server (the test suite);
 # otherwise into the system's PostgreSQL (the demo: it is the install).
 wx_prepare() {
     wx_install_deps
     if [ -n "${WX_PRIVATE_PG:-}" ]; then wx_private_pg; fi
+    if [ -n "${WX_SANITIZE:-}" ]; then
+        WX_COPT="$WX_SAN_COPT${WX_COPT:+ $WX_COPT}"
+        wx_sanitize_server
+    fi
     wx_build_install
     wx_start_sim
     wx_start_cluster

@@ -25,7 +25,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(
-  pki_file sim_url new_node config_insert_sql dq
+  pki_file sim_url new_node config_insert_sql config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish
   start_sim stop_sim ctl_get_at
@@ -91,6 +91,46 @@ sub config_insert_sql
 	  . join(', ', @cols)
 	  . ') VALUES ('
 	  . join(', ', map { defined $c{$_} ? dq($c{$_}) : 'NULL' } @cols) . ')';
+}
+
+# The same INSERT with the secrets read by the server from the PKI files
+# (pg_read_file, superuser), so that the statement text holds only file
+# names: the way the README recommends when statements are logged.
+# %files maps a column to a PKI file name (defaults: private_key from
+# merchant.key, apiv3_key from apiv3_key.txt); %over as for
+# config_insert_sql.
+sub config_insert_from_files_sql
+{
+	my (%arg) = @_;
+	my %files = (
+		private_key => 'merchant.key',
+		apiv3_key => 'apiv3_key.txt',
+		%{ delete $arg{files} // {} });
+	my %c = (
+		name => 'default',
+		mchid => '1900000001',
+		serial_no => pki_file('merchant_serial.txt', chomp => 1),
+		wechatpay_public_key_id => pki_file('pub_key_id.txt', chomp => 1),
+		wechatpay_public_key => pki_file('platform_pub.pem'),
+		base_url => $ENV{WXPAY_SIM_URL},
+		ca_cert => pki_file('ca.crt'),
+		%arg);
+	my %expr = map { $_ => defined $c{$_} ? dq($c{$_}) : 'NULL' } keys %c;
+	for my $col (keys %files)
+	{
+		my $path = "$ENV{WXPAY_PKI}/$files{$col}";
+		# the APIv3 key file ends with a newline that is not part of the key
+		$expr{$col} =
+		  $col eq 'apiv3_key'
+		  ? 'pg_catalog.btrim(pg_catalog.pg_read_file(' . dq($path) . "), E'\\n')"
+		  : 'pg_catalog.pg_read_file(' . dq($path) . ')';
+	}
+	my @cols = sort keys %expr;
+	return
+	    'INSERT INTO wxpay_config ('
+	  . join(', ', @cols)
+	  . ') VALUES ('
+	  . join(', ', map { $expr{$_} } @cols) . ')';
 }
 
 # A started cluster with the extension and the default config.
