@@ -76,6 +76,13 @@ SELECT wxpay_stop_sign_plan('priv-1', 'no grant');
 SELECT * FROM wxpay_stop_sign_plan('priv-1', 'no grant', 'certmode');
 SELECT wxpay_query_sign_plan('priv-1');
 SELECT wxpay_config_changed();
+SELECT * FROM wxpay_stop_sign_plans(ARRAY['priv-1'], 'no grant');
+SELECT wxpay_stop_sign_plan_async('priv-1', 'no grant');
+SELECT wxpay_wait_stop_request(1);
+SELECT wxpay_purge_stop_requests('0s');
+SELECT * FROM wxpay_refresh_platform_certificates('certmode');
+SELECT * FROM wxpay_check_config('default', true);
+SELECT * FROM wxpay_stop_request;
 RESET ROLE;
 \set attempts_after `node test/sim/ctl.js requests`
 SELECT :attempts_after - :attempts_before AS requests_made;

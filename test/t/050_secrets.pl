@@ -133,7 +133,7 @@ my $calls = join(
 	"SELECT * FROM wxpay_check_config('default', true);",
 	"SELECT * FROM wxpay_check_config('wrongkey', true);",
 	"SELECT wxpay_stop_sign_plan_async(p, 'x') FROM unnest(ARRAY['sec50-q1', 'fault-http500-sec50q', 'fault-bad_signature-sec50q', 'fault-http400-sec50q']) p;",
-	"SELECT state, error_code, error_message FROM wxpay_stop_request r, LATERAL wxpay_wait_stop_request(r.id, '60s') w ORDER BY r.id;"
+	"SELECT w.state, w.error_code, w.error_message FROM wxpay_stop_request r, LATERAL wxpay_wait_stop_request(r.id, '60s') w ORDER BY r.id;"
 );
 my ($calls_out, $calls_err) = run_sql($calls);
 like($calls_out, qr/sec50-ok\|.*SIGN_PLAN_CANCEL/, 'a stop succeeded');
@@ -143,6 +143,9 @@ like($calls_err, qr/WX004/, 'a call was not sent (WX004)');
 like($calls_err, qr/WX001/, 'a config was unusable (WX001)');
 like($calls_err, qr/SIGN_ERROR/, 'the wrong key was refused by the simulator');
 like($calls_err, qr/DEBUG:/, 'the client received DEBUG messages');
+like($calls_out, qr/^succeeded\|\|/m, 'the worker sent a queued stop');
+like($calls_out, qr/^failed\|PARAM_ERROR\|/m, 'the worker recorded a rejection');
+like($calls_out, qr/^failed\|WX003\|/m, 'the worker gave up on unknown outcomes');
 
 # the same calls through a role that has EXECUTE and nothing else
 run_sql('CREATE ROLE regress_app LOGIN');
@@ -181,8 +184,8 @@ sub pg_dump_as
 }
 my ($dump_ok, $dump_out, $dump_err) = pg_dump_as('regress_app');
 ok(!$dump_ok, 'pg_dump as a non-owner fails');
-like($dump_err, qr/permission denied for table wxpay_config/,
-	'pg_dump as a non-owner: permission denied for the config table');
+like($dump_err, qr/permission denied for (table|sequence) wxpay_/,
+	'pg_dump as a non-owner: permission denied for the extension\'s protected tables');
 my ($odump_ok, $owner_dump) = pg_dump_as('postgres');
 ok($odump_ok, 'pg_dump as the owner works');
 
