@@ -163,7 +163,13 @@ COMMENT ON TABLE @extschema@.wxpay_stop_request IS
 -- bulk of the table, are not in this index.
 CREATE INDEX wxpay_stop_request_due
     ON @extschema@.wxpay_stop_request (next_attempt_at, id)
-    WHERE state OPERATOR(pg_catalog.<>) ALL (ARRAY['succeeded', 'failed']::text[]);
+    WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending']::text[]);
+
+-- Requests in flight, by plan: the worker never has two stops of one plan
+-- on the wire.  Holds only the few rows of the current batch.
+CREATE INDEX wxpay_stop_request_sending
+    ON @extschema@.wxpay_stop_request (config_name, merchant_sign_plan_no)
+    WHERE state OPERATOR(pg_catalog.=) 'sending';
 
 -- Purging by age.
 CREATE INDEX wxpay_stop_request_finished

@@ -891,8 +891,8 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 			const WxpayConfig **cfg_out, TupleDesc *plan_desc, long *sleep_ms)
 {
 	char	   *sql;
-	uint64		nconfigs;
-	char	  **config_names;
+	char	  **skipped = palloc(sizeof(char *));
+	int			nskipped = 0;
 	const WxpayConfig *cfg = NULL;
 	char	   *chosen = NULL;
 	int			budget = 0;
@@ -904,19 +904,63 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 	int			n;
 	int			limit;
 
-	/* configs with due work, oldest first */
-	sql = psprintf("SELECT config_name, pg_catalog.min(next_attempt_at) m FROM %s"
+	/*
+	 * The config of the oldest due request whose merchant's rate limit lets
+	 * it through: one index probe per config tried, however long the queue.
+	 */
+	sql = psprintf("SELECT config_name FROM %s"
 				   " WHERE state = 'queued' AND next_attempt_at <= pg_catalog.now()"
-				   " GROUP BY config_name ORDER BY m LIMIT 32", q);
-	if (WorkerExec(sql, 0, NULL, NULL, true) != SPI_OK_SELECT)
-		elog(ERROR, "could not scan the stop request queue");
-	nconfigs = SPI_processed;
-	if (nconfigs == 0)
+				   " AND config_name <> ALL ($1)"
+				   " ORDER BY next_attempt_at, id LIMIT 1", q);
+	for (int tries = 0; tries < 32 && chosen == NULL; tries++)
+	{
+		GetConfigArg ga;
+		long		wait_ms = 0;
+		int			avail;
+		char	   *name;
+		Datum	   *d = palloc(sizeof(Datum) * (nskipped + 1));
+
+		for (int i = 0; i < nskipped; i++)
+			d[i] = CStringGetTextDatum(skipped[i]);
+		if (WorkerExec(sql, 1, (Oid[]) {TEXTARRAYOID},
+					   (Datum[]) {PointerGetDatum(construct_array(d, nskipped, TEXTOID, -1, false, TYPALIGN_INT))},
+					   true) != SPI_OK_SELECT)
+			elog(ERROR, "could not scan the stop request queue");
+		if (SPI_processed == 0)
+			break;
+		name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		skipped = repalloc(skipped, sizeof(char *) * (nskipped + 1));
+		skipped[nskipped++] = name;
+
+		ga.name = name;
+		ga.nspoid = nspoid;
+		ga.cfg = NULL;
+		if (!WorkerTry(WorkerGetConfig, &ga, &cfg_failure))
+		{
+			/* a broken or missing config: its requests wait, unsent */
+			cfg_failed = true;
+			chosen = name;
+			budget = MAX_BATCH;
+			break;
+		}
+		cfg = ga.cfg;
+		window = RateFind(cfg->mchid);
+		avail = RateAvailable(window, GetCurrentTimestamp(), &wait_ms);
+		if (avail <= 0)
+		{
+			*sleep_ms = Min(*sleep_ms, wait_ms);
+			cfg = NULL;
+			continue;
+		}
+		chosen = name;
+		budget = avail;
+	}
+	if (chosen == NULL && nskipped == 0)
 	{
 		bool		isnull;
 		Datum		d;
 
-		/* sleep until the next retry is due */
+		/* nothing due: sleep until the next retry is */
 		sql = psprintf("SELECT pg_catalog.min(next_attempt_at) FROM %s WHERE state = 'queued'", q);
 		if (WorkerExec(sql, 0, NULL, NULL, true) != SPI_OK_SELECT)
 			elog(ERROR, "could not scan the stop request queue");
@@ -931,40 +975,6 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 			*sleep_ms = Min(*sleep_ms, secs * 1000 + usecs / 1000 + 1);
 		}
 		return 0;
-	}
-	config_names = palloc(sizeof(char *) * nconfigs);
-	for (uint64 i = 0; i < nconfigs; i++)
-		config_names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-
-	/* the first config its merchant's rate limit lets through */
-	for (uint64 i = 0; i < nconfigs && chosen == NULL; i++)
-	{
-		GetConfigArg ga;
-		long		wait_ms = 0;
-		int			avail;
-
-		ga.name = config_names[i];
-		ga.nspoid = nspoid;
-		ga.cfg = NULL;
-		if (!WorkerTry(WorkerGetConfig, &ga, &cfg_failure))
-		{
-			/* a broken or missing config: its requests wait, unsent */
-			cfg_failed = true;
-			chosen = config_names[i];
-			budget = MAX_BATCH;
-			break;
-		}
-		cfg = ga.cfg;
-		window = RateFind(cfg->mchid);
-		avail = RateAvailable(window, GetCurrentTimestamp(), &wait_ms);
-		if (avail <= 0)
-		{
-			*sleep_ms = Min(*sleep_ms, wait_ms);
-			cfg = NULL;
-			continue;
-		}
-		chosen = config_names[i];
-		budget = avail;
 	}
 	if (chosen == NULL)
 		return 0;
