@@ -568,7 +568,15 @@ wxpay_launcher_main(Datum arg)
 			Shared->wake_pending = false;
 			SpinLockRelease(&Shared->mutex);
 			WorkerStartQueueWorker(&handle);
-			next_start = DT_NOEND;
+			if (handle != NULL)
+				next_start = DT_NOEND;
+			else
+			{
+				/* no free worker slot: try again later */
+				delay_ms = Min(delay_ms * 2, WORKER_RETRY_MAX_MS);
+				next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 delay_ms);
+			}
 		}
 
 		if (handle == NULL && next_start != DT_NOEND)
