@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # test/demo.sh: from a fresh Debian 12 machine, install what is needed,
 # build, and stop a sign plan on the bundled WeChat Pay simulator, printing
-# the row and its detail rows.  Leaves nothing running.
+# the row and its detail rows; then show the transaction-safe queue: a
+# trigger whose rolled-back DELETE sends nothing and whose committed DELETE
+# stops the plan through the background worker.  Leaves nothing running.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# the queue's background worker needs the library preloaded
+WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
+wxpay.database_name = 'postgres'"
 wx_prepare
 
 # Keys are read from files by psql, never typed into SQL.
@@ -37,4 +42,27 @@ SELECT d.* FROM stopped p, LATERAL wxpay_sign_plan_details(p.signed_detail_list)
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose
 SELECT wxpay_stop_sign_plan('demo-plan-001', 'subscription ended');
+\set ON_ERROR_STOP 1
+\set VERBOSITY default
+
+\echo
+\echo '== the transaction-safe queue: a trigger stops the plan only if the DELETE commits'
+CREATE TABLE subscription (id int PRIMARY KEY, sign_plan_no text NOT NULL);
+INSERT INTO subscription VALUES (1, 'demo-plan-002'), (2, 'demo-plan-003');
+CREATE FUNCTION subscription_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wxpay_stop_sign_plan_async(OLD.sign_plan_no, 'subscription ended');
+    RETURN OLD;
+END $$;
+CREATE TRIGGER subscription_ended AFTER DELETE ON subscription
+    FOR EACH ROW EXECUTE FUNCTION subscription_ended();
+BEGIN;
+DELETE FROM subscription WHERE id = 1;
+ROLLBACK;
+\echo '   DELETE of subscription 1 rolled back: nothing queued, nothing sent'
+DELETE FROM subscription WHERE id = 2;
+\echo '   DELETE of subscription 2 committed; the worker sends the stop:'
+SELECT r.id, r.merchant_sign_plan_no, r.state, r.attempts, r.http_status,
+       (r.result).sign_state, (r.result).cancel_sign_type
+FROM wxpay_stop_request q, LATERAL wxpay_wait_stop_request(q.id, '30s') r;
 SQL
