@@ -356,8 +356,11 @@ SKIP:
 	# itself (test/sanitize.sh); the resident size means nothing there
 	skip 'resident size is not meaningful under AddressSanitizer', 1
 	  if $ENV{WXPAY_SANITIZER};
-	cmp_ok($rss3 - $rss1, '<', 512,
-		'resident size grew less than 512 kB over the measured passes');
+	# a coarse bound: malloc's heap moves by a few hundred kB with timing
+	# (which connections are reused); LeakSanitizer in test/sanitize.sh is
+	# the exact check for malloc'd memory
+	cmp_ok($rss3 - $rss1, '<', 1024,
+		'resident size grew less than 1 MB over the measured passes');
 }
 
 is($s->query_safe('SELECT pg_backend_pid()'), $pid,
