@@ -17,12 +17,22 @@ CREATE TABLE @extschema@.wxpay_config (
     apiv3_key text,
     base_url text NOT NULL DEFAULT 'https://api.mch.weixin.qq.com',
     ca_cert text,
+    -- WeChat Pay's backup domain.  When connecting to base_url fails before
+    -- any request byte was sent, the same signed request goes here (the
+    -- signature covers the path, not the host).  NULL disables failover.
+    backup_base_url text DEFAULT 'https://api2.mch.weixin.qq.com',
     CONSTRAINT wxpay_config_base_url_https
-        CHECK (pg_catalog.lower(pg_catalog.substr(base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://')
+        CHECK (pg_catalog.lower(pg_catalog.substr(base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://'),
+    CONSTRAINT wxpay_config_backup_base_url_https
+        CHECK (backup_base_url IS NULL OR
+               pg_catalog.lower(pg_catalog.substr(backup_base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://')
 );
 
 COMMENT ON TABLE @extschema@.wxpay_config IS
     'WeChat Pay merchant accounts used by wxpay_signplan; holds secrets, readable by its owner only';
+
+COMMENT ON COLUMN @extschema@.wxpay_config.backup_base_url IS
+    'where a request goes when connecting to base_url fails before anything was sent; NULL: no failover';
 
 --
 -- WeChat Pay platform certificates (platform-certificate mode).  Several may
@@ -67,6 +77,12 @@ BEGIN
     END IF;
     IF lower(substr(NEW.base_url, 1, 8)) <> 'https://' THEN
         RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    IF NEW.backup_base_url IS NOT NULL
+       AND lower(substr(NEW.backup_base_url, 1, 8)) <> 'https://' THEN
+        RAISE EXCEPTION 'invalid backup_base_url for wxpay configuration "%"', NEW.name
             USING ERRCODE = 'check_violation',
                   DETAIL = 'Only https:// URLs are accepted.';
     END IF;
@@ -184,56 +200,6 @@ RETURNS SETOF @extschema@.wxpay_sign_plan_detail
 AS 'MODULE_PATHNAME', 'wxpay_sign_plan_details_plan'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
--- ===================================================================
--- 0.2.0: failover to the backup domain (issue 6)
--- ===================================================================
-
---
--- WeChat Pay's backup domain.  When connecting to base_url fails before any
--- request byte was sent, the same signed request goes here (the signature
--- covers the path, not the host).  NULL disables failover.  Validated like
--- base_url: https only here, host[:port] only when a call loads the config.
---
-ALTER TABLE @extschema@.wxpay_config
-    ADD COLUMN backup_base_url text DEFAULT 'https://api2.mch.weixin.qq.com',
-    ADD CONSTRAINT wxpay_config_backup_base_url_https
-        CHECK (backup_base_url IS NULL OR
-               pg_catalog.lower(pg_catalog.substr(backup_base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://');
-
-COMMENT ON COLUMN @extschema@.wxpay_config.backup_base_url IS
-    'where a request goes when connecting to base_url fails before anything was sent; NULL: no failover';
-
--- The row check of 0.1.0, plus backup_base_url; still quotes no column.
-CREATE OR REPLACE FUNCTION @extschema@.wxpay_config_check()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NEW.name IS NULL OR NEW.mchid IS NULL OR NEW.serial_no IS NULL
-       OR NEW.private_key IS NULL OR NEW.base_url IS NULL THEN
-        RAISE EXCEPTION 'wxpay_config columns name, mchid, serial_no, private_key and base_url must not be null'
-            USING ERRCODE = 'not_null_violation';
-    END IF;
-    IF lower(substr(NEW.base_url, 1, 8)) <> 'https://' THEN
-        RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
-            USING ERRCODE = 'check_violation',
-                  DETAIL = 'Only https:// URLs are accepted.';
-    END IF;
-    IF NEW.backup_base_url IS NOT NULL
-       AND lower(substr(NEW.backup_base_url, 1, 8)) <> 'https://' THEN
-        RAISE EXCEPTION 'invalid backup_base_url for wxpay configuration "%"', NEW.name
-            USING ERRCODE = 'check_violation',
-                  DETAIL = 'Only https:// URLs are accepted.';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-
--- ===================================================================
--- 0.2.0: platform certificates and the configuration check (issue 4)
--- ===================================================================
 
 --
 -- Download the platform certificates (GET /v3/certificates), decrypt them
@@ -267,9 +233,6 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION @extschema@.wxpay_check_config(text, boolean) FROM PUBLIC;
 
 
--- ===================================================================
--- 0.2.0: the concurrent batch stop (issue 5)
--- ===================================================================
 
 --
 -- Stop many plans: one row per array element, in input order; a per-plan
@@ -295,9 +258,6 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plans(text[], text, text) FROM PUBLIC;
 
 
--- ===================================================================
--- 0.2.0: the durable outbox and its background worker (issue 3)
--- ===================================================================
 
 --
 -- The outbox.  A stop requested with wxpay_stop_sign_plan_async() is a row
