@@ -229,6 +229,8 @@ static long WorkerBackoff(int attempts);
 static bool WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms);
 static CertSchedule *CertScheduleFind(const char *name);
 static void WorkerCertPrepare(void *arg);
+static void CertRefreshWarn(const char *name, int sqlstate, const char *message,
+							const char *detail, const char *hint);
 static bool WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure);
 static void WorkerGetConfig(void *arg);
 static void WorkerSign(void *arg);
@@ -1432,6 +1434,19 @@ CertScheduleFind(const char *name)
 	return cs;
 }
 
+/* A failed refresh: logged (secret-free), the certificates held are kept. */
+static void
+CertRefreshWarn(const char *name, int sqlstate, const char *message,
+				const char *detail, const char *hint)
+{
+	ereport(WARNING,
+			(errcode(sqlstate),
+			 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", name),
+			 errdetail_internal("%s%s%s", message ? message : "",
+								detail ? ": " : "", detail ? detail : ""),
+			 hint ? errhint("%s", hint) : 0));
+}
+
 typedef struct CertPrepareArg
 {
 	WxpayCertRefresh *r;
@@ -1506,12 +1521,8 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	if (!WorkerTry(WorkerCertPrepare, &arg, &failure))
 	{
 		WorkerTxnEnd(cxt);
-		ereport(WARNING,
-				(errcode(failure.sqlstate),
-				 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", due->name),
-				 errdetail_internal("%s%s%s", failure.message,
-									failure.detail ? ": " : "",
-									failure.detail ? failure.detail : "")));
+		CertRefreshWarn(due->name, failure.sqlstate, failure.message,
+						failure.detail, NULL);
 		return true;
 	}
 	WorkerTxnEnd(cxt);
@@ -1532,13 +1543,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 						due->name, r->ncerts, nnew)));
 	}
 	else
-		ereport(WARNING,
-				(errcode(r->sqlstate),
-				 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", due->name),
-				 errdetail_internal("%s%s%s", r->message,
-									r->detail ? ": " : "",
-									r->detail ? r->detail : ""),
-				 r->hint ? errhint("%s", r->hint) : 0));
+		CertRefreshWarn(due->name, r->sqlstate, r->message, r->detail, r->hint);
 	WorkerTxnEnd(cxt);
 	return true;
 }
