@@ -183,10 +183,7 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("wxpay configuration \"%s\" does not exist", config_name),
-				 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
+		wxpay_config_missing(config_name);
 	has_pubkey = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 1, &isnull));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);

@@ -70,8 +70,6 @@ typedef struct CheckOut
 static void CheckEmit(CheckOut *out, const char *name, int ok,
 					  const char *fmt,...) pg_attribute_printf(4, 5);
 static void CheckRead(const char *name, Oid nspoid, CheckRow *row);
-static char *CheckDup(HeapTuple tup, TupleDesc desc, int attno);
-static void CheckZero(char *s);
 static const char *CheckPemLabel(const char *pem);
 static bool CheckMchid(CheckOut *out, CheckRow *row);
 static bool CheckPrivateKey(CheckOut *out, CheckRow *row);
@@ -118,28 +116,6 @@ CheckEmit(CheckOut *out, const char *name, int ok, const char *fmt,...)
 	pfree(buf.data);
 }
 
-static char *
-CheckDup(HeapTuple tup, TupleDesc desc, int attno)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, attno, &isnull);
-
-	if (isnull)
-		return NULL;
-	/* TextDatumGetCString allocates in the current (caller's) context */
-	return TextDatumGetCString(d);
-}
-
-static void
-CheckZero(char *s)
-{
-	if (s)
-	{
-		explicit_bzero(s, strlen(s));
-		pfree(s);
-	}
-}
-
 /*
  * Read the config row and its certificate rows as the function owner into
  * the caller's context.  42704 when there is no such config.
@@ -171,23 +147,20 @@ CheckRead(const char *name, Oid nspoid, CheckRow *row)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("wxpay configuration \"%s\" does not exist", name),
-				 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
+		wxpay_config_missing(name);
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		MemoryContext spi = MemoryContextSwitchTo(outer);
 
-		row->mchid = CheckDup(tup, desc, 1);
-		row->serial_no = CheckDup(tup, desc, 2);
-		row->private_key = CheckDup(tup, desc, 3);
-		row->pubkey_id = CheckDup(tup, desc, 4);
-		row->pubkey = CheckDup(tup, desc, 5);
-		row->base_url = CheckDup(tup, desc, 6);
-		row->ca_cert = CheckDup(tup, desc, 7);
-		row->apiv3_key = CheckDup(tup, desc, 8);
+		row->mchid = wxpay_spi_text(tup, desc, 1);
+		row->serial_no = wxpay_spi_text(tup, desc, 2);
+		row->private_key = wxpay_spi_text(tup, desc, 3);
+		row->pubkey_id = wxpay_spi_text(tup, desc, 4);
+		row->pubkey = wxpay_spi_text(tup, desc, 5);
+		row->base_url = wxpay_spi_text(tup, desc, 6);
+		row->ca_cert = wxpay_spi_text(tup, desc, 7);
+		row->apiv3_key = wxpay_spi_text(tup, desc, 8);
 		MemoryContextSwitchTo(spi);
 	}
 
@@ -214,8 +187,8 @@ CheckRead(const char *name, Oid nspoid, CheckRow *row)
 			bool		isnull;
 			Datum		d;
 
-			row->cert_serial[i] = CheckDup(tup, desc, 1);
-			row->cert_pem[i] = CheckDup(tup, desc, 2);
+			row->cert_serial[i] = wxpay_spi_text(tup, desc, 1);
+			row->cert_pem[i] = wxpay_spi_text(tup, desc, 2);
 			d = SPI_getbinval(tup, desc, 3, &isnull);
 			row->cert_effective[i] = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
 			d = SPI_getbinval(tup, desc, 4, &isnull);
@@ -712,9 +685,9 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		CheckZero(row.private_key);
+		wxpay_secret_free(row.private_key);
 		row.private_key = NULL;
-		CheckZero(row.apiv3_key);
+		wxpay_secret_free(row.apiv3_key);
 		row.apiv3_key = NULL;
 	}
 	PG_END_TRY();

@@ -67,8 +67,6 @@ static void ConfigParse(const char *name, HeapTuple tup, TupleDesc desc,
 						WxpayConfig *cfg);
 static void ConfigParseCertificates(const char *name, WxpayConfig *cfg,
 									int ncerts, HeapTuple *tups, TupleDesc desc);
-static char *ConfigText(HeapTuple tup, TupleDesc desc, int attno);
-static void ConfigZeroFree(char *s);
 static void ConfigKeyFailed(const char *name, const char *what,
 							WxpayKeyError *err) WXPAY_NORETURN;
 
@@ -211,8 +209,19 @@ wxpay_config_find_key(const WxpayConfig *cfg, const char *serial,
 	return NULL;
 }
 
-static char *
-ConfigText(HeapTuple tup, TupleDesc desc, int attno)
+/* There is no config of that name: 42704. */
+void
+wxpay_config_missing(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("wxpay configuration \"%s\" does not exist", name),
+			 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
+}
+
+/* A text column of an SPI row as a C string in the current context, or NULL. */
+char *
+wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno)
 {
 	bool		isnull;
 	Datum		d = SPI_getbinval(tup, desc, attno, &isnull);
@@ -222,8 +231,9 @@ ConfigText(HeapTuple tup, TupleDesc desc, int attno)
 	return TextDatumGetCString(d);
 }
 
-static void
-ConfigZeroFree(char *s)
+/* Zero a palloc'd copy of secret text, then free it. */
+void
+wxpay_secret_free(char *s)
 {
 	if (s)
 	{
@@ -295,10 +305,7 @@ ConfigLoad(const char *name, Oid nspoid)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("wxpay configuration \"%s\" does not exist", name),
-				 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
+		wxpay_config_missing(name);
 
 	cxt = AllocSetContextCreate(CacheCxt, "wxpay config", ALLOCSET_SMALL_SIZES);
 	MemoryContextSwitchTo(cxt);
@@ -348,14 +355,14 @@ ConfigLoad(const char *name, Oid nspoid)
 static void
 ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 {
-	char	   *mchid = ConfigText(tup, desc, 1);
-	char	   *serial = ConfigText(tup, desc, 2);
-	char	   *pem = ConfigText(tup, desc, 3);
-	char	   *pubkey_id = ConfigText(tup, desc, 4);
-	char	   *pubkey_pem = ConfigText(tup, desc, 5);
-	char	   *base_url = ConfigText(tup, desc, 6);
-	char	   *ca_cert = ConfigText(tup, desc, 7);
-	char	   *backup_base_url = ConfigText(tup, desc, 8);
+	char	   *mchid = wxpay_spi_text(tup, desc, 1);
+	char	   *serial = wxpay_spi_text(tup, desc, 2);
+	char	   *pem = wxpay_spi_text(tup, desc, 3);
+	char	   *pubkey_id = wxpay_spi_text(tup, desc, 4);
+	char	   *pubkey_pem = wxpay_spi_text(tup, desc, 5);
+	char	   *base_url = wxpay_spi_text(tup, desc, 6);
+	char	   *ca_cert = wxpay_spi_text(tup, desc, 7);
+	char	   *backup_base_url = wxpay_spi_text(tup, desc, 8);
 	WxpayKeyError err;
 	char		why[256];
 	size_t		len;
@@ -434,7 +441,7 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 	}
 
 	cfg->private_key = wxpay_load_private_key(pem, strlen(pem), &err);
-	ConfigZeroFree(pem);
+	wxpay_secret_free(pem);
 	if (cfg->private_key == NULL)
 		ConfigKeyFailed(name, "private_key", &err);
 }
@@ -455,8 +462,8 @@ ConfigParseCertificates(const char *name, WxpayConfig *cfg,
 
 	for (int i = 0; i < ncerts; i++)
 	{
-		char	   *serial = ConfigText(tups[i], desc, 1);
-		char	   *pem = ConfigText(tups[i], desc, 2);
+		char	   *serial = wxpay_spi_text(tups[i], desc, 1);
+		char	   *pem = wxpay_spi_text(tups[i], desc, 2);
 		bool		isnull;
 		Datum		d;
 		WxpayVerifyKey *k = &cfg->keys[cfg->nkeys];

@@ -92,6 +92,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -188,11 +189,9 @@ typedef struct CertSchedule
 
 #define CERT_RETRY_MS	(5 * 60 * 1000)
 
-static CertSchedule *CertSchedules = NULL;
-static int	NCertSchedules = 0;
+static HTAB *CertSchedules = NULL;	/* by config name */
 
-static RateWindow *RateWindows = NULL;
-static int	NRateWindows = 0;
+static HTAB *RateWindows = NULL;	/* by mchid */
 static MemoryContext CycleCxt = NULL;	/* one cycle's memory */
 static bool NeedOrphanScan = true;
 static TimestampTz NextPurge = 0;
@@ -234,6 +233,8 @@ static void CertRefreshWarn(const char *name, int sqlstate, const char *message,
 static bool WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure);
 static void WorkerGetConfig(void *arg);
 static void WorkerSign(void *arg);
+static void *NamedEntry(HTAB **tab, const char *tabname, Size entrysize,
+						Size keysize, const char *key, bool *found);
 static RateWindow *RateFind(const char *mchid);
 static int	RateAvailable(RateWindow *w, TimestampTz now, long *wait_ms);
 static void RateRecord(RateWindow *w, TimestampTz end, int count);
@@ -1414,23 +1415,13 @@ WorkerBackoff(int attempts)
 static CertSchedule *
 CertScheduleFind(const char *name)
 {
-	MemoryContext old;
-	CertSchedule *cs;
+	bool		found;
+	CertSchedule *cs = NamedEntry(&CertSchedules, "wxpay certificate schedules",
+								  sizeof(CertSchedule), sizeof(cs->name),
+								  name, &found);
 
-	for (int i = 0; i < NCertSchedules; i++)
-		if (strcmp(CertSchedules[i].name, name) == 0)
-			return &CertSchedules[i];
-
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	if (CertSchedules == NULL)
-		CertSchedules = palloc0(sizeof(CertSchedule) * 16);
-	else if (NCertSchedules % 16 == 0)
-		CertSchedules = repalloc(CertSchedules,
-								 sizeof(CertSchedule) * (NCertSchedules + 16));
-	MemoryContextSwitchTo(old);
-	cs = &CertSchedules[NCertSchedules++];
-	strlcpy(cs->name, name, sizeof(cs->name));
-	cs->next = 0;				/* due at once */
+	if (!found)
+		cs->next = 0;			/* due at once */
 	return cs;
 }
 
@@ -1559,26 +1550,44 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 static RateWindow *
 RateFind(const char *mchid)
 {
-	MemoryContext old;
-	RateWindow *w;
+	bool		found;
+	RateWindow *w = NamedEntry(&RateWindows, "wxpay rate windows",
+							   sizeof(RateWindow), sizeof(w->mchid),
+							   mchid, &found);
 
-	for (int i = 0; i < NRateWindows; i++)
-		if (strcmp(RateWindows[i].mchid, mchid) == 0)
-			return &RateWindows[i];
-
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	if (RateWindows == NULL)
-		RateWindows = palloc0(sizeof(RateWindow) * 16);
-	else if (NRateWindows % 16 == 0)
-		RateWindows = repalloc(RateWindows, sizeof(RateWindow) * (NRateWindows + 16));
-	w = &RateWindows[NRateWindows++];
-	memset(w, 0, sizeof(RateWindow));
-	strlcpy(w->mchid, mchid, sizeof(w->mchid));
-	w->cap = 64;
-	w->ends = palloc(sizeof(TimestampTz) * w->cap);
-	w->counts = palloc(sizeof(int) * w->cap);
-	MemoryContextSwitchTo(old);
+	if (!found)
+	{
+		w->n = 0;
+		w->cap = 64;
+		w->ends = MemoryContextAlloc(TopMemoryContext, sizeof(TimestampTz) * w->cap);
+		w->counts = MemoryContextAlloc(TopMemoryContext, sizeof(int) * w->cap);
+	}
 	return w;
+}
+
+/*
+ * The worker's entry for key in a table of its own (created on first use,
+ * in TopMemoryContext); a key too long for the table is cut, which only
+ * merges state of names that long.
+ */
+static void *
+NamedEntry(HTAB **tab, const char *tabname, Size entrysize, Size keysize,
+		   const char *key, bool *found)
+{
+	char		k[NAMEDATALEN * 2];
+
+	if (*tab == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = keysize;
+		ctl.entrysize = entrysize;
+		*tab = hash_create(tabname, 16, &ctl, HASH_ELEM | HASH_STRINGS);
+	}
+	memset(k, 0, sizeof(k));
+	strlcpy(k, key, Min(keysize, sizeof(k)));
+	return hash_search(*tab, k, HASH_ENTER, found);
 }
 
 /* Drop entries older than a second; how many requests may start now. */

@@ -181,6 +181,9 @@ typedef struct WxpayConfig
 } WxpayConfig;
 
 extern void ConfigInit(void);
+extern void wxpay_config_missing(const char *name) WXPAY_NORETURN;
+extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
+extern void wxpay_secret_free(char *s);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
 extern const WxpayConfig *wxpay_config_get_signing(const char *name,
 												   Oid nspoid);
