@@ -46,12 +46,6 @@ static void QueueXactCallback(XactEvent event, void *arg);
 static void QueueRequireWorker(const char *funcname);
 static char *QueueTable(FunctionCallInfo fcinfo);
 
-void
-QueueInit(void)
-{
-	/* the transaction callback is registered on first use */
-}
-
 static void
 QueueXactCallback(XactEvent event, void *arg)
 {

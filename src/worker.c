@@ -510,11 +510,7 @@ wxpay_launcher_main(Datum arg)
 		bool		wake;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		WorkerReload();
 
 		/* did the worker exit? */
 		if (handle != NULL)
@@ -1082,8 +1078,6 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 		if (!OidIsValid(typid))
 			elog(ERROR, "type wxpay_sign_plan is missing");
 		*plan_desc = lookup_rowtype_tupdesc_copy(typid, -1);
-		(*plan_desc)->tdtypeid = typid;
-		(*plan_desc)->tdtypmod = -1;
 	}
 
 	/* sign: input rows that fail the checks are final failures */

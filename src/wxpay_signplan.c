@@ -67,7 +67,6 @@ _PG_init(void)
 	TransportInit();
 	ConfigInit();
 	WorkerInit();
-	QueueInit();
 
 	MarkGUCPrefixReserved("wxpay");
 }

@@ -390,7 +390,6 @@ extern void wxpay_worker_cancel_wait(void);
 
 /* ---------- queue.c ---------- */
 
-extern void QueueInit(void);
 extern void wxpay_queue_wake_at_commit(void);
 /* ---------- batch.c ---------- */
 
