@@ -1,6 +1,8 @@
-# 021_upgrade.pl: ALTER EXTENSION ... UPDATE from 0.1.0 yields the same
-# functions as a fresh 0.2.0 install: signatures, security, search_path,
-# volatility, parallel safety and privileges (PUBLIC must get nothing new).
+# 021_upgrade.pl: ALTER EXTENSION ... UPDATE from 0.1.0 and from 0.2.0 yields
+# the same objects as a fresh install of the default version: function
+# signatures, security, search_path, volatility, parallel safety and
+# privileges (PUBLIC must get nothing new), members, columns, constraints,
+# indexes, triggers, ACLs and what pg_dump keeps.
 
 use strict;
 use warnings FATAL => 'all';
@@ -14,10 +16,16 @@ $node->init;
 $node->start;
 
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
-$node->safe_psql('postgres', 'CREATE DATABASE upgraded');
 $node->safe_psql('fresh', 'CREATE EXTENSION wxpay_signplan');
-$node->safe_psql('upgraded', "CREATE EXTENSION wxpay_signplan VERSION '0.1.0'");
-$node->safe_psql('upgraded', "ALTER EXTENSION wxpay_signplan UPDATE TO '0.2.0'");
+# from each earlier release
+my @from = ('0.1.0', '0.2.0');
+for my $v (@from)
+{
+	(my $db = "upgraded_$v") =~ tr/./_/;
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, "CREATE EXTENSION wxpay_signplan VERSION '$v'");
+	$node->safe_psql($db, 'ALTER EXTENSION wxpay_signplan UPDATE');
+}
 
 my $q = q{
 SELECT p.oid::regprocedure, p.prorettype::regtype, p.prosecdef, p.proconfig,
@@ -26,8 +34,10 @@ FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::re
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'wxpay_signplan'
 ORDER BY 1::text};
 
+my @dbs = map { (my $d = "upgraded_$_") =~ tr/./_/; $d } @from;
+
 my $fresh = $node->safe_psql('fresh', $q);
-is($node->safe_psql('upgraded', $q), $fresh, 'same functions after the upgrade');
+is($node->safe_psql($_, $q), $fresh, "same functions after the upgrade ($_)") for @dbs;
 like($fresh, qr/wxpay_refresh_platform_certificates\(text\)/, 'the refresh function is there');
 like($fresh, qr/wxpay_check_config\(text,boolean\)/, 'the check function is there');
 
@@ -64,7 +74,8 @@ FROM pg_extension WHERE extname = 'wxpay_signplan'});
 for my $what (sort keys %checks)
 {
 	my $f = $node->safe_psql('fresh', $checks{$what});
-	is($node->safe_psql('upgraded', $checks{$what}), $f, "same $what after the upgrade");
+	is($node->safe_psql($_, $checks{$what}), $f, "same $what after the upgrade ($_)")
+	  for @dbs;
 }
 like($node->safe_psql('fresh', $checks{'member objects'}),
 	qr/table wxpay_stop_request/, 'the queue table is there');
