@@ -284,6 +284,10 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     error_message text,
     request_id text,
     result @extschema@.wxpay_sign_plan,
+    -- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
+    -- true from before a stop of this request leaves until a query or an
+    -- answer settles it: the next attempt then queries before any stop
+    outcome_unknown boolean NOT NULL DEFAULT false,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );
@@ -305,6 +309,13 @@ CREATE INDEX wxpay_stop_request_due
 CREATE INDEX wxpay_stop_request_sending
     ON @extschema@.wxpay_stop_request (config_name, merchant_sign_plan_no)
     WHERE state OPERATOR(pg_catalog.=) 'sending';
+
+-- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
+-- The worker claims each merchant's due requests in turn: one index range
+-- per config, however long another config's backlog is.
+CREATE INDEX wxpay_stop_request_due_config
+    ON @extschema@.wxpay_stop_request (config_name, next_attempt_at, id)
+    WHERE state OPERATOR(pg_catalog.=) 'queued';
 
 -- Purging by age.
 CREATE INDEX wxpay_stop_request_finished
