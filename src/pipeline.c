@@ -78,6 +78,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/latch.h"
 #include "postmaster/interrupt.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -273,9 +274,38 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 	PipeTxnEnd(p);
 
 	Current = p;
-	wxpay_http_perform_poll(wxpay_worker_concurrency, PipePoll, PipeDone, p);
-	if (p->nouts > 0)
-		PipeFlush(p);
+	for (;;)
+	{
+		long		wait_ms = -1;
+		ListCell   *lc;
+
+		wxpay_http_perform_poll(wxpay_worker_concurrency, PipePoll, PipeDone, p);
+		if (p->nouts > 0)
+			PipeFlush(p);
+
+		/*
+		 * The stream ends when nothing is in flight and nothing may start
+		 * now; requests still waiting wait for their merchant's rate limit.
+		 */
+		now = GetCurrentTimestamp();
+		foreach(lc, p->configs)
+		{
+			PipeConfig *pc = lfirst(lc);
+
+			if (pc->nwaiting == 0)
+				continue;
+			TimestampDifference(now, pc->rate_until, &secs, &usecs);
+			if (wait_ms < 0 || secs * 1000 + usecs / 1000 + 1 < wait_ms)
+				wait_ms = secs * 1000 + usecs / 1000 + 1;
+		}
+		if (wait_ms < 0)
+			break;
+		pgstat_report_activity(STATE_RUNNING, "waiting for the rate limit");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 	Current = NULL;
 
 	/* asleep until the next due request or certificate refresh */
