@@ -454,16 +454,18 @@ PipeGenerations(Pipe *p)
 			pc->failed = false;
 		}
 	}
-	if (gens[WXPAY_WAKE_CONFIG] != p->gens[WXPAY_WAKE_CONFIG] &&
-		CertSchedules != NULL)
+	if (gens[WXPAY_WAKE_CONFIG] != p->gens[WXPAY_WAKE_CONFIG])
 	{
 		HASH_SEQ_STATUS hs;
 		CertSchedule *cs;
 
 		/* a changed config: its certificates at once (we cannot tell which) */
-		hash_seq_init(&hs, CertSchedules);
-		while ((cs = hash_seq_search(&hs)) != NULL)
-			cs->next = 0;
+		if (CertSchedules != NULL)
+		{
+			hash_seq_init(&hs, CertSchedules);
+			while ((cs = hash_seq_search(&hs)) != NULL)
+				cs->next = 0;
+		}
 		p->cert_list_at = 0;
 	}
 	memcpy(p->gens, gens, sizeof(gens));
