@@ -310,17 +310,17 @@ CREATE INDEX wxpay_stop_request_sending
     ON @extschema@.wxpay_stop_request (config_name, merchant_sign_plan_no)
     WHERE state OPERATOR(pg_catalog.=) 'sending';
 
+-- Purging by age.
+CREATE INDEX wxpay_stop_request_finished
+    ON @extschema@.wxpay_stop_request (finished_at)
+    WHERE finished_at IS NOT NULL;
+
 -- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
 -- The worker claims each merchant's due requests in turn: one index range
 -- per config, however long another config's backlog is.
 CREATE INDEX wxpay_stop_request_due_config
     ON @extschema@.wxpay_stop_request (config_name, next_attempt_at, id)
     WHERE state OPERATOR(pg_catalog.=) 'queued';
-
--- Purging by age.
-CREATE INDEX wxpay_stop_request_finished
-    ON @extschema@.wxpay_stop_request (finished_at)
-    WHERE finished_at IS NOT NULL;
 
 REVOKE ALL ON TABLE @extschema@.wxpay_stop_request FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.wxpay_stop_request_id_seq FROM PUBLIC;

@@ -269,15 +269,15 @@ ProcessWake(WxpayWake what)
 		return;
 	SpinLockAcquire(&Shared->mutex);
 	Shared->generation[what]++;
-	if (what == WXPAY_WAKE_QUEUE)
-		Shared->wake_pending = true;
+	Shared->wake_pending = true;
 	worker = Shared->worker_latch;
 	launcher = Shared->launcher_latch;
 	SpinLockRelease(&Shared->mutex);
 
+	/* no worker: a new config may have certificates to fetch, too */
 	if (worker)
 		SetLatch(worker);
-	else if (launcher && what == WXPAY_WAKE_QUEUE)
+	else if (launcher)
 		SetLatch(launcher);
 }
 

@@ -475,39 +475,57 @@ void
 wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 				   Oid plan_type)
 {
-	char	   *ok_sql;
-	char	   *fail_sql;
-	SPIPlanPtr	ok_plan = NULL;
-	SPIPlanPtr	fail_plan;
+	static char *plans_q = NULL;	/* the table the saved plans are for */
+	static Oid	plans_type = InvalidOid;
+	static SPIPlanPtr ok_plan = NULL;
+	static SPIPlanPtr fail_plan = NULL;
 
-	ok_sql = psprintf("WITH r AS (UPDATE %s SET state = 'succeeded',"
-					  " finished_at = pg_catalog.now(), http_status = $2,"
-					  " request_id = $3, result = $4, error_code = NULL,"
-					  " error_message = NULL, outcome_unknown = false"
-					  " WHERE id = $1 AND state = 'sending' RETURNING id)"
-					  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text) FROM r",
-					  q);
-	fail_sql = psprintf("WITH r AS (UPDATE %s SET"
-						" state = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,"
-						" finished_at = CASE WHEN $6 THEN NULL ELSE pg_catalog.now() END,"
-						" next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $7),"
-						" http_status = $2, request_id = $3, error_code = $4,"
-						" error_message = $5, outcome_unknown = $8"
-						" WHERE id = $1 AND state = 'sending'"
-						" RETURNING id, state)"
-						" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
-						" FROM r WHERE state = 'failed'", q);
-
-	if (OidIsValid(plan_type))
+	/* prepared once per table and row type, kept across transactions */
+	if (plans_q == NULL || strcmp(plans_q, q) != 0 || plans_type != plan_type)
 	{
-		ok_plan = SPI_prepare(ok_sql, 4, (Oid[]) {INT8OID, INT4OID, TEXTOID, plan_type});
-		if (ok_plan == NULL)
+		char	   *ok_sql;
+		char	   *fail_sql;
+
+		if (ok_plan)
+			SPI_freeplan(ok_plan);
+		if (fail_plan)
+			SPI_freeplan(fail_plan);
+		ok_plan = fail_plan = NULL;
+		if (plans_q)
+			pfree(plans_q);
+		plans_q = NULL;
+
+		ok_sql = psprintf("WITH r AS (UPDATE %s SET state = 'succeeded',"
+						  " finished_at = pg_catalog.now(), http_status = $2,"
+						  " request_id = $3, result = $4, error_code = NULL,"
+						  " error_message = NULL, outcome_unknown = false"
+						  " WHERE id = $1 AND state = 'sending' RETURNING id)"
+						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text) FROM r",
+						  q);
+		fail_sql = psprintf("WITH r AS (UPDATE %s SET"
+							" state = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,"
+							" finished_at = CASE WHEN $6 THEN NULL ELSE pg_catalog.now() END,"
+							" next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $7),"
+							" http_status = $2, request_id = $3, error_code = $4,"
+							" error_message = $5, outcome_unknown = $8"
+							" WHERE id = $1 AND state = 'sending'"
+							" RETURNING id, state)"
+							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
+							" FROM r WHERE state = 'failed'", q);
+
+		if (OidIsValid(plan_type))
+		{
+			ok_plan = SPI_prepare(ok_sql, 4, (Oid[]) {INT8OID, INT4OID, TEXTOID, plan_type});
+			if (ok_plan == NULL || SPI_keepplan(ok_plan) != 0)
+				elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		}
+		fail_plan = SPI_prepare(fail_sql, 8, (Oid[]) {INT8OID, INT4OID, TEXTOID, TEXTOID,
+			TEXTOID, BOOLOID, FLOAT8OID, BOOLOID});
+		if (fail_plan == NULL || SPI_keepplan(fail_plan) != 0)
 			elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		plans_q = MemoryContextStrdup(TopMemoryContext, q);
+		plans_type = plan_type;
 	}
-	fail_plan = SPI_prepare(fail_sql, 8, (Oid[]) {INT8OID, INT4OID, TEXTOID, TEXTOID,
-		TEXTOID, BOOLOID, FLOAT8OID, BOOLOID});
-	if (fail_plan == NULL)
-		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
 
 	for (int i = 0; i < n; i++)
 	{
