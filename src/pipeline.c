@@ -199,6 +199,7 @@ static bool PipeConfigReady(Pipe *p, PipeConfig *pc);
 static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src);
 static void PipeConfigCopyFree(void *arg);
 static void PipeConfigCopyRelease(PipeConfigCopy *copy);
+static int	PipeCap(Pipe *p, TimestampTz now);
 static WxpayHttpRequest *PipeNext(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeBuildCall(PipeItem *it, WxpayOperation op);
 static bool PipeSign(Pipe *p, PipeItem *it);
@@ -767,9 +768,18 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 	int			waiting = 0;
 	ListCell   *lc;
 
+	/*
+	 * Enough in hand that could be sent now: claim again when half of it is
+	 * gone.  Requests of a config at its cap or its rate limit do not
+	 * count, so that they never keep other merchants' requests unclaimed.
+	 */
 	foreach(lc, p->configs)
-		waiting += ((PipeConfig *) lfirst(lc))->nwaiting;
-	/* enough in hand: claim again when half of it is gone */
+	{
+		PipeConfig *pc = lfirst(lc);
+
+		if (pc->inflight < PipeCap(p, now) && pc->rate_until <= now)
+			waiting += pc->nwaiting;
+	}
 	if (waiting > wxpay_worker_concurrency / 2)
 		return false;
 	if (now < p->claim_after)
@@ -1060,19 +1070,17 @@ PipeConfigCopyRelease(PipeConfigCopy *copy)
  * ----------------------------------------------------------------
  */
 
-static WxpayHttpRequest *
-PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
+/*
+ * The most requests one config may have in flight: all slots while it is
+ * the only merchant at work (in the last ACTIVE_MS), else all but a quarter.
+ */
+static int
+PipeCap(Pipe *p, TimestampTz now)
 {
 	int			conc = wxpay_worker_concurrency;
 	int			nactive = 0;
-	int			cap;
-	int			n = list_length(p->configs);
 	ListCell   *lc;
 
-	if (n == 0 || p->inflight >= conc)
-		return NULL;
-
-	/* more than one merchant at work: none may take every slot */
 	foreach(lc, p->configs)
 	{
 		PipeConfig *pc = lfirst(lc);
@@ -1083,7 +1091,19 @@ PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
 			now < TimestampTzPlusMilliseconds(pc->last_active, ACTIVE_MS))
 			nactive++;
 	}
-	cap = nactive > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
+	return nactive > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
+}
+
+static WxpayHttpRequest *
+PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
+{
+	int			conc = wxpay_worker_concurrency;
+	int			cap;
+	int			n = list_length(p->configs);
+
+	if (n == 0 || p->inflight >= conc)
+		return NULL;
+	cap = PipeCap(p, now);
 
 	for (;;)
 	{

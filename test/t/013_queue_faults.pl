@@ -143,35 +143,6 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	is(count_for('queries', $p), 1, 'item 1(b): the plan was queried first');
 }
 
-# ---- item 2: one worker, whatever dies and restarts ----
-{
-	my $w = worker_pid();
-	like($w, qr/^\d+$/, 'item 2: one worker runs');
-	my $launcher = $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan launcher'");
-	my $offset = -s $node->logfile;
-	$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
-	# the postmaster restarts the launcher after 10 s
-	$node->wait_for_log(
-		qr/wxpay_signplan launcher started; worker $w is already serving/, $offset);
-	is(wait_req(enqueue('q13-2a'))->{state}, 'succeeded',
-		'item 2: served after the launcher restarted');
-	is(worker_pid(), $w, 'item 2: still the same single worker');
-	my $log = slurp_file($node->logfile, $offset);
-	unlike($log, qr/worker \d+ started serving/,
-		'item 2: the restarted launcher started no second worker');
-
-	# the new launcher restarts a worker that ends, and only one
-	$offset = -s $node->logfile;
-	$node->safe_psql('postgres', "SELECT pg_terminate_backend($w)");
-	$node->wait_for_log(qr/worker $w stopped serving/, $offset);
-	is(wait_req(enqueue('q13-2b'))->{state}, 'succeeded',
-		'item 2: a new worker serves after the old one was terminated');
-	my $w2 = worker_pid();
-	like($w2, qr/^\d+$/, 'item 2: exactly one worker afterwards');
-	isnt($w2, $w, 'item 2: ... a new one');
-}
-
 # ---- item 3: a role that may not drop the database cannot stop the worker ----
 {
 	my $w = worker_pid();
@@ -186,6 +157,41 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	isnt($ret, 0, 'item 3: ALTER DATABASE RENAME by a non-owner fails');
 	is(wait_req(enqueue('q13-3'))->{state}, 'succeeded', 'item 3: the queue is served');
 	is(worker_pid(), $w, 'item 3: the worker was not stopped');
+}
+
+# ---- item 2: one worker, whatever dies and restarts ----
+{
+	my $w = worker_pid();
+	like($w, qr/^\d+$/, 'item 2: one worker runs');
+	my $launcher = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan launcher'");
+	my $offset = -s $node->logfile;
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+	# the postmaster restarts the launcher after 10 s
+	ok( eval {
+			$node->wait_for_log(
+				qr/wxpay_signplan launcher started; worker $w is already serving/,
+				$offset);
+			1;
+		},
+		'item 2: the restarted launcher found the running worker');
+	is(wait_req(enqueue('q13-2a'))->{state}, 'succeeded',
+		'item 2: served after the launcher restarted');
+	is(worker_pid(), $w, 'item 2: still the same single worker');
+	my $log = slurp_file($node->logfile, $offset);
+	unlike($log, qr/worker \d+ started serving/,
+		'item 2: the restarted launcher started no second worker');
+
+	# the new launcher restarts a worker that ends, and only one
+	$offset = -s $node->logfile;
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($w)");
+	ok(eval { $node->wait_for_log(qr/worker $w stopped serving/, $offset); 1 },
+		'item 2: the terminated worker logged that it stopped serving');
+	is(wait_req(enqueue('q13-2b'))->{state}, 'succeeded',
+		'item 2: a new worker serves after the old one was terminated');
+	my $w2 = worker_pid();
+	like($w2, qr/^\d+$/, 'item 2: exactly one worker afterwards');
+	isnt($w2, $w, 'item 2: ... a new one');
 }
 
 # ---- item 4: a cancel of the worker is not a request's outcome ----
@@ -206,7 +212,12 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 		'item 4: the worker waits for the lock on wxpay_config');
 	my $offset = -s $node->logfile;
 	$node->safe_psql('postgres', "SELECT pg_cancel_backend($w)");
-	$node->wait_for_log(qr/\[$w\] ERROR:  canceling statement due to user request/, $offset);
+	ok( eval {
+			$node->wait_for_log(
+				qr/\[$w\] ERROR:  canceling statement due to user request/, $offset);
+			1;
+		},
+		'item 4: the worker reported the cancel as its own error');
 	my $row = $node->safe_psql('postgres',
 		"SELECT state, attempts FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$p'");
 	is($row, 'queued|0', 'item 4: the cancel marked nothing failed; the claim was released');
