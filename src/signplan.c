@@ -63,7 +63,7 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	wxpay_call_prepare(&call);
 	wxpay_http_perform(&req, 1, 1);
 	if (!wxpay_call_finish(&call, tupdesc, &res))
-		wxpay_call_raise(&res);
+		wxpay_report(&res, ERROR);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(res.tuple));
 }

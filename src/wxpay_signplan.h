@@ -10,8 +10,10 @@
  *	  sign.c			OpenSSL: keys, request signatures, answer verification
  *	  config.c			the protected config tables and the per-backend cache
  *	  transport.c		libcurl: one kept-alive multi handle, latch-aware waits
+ *	  encoding.c		what WeChat Pay sends (UTF-8) into the database encoding
  *	  response.c		answer bodies to SQL values (jsonb, composites)
- *	  api.c				one signed, sent, verified call, and its error reports
+ *	  api.c				one signed, sent, verified call: the one classifier of
+ *						an attempt's outcome and the one reporter of it
  *	  signplan.c		SQL-callable entry points
  *	  certs.c			platform certificates: download, decrypt, verify,
  *						store (SQL function and the worker's C API)
@@ -248,6 +250,12 @@ typedef void (*WxpayHttpDone) (WxpayHttpRequest *req, void *arg);
 extern void wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
 									  WxpayHttpDone done, void *arg);
 
+/* ---------- encoding.c ---------- */
+
+extern void wxpay_encoding_prepare(void);
+extern char *wxpay_from_utf8(const char *s, size_t len, bool json,
+							 size_t *outlen);
+
 /* ---------- response.c ---------- */
 
 extern Jsonb *wxpay_parse_jsonb(const char *body, size_t len, char **why);
@@ -260,26 +268,63 @@ extern void wxpay_error_body(const char *body, size_t len,
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
 
+/* What an attempt was for; messages and hints depend on it. */
 typedef enum WxpayOperation
 {
-	WXPAY_OP_STOP,
-	WXPAY_OP_QUERY
+	WXPAY_OP_STOP,				/* POST .../{no}/stop */
+	WXPAY_OP_QUERY,				/* GET .../{no} */
+	WXPAY_OP_CERTIFICATES,		/* GET /v3/certificates */
+	WXPAY_OP_CHECK				/* wxpay_check_config's live query */
 } WxpayOperation;
 
-/* How one call ended: a row, or everything an error report needs. */
+/*
+ * How one attempt ended: a row (ok), or everything a report needs.  The
+ * one type for every door: stop, query, batch, the queue worker, the
+ * certificate refresh and the live check.  Filled only by
+ * wxpay_classify_attempt() (and, for a verified answer that cannot be
+ * used, by its reader through wxpay_result_fail()); turned into an
+ * ereport or a row's text only by wxpay_report() / wxpay_report_text().
+ * All text is in the database encoding.
+ */
 typedef struct WxpayCallResult
 {
 	bool		ok;
-	HeapTuple	tuple;			/* when ok */
+	HeapTuple	tuple;			/* when ok, for stop and query */
 	int			sqlstate;		/* when not ok */
 	char	   *message;		/* primary message */
-	char	   *detail;			/* may quote libcurl's text */
+	char	   *detail;			/* complete sentences; may quote libcurl */
 	char	   *hint;
 	long		http_status;	/* 0 when no answer */
 	char	   *error_code;		/* platform's code, or NULL */
 	char	   *error_message;	/* platform's message, or NULL */
 	char	   *request_id;		/* Request-ID header, or NULL */
+	const char *sent_to;		/* base URL the request went to, or NULL
+								 * when nothing was sent */
+	bool		failed_over;	/* it went to the backup domain */
 } WxpayCallResult;
+
+/*
+ * Reads a verified 2xx answer (the signature checked when
+ * WxpayAttempt.verify_cfg is set).  Returns true when the answer is
+ * usable; otherwise false after wxpay_result_fail(res, ...), or with *why
+ * (a lower-case clause) for "the verified answer could not be read".
+ */
+typedef bool (*WxpayAnswerReader) (void *arg, WxpayHttpRequest *req,
+								   WxpayCallResult *res, char **why);
+
+/* One finished request, as the classifier needs it. */
+typedef struct WxpayAttempt
+{
+	WxpayOperation op;
+	const char *subject;		/* the plan number, or the config name */
+	const char *base_url;		/* where it was meant to go */
+	const char *backup_base_url;	/* or NULL */
+	WxpayHttpRequest *req;
+	const WxpayConfig *verify_cfg;	/* verify 2xx answers with its keys;
+									 * NULL: the reader verifies */
+	WxpayAnswerReader read;		/* or NULL: a verified 2xx is ok */
+	void	   *read_arg;
+} WxpayAttempt;
 
 typedef struct WxpayCall
 {
@@ -289,6 +334,12 @@ typedef struct WxpayCall
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
+
+extern bool wxpay_classify_attempt(const WxpayAttempt *a, WxpayCallResult *res);
+extern void wxpay_result_fail(WxpayCallResult *res, int sqlstate,
+							  const char *detail, const char *hint);
+extern void wxpay_report(const WxpayCallResult *res, int elevel);
+extern char *wxpay_report_text(const WxpayCallResult *res);
 
 extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
@@ -304,7 +355,6 @@ extern bool wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req,
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
-extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
 
 /* ---------- certs.c ---------- */
 
@@ -328,14 +378,14 @@ extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
  *	   One HTTPS request (wxpay_http_perform).  Honours cancel and
  *	   ProcDiePending like any request (may ereport for those only).
  *	 (3) in a new transaction:
- *		 if (!wxpay_cert_refresh_finish(&r)) ... r.message/detail/hint
+ *		 if (!wxpay_cert_refresh_finish(&r)) wxpay_report(&r.result, ...)
  *	   Verifies the answer, decrypts each certificate with the config's
  *	   apiv3_key (read now, zeroed after use), checks that the answer is
  *	   signed by a certificate it contains or one already held, then
  *	   upserts wxpay_platform_certificate and deletes the held ones that
  *	   have expired.  Any failure before the upsert changes nothing and is
- *	   returned in r (ok false, sqlstate, secret-free message, detail and
- *	   hint) rather than raised; SPI errors still raise.
+ *	   returned in r.result (classified by wxpay_classify_attempt, like any
+ *	   call) rather than raised; SPI errors still raise.
  *
  * wxpay_cert_refresh_configs() lists the configs the worker should refresh
  * (those with an apiv3_key), in a transaction.  The worker refreshes each
@@ -358,14 +408,11 @@ typedef struct WxpayCertRefresh
 	char	   *config_name;
 	Oid			nspoid;
 	char	   *base_url;		/* for messages */
+	char	   *backup_base_url;	/* or NULL */
 	WxpayHttpRequest req;		/* the signed GET; phase 2 fills the answer */
 
 	/* phase 3: the outcome */
-	bool		ok;
-	int			sqlstate;		/* when not ok */
-	char	   *message;		/* when not ok: primary, secret-free */
-	char	   *detail;
-	char	   *hint;
+	WxpayCallResult result;		/* ok, or the failure (wxpay_report) */
 	int			ncerts;			/* when ok: what is held now */
 	WxpayCertInfo *certs;
 } WxpayCertRefresh;
