@@ -564,6 +564,7 @@ wxpay_classify_attempt(const WxpayAttempt *a, WxpayCallResult *res)
 		return true;
 
 	/* complete the report: what failed, where it went, the Request-ID */
+	res->classified = true;
 	res->message = AttemptMessage(a);
 	if (req->failed_over && res->sqlstate != ERRCODE_WXPAY_REQUEST_NOT_SENT)
 		res->detail = psprintf("%s The request went to the backup domain %s because connecting to %s failed.",
@@ -591,11 +592,16 @@ wxpay_report(const WxpayCallResult *res, int elevel)
 
 /*
  * The same report as one text, for a row's error_message (batch rows, the
- * queue): the primary message, then the detail.
+ * queue).  A classified attempt's primary message only names the operation
+ * and the plan, which the row shows itself: its text is the detail.  Any
+ * other failure (an error caught while preparing) keeps its primary
+ * message in front of the detail.
  */
 char *
 wxpay_report_text(const WxpayCallResult *res)
 {
+	if (res->classified && res->detail)
+		return pstrdup(res->detail);
 	if (res->detail)
 		return psprintf("%s: %s", res->message, res->detail);
 	return pstrdup(res->message);

@@ -301,6 +301,8 @@ typedef struct WxpayCallResult
 	const char *sent_to;		/* base URL the request went to, or NULL
 								 * when nothing was sent */
 	bool		failed_over;	/* it went to the backup domain */
+	bool		classified;		/* filled by wxpay_classify_attempt (not
+								 * an error caught elsewhere) */
 } WxpayCallResult;
 
 /*
