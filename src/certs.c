@@ -50,7 +50,6 @@
 #include "wxpay_signplan.h"
 
 #define CERTS_PATH		"/v3/certificates"
-#define CERTS_SERIAL_MAX	128
 /* the end of every hint about a failed refresh */
 #define CERTS_HELD	"The certificates already held stay in use."
 
@@ -78,7 +77,6 @@ typedef struct CertsWork
 	bool		have_apiv3;
 } CertsWork;
 
-static char *CertsQualified(Oid nspoid);
 static void CertsFail(WxpayCertRefresh *r, int sqlstate, char *detail,
 					  const char *hint);
 static bool CertsRead(void *arg, WxpayHttpRequest *req,
@@ -90,17 +88,6 @@ static bool CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w);
 static void CertsStore(WxpayCertRefresh *r, CertsWork *w);
 static void CertsFreeWork(CertsWork *w);
 static char *CertsTrim(char *s, size_t *len);
-
-/* "schema" of the extension, quoted for SQL text */
-static char *
-CertsQualified(Oid nspoid)
-{
-	char	   *nspname = get_namespace_name(nspoid);
-
-	if (nspname == NULL)
-		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
-	return pstrdup(quote_identifier(nspname));
-}
 
 /* Surrounding white space off (pg_read_file keeps a final newline). */
 static char *
@@ -134,9 +121,8 @@ wxpay_cert_refresh_configs(Oid nspoid)
 	int			rc;
 
 	sql = psprintf("SELECT name FROM %s.wxpay_config WHERE apiv3_key IS NOT NULL "
-				   "ORDER BY name", CertsQualified(nspoid));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+				   "ORDER BY name", wxpay_schema_quoted(nspoid));
+	wxpay_spi_connect();
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -177,12 +163,11 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 
 	/* what kind of merchant is this?  (no secret leaves SQL) */
 	arg[0] = CStringGetTextDatum(config_name);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 	rc = SPI_execute_with_args(psprintf("SELECT wechatpay_public_key_id IS NOT NULL, "
 										"pg_catalog.octet_length(pg_catalog.btrim(apiv3_key, E' \\t\\r\\n')) "
 										"FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
-										CertsQualified(nspoid)),
+										wxpay_schema_quoted(nspoid)),
 							   1, argtype, arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
@@ -358,7 +343,7 @@ CertsFreeWork(CertsWork *w)
 static bool
 CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 {
-	char	   *qnsp = CertsQualified(r->nspoid);
+	char	   *qnsp = wxpay_schema_quoted(r->nspoid);
 	Datum		arg[1];
 	Oid			argtype[1] = {TEXTOID};
 	MemoryContext work = CurrentMemoryContext;
@@ -367,8 +352,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 	bool		ok = true;
 
 	arg[0] = CStringGetTextDatum(r->config_name);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 
 	rc = SPI_execute_with_args(psprintf("SELECT apiv3_key FROM %s.wxpay_config "
 										"WHERE name OPERATOR(pg_catalog.=) $1", qnsp),
@@ -425,7 +409,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 			CertsEntry *e = &w->held[w->nheld];
 			char	   *serial = SPI_getvalue(tup, desc, 1);
 			char	   *pem = SPI_getvalue(tup, desc, 2);
-			char		actual[CERTS_SERIAL_MAX];
+			char		actual[WXPAY_SERIAL_MAX + 1];
 			WxpayKeyError err;
 			Datum		d;
 
@@ -521,15 +505,14 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		unsigned char *raw;
 		size_t		rawlen;
 		size_t		pemlen;
-		char		actual[CERTS_SERIAL_MAX];
+		char		actual[WXPAY_SERIAL_MAX + 1];
 		WxpayKeyError err;
 		char	   *bad = NULL;
 
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			bad = "it is not a JSON object";
 		else if (!CertsString(v->val.binary.data, "serial_no", &serial) ||
-				 serial[0] == '\0' || strlen(serial) >= CERTS_SERIAL_MAX ||
-				 !wxpay_is_hex(serial, strlen(serial)))
+				 !wxpay_check_serial(serial))
 			bad = "\"serial_no\" is not a hexadecimal string";
 		else if (!CertsString(v->val.binary.data, "effective_time", &eff) ||
 				 !wxpay_parse_rfc3339(eff, strlen(eff), &e->row_effective))
@@ -659,7 +642,7 @@ CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w)
 static void
 CertsStore(WxpayCertRefresh *r, CertsWork *w)
 {
-	char	   *qnsp = CertsQualified(r->nspoid);
+	char	   *qnsp = wxpay_schema_quoted(r->nspoid);
 	char	   *upsert;
 	char	   *delete;
 	char	   *respell;
@@ -691,8 +674,7 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 
 	out = MemoryContextAllocZero(r->cxt, sizeof(WxpayCertInfo) * (w->nfresh + w->nheld + 1));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 
 	for (int i = 0; i < w->nfresh; i++)
 	{

@@ -42,7 +42,6 @@
 
 #include "wxpay_signplan.h"
 
-#define CHECK_SERIAL_MAX	128
 #define CHECK_PROBE_PREFIX	"wxpay-check-"
 
 /* The row as read, copied out of SPI. */
@@ -129,20 +128,15 @@ static void
 CheckRead(const char *name, Oid nspoid, CheckRow *row)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	char	   *nspname = get_namespace_name(nspoid);
-	const char *qnsp;
+	const char *qnsp = wxpay_schema_quoted(nspoid);
 	Datum		arg[1];
 	Oid			argtype[1] = {TEXTOID};
 	int			rc;
 
-	if (nspname == NULL)
-		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
-	qnsp = quote_identifier(nspname);
 	arg[0] = CStringGetTextDatum(name);
 	memset(row, 0, sizeof(CheckRow));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 	rc = SPI_execute_with_args(psprintf("SELECT mchid, serial_no, private_key, "
 										"wechatpay_public_key_id, wechatpay_public_key, "
 										"base_url, ca_cert, apiv3_key, backup_base_url "
@@ -227,9 +221,7 @@ CheckPemLabel(const char *pem)
 static bool
 CheckMchid(CheckOut *out, CheckRow *row)
 {
-	size_t		len = strlen(row->mchid);
-
-	if (len == 0 || len > 32 || strspn(row->mchid, "0123456789") != len)
+	if (!wxpay_check_mchid(row->mchid))
 	{
 		CheckEmit(out, "mchid", CHECK_FAIL,
 				  "mchid \"%s\" is not a merchant number: use the 1 to 32 digits shown on the merchant platform.",
@@ -301,7 +293,7 @@ CheckSerial(CheckOut *out, CheckRow *row)
 	const char *s = row->serial_no;
 	size_t		len = strlen(s);
 
-	if (len > 0 && len <= CHECK_SERIAL_MAX && wxpay_is_hex(s, len))
+	if (wxpay_check_serial(s))
 	{
 		CheckEmit(out, "serial_no", CHECK_OK, "%zu hexadecimal digits.", len);
 		return true;
@@ -343,9 +335,7 @@ CheckPublicKey(CheckOut *out, CheckRow *row, bool *usable)
 				  id ? "wechatpay_public_key_id" : "wechatpay_public_key");
 		return false;
 	}
-	if (strncmp(id, "PUB_KEY_ID_", 11) != 0 || id[11] == '\0' ||
-		strspn(id + 11, "0123456789") != strlen(id + 11) ||
-		strlen(id) > CHECK_SERIAL_MAX)
+	if (!wxpay_check_pubkey_id(id))
 	{
 		CheckEmit(out, "wechatpay_public_key", CHECK_FAIL,
 				  "wechatpay_public_key_id \"%s\" is not a WeChat Pay public key ID (\"PUB_KEY_ID_\" followed by digits).",
@@ -393,7 +383,7 @@ CheckCertificates(CheckOut *out, CheckRow *row, int *usable)
 	initStringInfo(&bad);
 	for (int i = 0; i < row->ncerts; i++)
 	{
-		char		actual[CHECK_SERIAL_MAX];
+		char		actual[WXPAY_SERIAL_MAX + 1];
 		TimestampTz nb,
 					na;
 		WxpayKeyError err;

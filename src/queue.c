@@ -119,8 +119,7 @@ QueueTable(FunctionCallInfo fcinfo)
 {
 	Oid			nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
 
-	return psprintf("%s.wxpay_stop_request",
-					quote_identifier(get_namespace_name(nspoid)));
+	return psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 }
 
 PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan_async);
@@ -151,8 +150,7 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason)"
 				   " VALUES ($1, $2, $3) RETURNING id", QueueTable(fcinfo));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	if (SPI_execute_with_args(sql, 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
 							  PG_GETARG_DATUM(1)},
@@ -203,8 +201,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 	sql = psprintf("SELECT q, q.xmin, q.state IN ('succeeded', 'failed')"
 				   " FROM %s q WHERE q.id = $1", QueueTable(fcinfo));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	plan = SPI_prepare(sql, 1, (Oid[]) {INT8OID});
 	if (plan == NULL)
 		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));

@@ -762,8 +762,7 @@ WorkerTxnBegin(MemoryContext cxt, const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 	MemoryContextSwitchTo(cxt);
@@ -800,8 +799,7 @@ WorkerCycle(MemoryContext cxt, long *sleep_ms)
 		WorkerTxnEnd(cxt);
 		return -1;
 	}
-	q = psprintf("%s.wxpay_stop_request",
-				 quote_identifier(get_namespace_name(nspoid)));
+	q = psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 
 	if (NeedOrphanScan)
 	{

@@ -38,6 +38,8 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
+#include "protocol.h"
+
 #ifndef WXPAY_VERSION
 #define WXPAY_VERSION "unknown"
 #endif
@@ -70,58 +72,7 @@ extern int	wxpay_request_timeout;
 extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
 extern int	wxpay_batch_concurrency;
 
-/* ---------- protocol.c ---------- */
-
-#define WXPAY_PLAN_NO_MAX			32
-#define WXPAY_STOP_REASON_MAX		128
-#define WXPAY_NONCE_LEN				32
-
-typedef enum WxpayTextCheck
-{
-	WXPAY_TEXT_OK,
-	WXPAY_TEXT_EMPTY,
-	WXPAY_TEXT_TOO_LONG,
-	WXPAY_TEXT_BAD_CHAR,		/* a character outside the allowed set */
-	WXPAY_TEXT_FOUR_BYTE,		/* a 4-byte UTF-8 character */
-	WXPAY_TEXT_BAD_UTF8,		/* not valid UTF-8 at all */
-	WXPAY_TEXT_CONTROL			/* a NUL byte */
-} WxpayTextCheck;
-
-extern WxpayTextCheck wxpay_check_plan_no(const char *s, size_t len);
-extern WxpayTextCheck wxpay_check_stop_reason(const char *s, size_t len);
-extern bool wxpay_parse_rfc3339(const char *s, size_t len, TimestampTz *result);
-extern size_t wxpay_base64_encoded_len(size_t srclen);
-extern size_t wxpay_base64_encode(const unsigned char *src, size_t len, char *dst);
-extern bool wxpay_base64_decode(const char *src, size_t len,
-								unsigned char *dst, size_t dstcap, size_t *dstlen);
-extern bool wxpay_parse_header_line(const char *line, size_t len,
-									const char **name, size_t *namelen,
-									const char **value, size_t *valuelen);
-extern bool wxpay_parse_unix_seconds(const char *s, size_t len, int64 *result);
-extern bool wxpay_is_hex(const char *s, size_t len);
-
-/* The answer headers that verification needs (wxpay_answer_header()). */
-typedef enum WxpayAnswerHeader
-{
-	WXPAY_H_TIMESTAMP,
-	WXPAY_H_NONCE,
-	WXPAY_H_SIGNATURE,
-	WXPAY_H_SERIAL,
-	WXPAY_H_REQUEST_ID,
-	WXPAY_NUM_ANSWER_HEADERS
-} WxpayAnswerHeader;
-
-/* One answer header as it arrived. */
-typedef struct WxpayHeaderValue
-{
-	int			count;			/* how many times the header came */
-	bool		overlong;		/* a value did not fit or held a NUL byte */
-	size_t		len;
-	char		value[1024];
-} WxpayHeaderValue;
-
-extern int	wxpay_answer_header(const char *name, size_t len);
-extern void wxpay_store_header(WxpayHeaderValue *h, const char *v, size_t len);
+/* ---------- protocol.c: see protocol.h ---------- */
 
 /* ---------- sign.c ---------- */
 
@@ -184,6 +135,8 @@ typedef struct WxpayConfig
 
 extern void ConfigInit(void);
 extern void wxpay_config_missing(const char *name) WXPAY_NORETURN;
+extern char *wxpay_schema_quoted(Oid nspoid);
+extern void wxpay_spi_connect(void);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);

@@ -174,7 +174,7 @@ for my $f (
 # ---- each URL with its own error; refresh and check fail over too ----
 {
 	my ($p1, $p2) = ($closed->sockport, $closed2->sockport);
-	my $both = qr/Nothing was sent to \Q$closed_url\E: [^.]*port $p1\b[^.]*\. Nothing was sent to the backup domain \Q$closed2_url\E either: [^.]*port $p2\b[^.]*\./;
+	my $both = qr/Nothing was sent to \Q$closed_url\E: [^\n]*?port $p1\b[^\n]*?\. Nothing was sent to the backup domain \Q$closed2_url\E either: [^\n]*?port $p2\b[^\n]*?\./;
 	my ($out, $err) = run_sql(stop_sql('t41-both2', 'fo_both'));
 	like($err, qr/^DETAIL:  $both$/m, 'both down: each URL with its own error');
 
