@@ -157,10 +157,14 @@ wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 
 	signature = wxpay_sign_base64(cfg->private_key, msg.data, msg.len, &err);
 	if (signature == NULL)
+	{
+		/* err.msg starts lower-case; a detail is a sentence */
+		err.msg[0] = pg_toupper((unsigned char) err.msg[0]);
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("could not sign the request with the private key of wxpay configuration \"%s\"", cfg->name),
-				 errdetail_internal("%s: %s", err.msg, err.lib)));
+				 errdetail_internal("%s: %s.", err.msg, err.lib)));
+	}
 
 	/* answers are converted without a transaction later (the worker) */
 	wxpay_encoding_prepare();

@@ -220,11 +220,11 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		/* the latest committed state, whatever the isolation level */
 		if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
 								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read stop request " INT64_FORMAT, id);
+			elog(ERROR, "could not read stop request %lld", (long long) id);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("stop request " INT64_FORMAT " does not exist", id),
+					 errmsg("stop request %lld does not exist", (long long) id),
 					 errhint("A request queued by a transaction that has not committed is not visible yet.")));
 
 		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
@@ -232,7 +232,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		if (TransactionIdIsCurrentTransactionId(xmin))
 			ereport(ERROR,
 					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-					 errmsg("cannot wait for stop request " INT64_FORMAT " in the transaction that queued it", id),
+					 errmsg("cannot wait for stop request %lld in the transaction that queued it", (long long) id),
 					 errdetail("The request is sent only after this transaction commits."),
 					 errhint("Commit first, then wait in a new transaction.")));
 

@@ -191,7 +191,6 @@ typedef struct WxpayHttpRequest
 } WxpayHttpRequest;
 
 extern void TransportInit(void);
-extern const char *wxpay_user_agent(void);
 extern char *wxpay_validate_base_url(const char *url, char *why, size_t whylen);
 extern void wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs,
 							   int concurrency);
