@@ -47,7 +47,6 @@ $node->safe_psql('postgres',
 $node->safe_psql('postgres',
 	config_insert_sql(name => 'silent', base_url => "https://127.0.0.1:$silent_port"));
 
-
 # the session under test (errors must not end psql) and a controller
 my $s = $node->background_psql('postgres', on_error_stop => 0);
 my $ctl = $node->background_psql('postgres');
