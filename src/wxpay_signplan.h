@@ -6,7 +6,8 @@
  * The modules and their one job each:
  *	  wxpay_signplan.c	_PG_init and the GUCs
  *	  protocol.c		pure WeChat Pay syntax: input rules, RFC 3339, Base64,
- *						header lines (no palloc, no ereport: fuzzable alone)
+ *						header lines, mchid/serial/key ID rules (no palloc,
+ *						no ereport: fuzzable alone; declared in protocol.h)
  *	  sign.c			OpenSSL: keys, request signatures, answer verification
  *	  config.c			the protected config tables and the per-backend cache
  *	  transport.c		libcurl: one kept-alive multi handle, latch-aware waits
