@@ -688,7 +688,8 @@ function doStop(no, plan, reason) {
 /*
  * Plans numbered zh*: text beyond ASCII, as WeChat Pay sends it in UTF-8
  * (Chinese, a Latin-1 letter, a character beyond U+FFFF).  zhesc*: the same
- * text with JSON \\u escapes instead of raw UTF-8.
+ * text with JSON \\u escapes instead of raw UTF-8.  zhbad*: "café" with
+ * the Latin-1 byte 0xE9, which is not UTF-8.
  */
 const ZH_PLAN_NAME = '\u6708\u5ea6\u8ba1\u5212 caf\u00e9 \u{1F600}';
 const ZH_REJECT_MESSAGE = '\u7b7e\u7ea6\u8ba1\u5212\u72b6\u6001\u4e0d\u5141\u8bb8\u89e3\u7ea6';
@@ -809,6 +810,12 @@ function perform(ctx, r, fault) {
     const answer = jsonAnswer(200, obj);
     if (r.planNo.startsWith('zhesc'))
         answer.body = Buffer.from(escapeNonAscii(JSON.stringify(obj)), 'utf8');
+    if (r.planNo.startsWith('zhbad')) {
+        /* "café" with a Latin-1 byte: not valid UTF-8 (signed as sent) */
+        const i = answer.body.indexOf(Buffer.from('caf\u00e9', 'utf8'));
+        answer.body = Buffer.concat([answer.body.subarray(0, i + 3), Buffer.from([0xe9]),
+            answer.body.subarray(i + 5)]);
+    }
     return { answer, obj, plan };
 }
 

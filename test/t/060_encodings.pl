@@ -7,7 +7,8 @@
 #    a character beyond U+FFFF) reads as a stop, with its state, times and
 #    amounts; characters the database lacks come back as \uXXXX /
 #    \UXXXXXXXX text (README "Database encodings"), in raw UTF-8 answers
-#    and in answers using JSON \u escapes alike;
+#    and in answers using JSON \u escapes alike; a byte that is not UTF-8
+#    comes back as \xHH;
 #  - a 4xx with a Chinese message keeps SQLSTATE WX002 (never 22021), its
 #    message converted or escaped; the same in batch rows;
 #  - a stop_reason in the database encoding goes out in UTF-8 and comes
@@ -87,16 +88,18 @@ for my $enc (sort keys %dbs)
 	my $tag = lc $enc;
 	$tag =~ s/_//g;
 
-	for my $prefix ('zh', 'zhesc')
+	for my $prefix ('zh', 'zhesc', 'zhbad')
 	{
 		my $plan = "${prefix}060$tag";
+		my $name = $plan_name{$enc};
+		$name =~ s/café/caf\\xE9/ if $prefix eq 'zhbad';
 		my $out = $node->safe_psql(
 			$db, qq{
 SELECT sign_state, cancel_sign_type, cancel_sign_time IS NOT NULL,
        total_actual_price, plan_name, cancel_reason
   FROM wxpay_stop_sign_plan('$plan', '$reason{$enc}')});
 		is( $out,
-			"SIGN_PLAN_CANCEL|MERCHANT|t|27000|$plan_name{$enc}|$reason{$enc}",
+			"SIGN_PLAN_CANCEL|MERCHANT|t|27000|" . $name . "|$reason{$enc}",
 			"$enc, $prefix: the stop reads as a stop, plan_name as the database can hold it"
 		);
 	}
