@@ -214,8 +214,6 @@ static PipeItem *PipeWaitingPop(PipeConfig *pc);
 static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeCertFinish(Pipe *p);
 static CertSchedule *CertScheduleFind(const char *name);
-static void CertRefreshWarn(const char *name, int sqlstate, const char *message,
-							const char *detail, const char *hint);
 
 /* ----------------------------------------------------------------
  *		The run
@@ -385,8 +383,7 @@ PipeTxnBegin(Pipe *p, const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 	MemoryContextSwitchTo(p->tmp);
@@ -626,10 +623,7 @@ PipeFinish(Pipe *p, PipeItem *it, WxpayQueueFate fate, WxpayCallResult *res,
 		o->http_status = res->http_status;
 		o->request_id = res->request_id ? pstrdup(res->request_id) : NULL;
 		o->error_code = pstrdup(res->error_code ? res->error_code : unpack_sql_state(s));
-		if (res->detail && res->message)
-			o->error_message = psprintf("%s: %s", res->message, res->detail);
-		else
-			o->error_message = res->message ? pstrdup(res->message) : NULL;
+		o->error_message = wxpay_report_text(res);
 
 		if (fate == WXPAY_QUEUE_RETRY && it->row.attempts >= wxpay_max_attempts)
 			fate = o->fate = WXPAY_QUEUE_FAILED;
@@ -712,11 +706,10 @@ PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
 				   res->http_status == 404))
 		{
 			/* not settled: the mark stays, and so does the unknown outcome */
+			res->detail = psprintf("The outcome of an earlier attempt is unknown and the query to settle it failed: %s",
+								   wxpay_report_text(res));
+			res->classified = true;
 			res->error_code = "WX003";
-			res->detail = psprintf("%s%s%s", res->message,
-								   res->detail ? ": " : "",
-								   res->detail ? res->detail : "");
-			res->message = "The outcome of an earlier attempt is unknown and the query to settle it failed";
 			PipeFinish(p, it, WXPAY_QUEUE_RETRY, res, NULL);
 			return;
 		}
@@ -817,9 +810,12 @@ PipeClaim(Pipe *p)
 	}
 	if (total == 0)
 		p->next_due = wxpay_queue_next_due(p->q);
-	PipeTxnEnd(p);				/* durable before anything is sent */
 
-	/* the claimed requests wait for their turn */
+	/*
+	 * The claimed requests wait for their turn.  Their input is checked now,
+	 * each in a subtransaction (the stop reason may need the database's
+	 * encoding conversion): bad input never becomes good, so it fails.
+	 */
 	total = 0;
 	i = 0;
 	foreach(lc, names)
@@ -832,6 +828,7 @@ PipeClaim(Pipe *p)
 			MemoryContext icxt = AllocSetContextCreate(p->cxt, "wxpay request",
 													   ALLOCSET_SMALL_SIZES);
 			PipeItem   *it = MemoryContextAllocZero(icxt, sizeof(PipeItem));
+			ResourceOwner owner = CurrentResourceOwner;
 
 			it->cxt = icxt;
 			it->row = *r;
@@ -841,12 +838,15 @@ PipeClaim(Pipe *p)
 			it->pc = pc;
 			it->unknown = r->unknown;
 			it->stage = r->unknown ? PIPE_QUERY : PIPE_STOP;
-			/* the input checks need no database: done at once */
+
+			BeginInternalSubTransaction(NULL);
 			MemoryContextSwitchTo(icxt);
 			PG_TRY();
 			{
 				wxpay_check_plan_no_arg(it->row.plan_no);
 				it->stop_reason = wxpay_check_stop_reason_arg(r->stop_reason);
+				ReleaseCurrentSubTransaction();
+				CurrentResourceOwner = owner;
 				MemoryContextSwitchTo(p->tmp);
 				PipeWaitingPush(pc, it, false);
 			}
@@ -857,11 +857,13 @@ PipeClaim(Pipe *p)
 
 				MemoryContextSwitchTo(p->tmp);
 				edata = CopyErrorData();
-				if (!PipeRequestError(edata->sqlerrcode))
-					PG_RE_THROW();
 				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				CurrentResourceOwner = owner;
+				MemoryContextSwitchTo(p->tmp);
+				if (!PipeRequestError(edata->sqlerrcode))
+					ReThrowError(edata);
 				PipeFailure(edata, &res);
-				/* bad input never becomes good: no retry */
 				PipeFinish(p, it, WXPAY_QUEUE_FAILED, &res, NULL);
 			}
 			PG_END_TRY();
@@ -869,6 +871,7 @@ PipeClaim(Pipe *p)
 		total += counts[i];
 		i++;
 	}
+	PipeTxnEnd(p);				/* durable before anything is sent */
 
 	if (total == 0)
 	{
@@ -1258,19 +1261,6 @@ CertScheduleFind(const char *name)
 	return cs;
 }
 
-/* A failed refresh: logged (secret-free), the certificates held are kept. */
-static void
-CertRefreshWarn(const char *name, int sqlstate, const char *message,
-				const char *detail, const char *hint)
-{
-	ereport(WARNING,
-			(errcode(sqlstate),
-			 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", name),
-			 errdetail_internal("%s%s%s", message ? message : "",
-								detail ? ": " : "", detail ? detail : ""),
-			 hint ? errhint("%s", hint) : 0));
-}
-
 /* The download of one due config's certificates, or NULL. */
 static WxpayHttpRequest *
 PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
@@ -1280,6 +1270,7 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 	ListCell   *lc;
 	MemoryContext rcxt;
 	WxpayCertRefresh *r;
+	WxpayCallResult failure;
 	volatile bool failed = false;
 
 	/* the configs with an apiv3_key, looked up now and then */
@@ -1344,8 +1335,9 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 		if (!PipeRequestError(edata->sqlerrcode))
 			PG_RE_THROW();
 		FlushErrorState();
-		CertRefreshWarn(due->name, edata->sqlerrcode, edata->message,
-						edata->detail, NULL);
+		/* logged (secret-free); the certificates held are kept */
+		PipeFailure(edata, &failure);
+		wxpay_report(&failure, WARNING);
 		failed = true;
 	}
 	PG_END_TRY();
@@ -1384,7 +1376,7 @@ PipeCertFinish(Pipe *p)
 						due->name, r->ncerts, nnew)));
 	}
 	else
-		CertRefreshWarn(due->name, r->sqlstate, r->message, r->detail, r->hint);
+		wxpay_report(&r->result, WARNING);	/* the certificates held are kept */
 	PipeTxnEnd(p);
 	MemoryContextDelete(r->cxt);
 	p->cert = NULL;
