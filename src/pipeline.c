@@ -253,6 +253,8 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 	PipeTxnBegin(p, "looking up types");
 	MemoryContextSwitchTo(cxt);
 	p->q = wxpay_queue_table(nspoid);
+	/* signing and reading answers happen outside transactions: look up now */
+	wxpay_encoding_prepare();
 	p->plan_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 								   CStringGetDatum("wxpay_sign_plan"),
 								   ObjectIdGetDatum(nspoid));
