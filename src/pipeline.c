@@ -196,7 +196,8 @@ static bool PipeClaimWanted(Pipe *p, TimestampTz now);
 static void PipeClaim(Pipe *p);
 static PipeConfig *PipeConfigFind(Pipe *p, const char *name);
 static bool PipeConfigReady(Pipe *p, PipeConfig *pc);
-static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src);
+static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src,
+										  MemoryContext parent);
 static void PipeConfigCopyFree(void *arg);
 static void PipeConfigCopyRelease(PipeConfigCopy *copy);
 static int	PipeCap(Pipe *p, TimestampTz now);
@@ -967,7 +968,7 @@ PipeConfigReady(Pipe *p, PipeConfig *pc)
 	{
 		const WxpayConfig *cfg = wxpay_config_get(pc->name, p->nspoid);
 
-		pc->copy = PipeConfigCopyMake(cfg);
+		pc->copy = PipeConfigCopyMake(cfg, p->cxt);
 	}
 	PG_CATCH();
 	{
@@ -994,12 +995,13 @@ PipeConfigReady(Pipe *p, PipeConfig *pc)
 
 /*
  * A copy of cfg that outlives config.c's cache: strings copied, keys shared
- * (EVP_PKEY_up_ref) and freed with the copy's memory context.
+ * (EVP_PKEY_up_ref) and freed with the copy's memory context, a child of
+ * the run's (so an error that resets the run frees them too).
  */
 static PipeConfigCopy *
-PipeConfigCopyMake(const WxpayConfig *src)
+PipeConfigCopyMake(const WxpayConfig *src, MemoryContext parent)
 {
-	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext,
+	MemoryContext cxt = AllocSetContextCreate(parent,
 											  "wxpay config copy",
 											  ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1215,7 +1217,11 @@ PipeSign(Pipe *p, PipeItem *it)
 		MemoryContextSwitchTo(p->tmp);
 		edata = CopyErrorData();
 		if (!PipeRequestError(edata->sqlerrcode))
+		{
+			/* not sent: back in line, for the worker to release */
+			PipeWaitingPush(it->pc, it, true);
 			PG_RE_THROW();
+		}
 		FlushErrorState();
 		PipeFailure(edata, &res);
 		ok = false;
