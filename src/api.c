@@ -26,6 +26,14 @@
  * "timestamp\nnonce\nbody\n".  Error answers are not signed reliably by the
  * platform and are only reported, never trusted to mean success.
  *
+ * Partner mode.  A call with sub_mchid set goes to the partner endpoint for
+ * that sub-merchant (POST .../partner/.../{no}/stop with sub_mchid in the
+ * body; GET .../partner/.../{no}?sub_mchid=... with the query string part of
+ * the signed URL), signed with the config's own (the service provider's)
+ * mchid, key and serial, and verified like any answer.  A verified answer
+ * naming another plan number, or another sub_mchid than the one requested,
+ * is not accepted: it is about a plan we did not ask about.
+ *
  * Neither the Authorization header nor the signature is ever put into a
  * message.
  *
@@ -46,6 +54,9 @@
 #include "wxpay_signplan.h"
 
 static const char *CallWhat(const WxpayCall *call);
+static char *CallPlan(const WxpayCall *call);
+static bool CallAnswerField(JsonbContainer *obj, const char *key,
+							const char *want);
 static void CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 					 char *detail, const char *hint);
 static char *CallRequestId(WxpayCall *call);
@@ -77,6 +88,34 @@ wxpay_check_plan_no_arg(const char *plan_no)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid merchant_sign_plan_no \"%s\"", plan_no),
 				 errdetail("A merchant sign plan number is 1 to 32 characters from ASCII letters, digits, \"_\", \"-\" and \"*\".")));
+}
+
+void
+wxpay_check_sub_mchid_arg(const char *sub_mchid)
+{
+	if (wxpay_check_sub_mchid(sub_mchid, strlen(sub_mchid)) != WXPAY_TEXT_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid sub_mchid \"%s\"", sub_mchid),
+				 errdetail("A sub-merchant number is 1 to %d ASCII digits.",
+						   WXPAY_SUB_MCHID_MAX)));
+}
+
+/*
+ * The checked sub_mchid of argument argno, or NULL (a direct merchant's
+ * call) when it is NULL or absent: a function created by an older install
+ * script passes fewer arguments.
+ */
+char *
+wxpay_sub_mchid_arg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *sub_mchid;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	sub_mchid = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	wxpay_check_sub_mchid_arg(sub_mchid);
+	return sub_mchid;
 }
 
 /* Check a stop reason and return it in UTF-8, as it will be sent. */
@@ -195,22 +234,35 @@ wxpay_call_prepare(WxpayCall *call)
 				 errdetail("No configured platform certificate is in its validity period now."),
 				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
 
+	/* both are checked: they need no escaping in a path or query string */
 	initStringInfo(&path);
-	appendStringInfoString(&path, WXPAY_PLAN_PATH);
+	appendStringInfoString(&path, call->sub_mchid ?
+						   WXPAY_PARTNER_PLAN_PATH : WXPAY_PLAN_PATH);
 	appendStringInfoString(&path, call->plan_no);
 
 	if (call->op == WXPAY_OP_STOP)
 	{
 		appendStringInfoString(&path, "/stop");
 		initStringInfo(&body);
-		appendStringInfoString(&body, "{\"stop_reason\":");
+		appendStringInfoChar(&body, '{');
+		if (call->sub_mchid)
+		{
+			appendStringInfoString(&body, "\"sub_mchid\":");
+			escape_json(&body, call->sub_mchid);
+			appendStringInfoChar(&body, ',');
+		}
+		appendStringInfoString(&body, "\"stop_reason\":");
 		escape_json(&body, call->stop_reason);
 		appendStringInfoChar(&body, '}');
 		wxpay_request_sign(cfg, "POST", path.data, body.data, body.len,
 						   &call->req);
 	}
 	else
+	{
+		if (call->sub_mchid)
+			appendStringInfo(&path, "?sub_mchid=%s", call->sub_mchid);
 		wxpay_request_sign(cfg, "GET", path.data, NULL, 0, &call->req);
+	}
 
 	pfree(path.data);
 }
@@ -219,6 +271,32 @@ static const char *
 CallWhat(const WxpayCall *call)
 {
 	return call->op == WXPAY_OP_STOP ? "stop" : "query";
+}
+
+/* The plan, for messages: a sub-merchant's plan says whose it is. */
+static char *
+CallPlan(const WxpayCall *call)
+{
+	if (call->sub_mchid)
+		return psprintf("sign plan \"%s\" of sub-merchant \"%s\"",
+						call->plan_no, call->sub_mchid);
+	return psprintf("sign plan \"%s\"", call->plan_no);
+}
+
+/*
+ * Whether the answer object's key, when present, is the string want.  An
+ * absent key passes (the platform leaves fields out); anything else fails.
+ */
+static bool
+CallAnswerField(JsonbContainer *obj, const char *key, const char *want)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
+
+	if (v == NULL)
+		return true;
+	return v->type == jbvString &&
+		(size_t) v->val.string.len == strlen(want) &&
+		memcmp(v->val.string.val, want, v->val.string.len) == 0;
 }
 
 static char *
@@ -241,7 +319,7 @@ CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
 {
 	res->ok = false;
 	res->sqlstate = sqlstate;
-	res->message = psprintf("could not %s sign plan \"%s\"", CallWhat(call), call->plan_no);
+	res->message = psprintf("could not %s %s", CallWhat(call), CallPlan(call));
 	if (call->req.failed_over && sqlstate != ERRCODE_WXPAY_REQUEST_NOT_SENT)
 		detail = psprintf("%s The request went to the backup domain %s because connecting to %s failed.",
 						  detail, call->cfg->backup_base_url, call->cfg->base_url);
@@ -367,8 +445,8 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 	/* the operator should learn that the main domain is unreachable */
 	if (req->failed_over)
 		ereport(LOG,
-				(errmsg("sent the %s of sign plan \"%s\" to the backup domain %s because %s could not be reached",
-						CallWhat(call), call->plan_no,
+				(errmsg("sent the %s of %s to the backup domain %s because %s could not be reached",
+						CallWhat(call), CallPlan(call),
 						call->cfg->backup_base_url, call->cfg->base_url),
 				 errdetail_internal("Connecting to %s failed: %s.",
 									call->cfg->base_url, req->primary_errbuf)));
@@ -409,7 +487,6 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 	if (req->status >= 200 && req->status < 300)
 	{
 		Jsonb	   *jb;
-		JsonbValue *v;
 		Datum	   *values;
 		bool	   *nulls;
 
@@ -425,16 +502,16 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 		jb = wxpay_parse_jsonb(req->resp, req->resp_len, &why);
 		if (jb != NULL)
 		{
-			v = getKeyJsonValueFromContainer(&jb->root, "merchant_sign_plan_no",
-											 strlen("merchant_sign_plan_no"), NULL);
 			values = palloc(sizeof(Datum) * tupdesc->natts);
 			nulls = palloc(sizeof(bool) * tupdesc->natts);
 			if (!JsonContainerIsObject(&jb->root))
 				why = pstrdup("it is not a JSON object");
-			else if (v != NULL && (v->type != jbvString ||
-								   (size_t) v->val.string.len != strlen(call->plan_no) ||
-								   memcmp(v->val.string.val, call->plan_no, v->val.string.len) != 0))
+			else if (!CallAnswerField(&jb->root, "merchant_sign_plan_no", call->plan_no))
 				why = pstrdup("it is about another sign plan");
+			else if (call->sub_mchid &&
+					 !CallAnswerField(&jb->root, "sub_mchid", call->sub_mchid))
+				why = psprintf("it is about a sign plan of another sub-merchant than \"%s\"",
+							   call->sub_mchid);
 			else if (wxpay_container_to_tuple(&jb->root, tupdesc, values, nulls, &why))
 			{
 				res->ok = true;

@@ -72,6 +72,7 @@ extern int	wxpay_batch_concurrency;
 
 #define WXPAY_PLAN_NO_MAX			32
 #define WXPAY_STOP_REASON_MAX		128
+#define WXPAY_SUB_MCHID_MAX			32
 #define WXPAY_NONCE_LEN				32
 
 typedef enum WxpayTextCheck
@@ -87,6 +88,7 @@ typedef enum WxpayTextCheck
 
 extern WxpayTextCheck wxpay_check_plan_no(const char *s, size_t len);
 extern WxpayTextCheck wxpay_check_stop_reason(const char *s, size_t len);
+extern WxpayTextCheck wxpay_check_sub_mchid(const char *s, size_t len);
 extern bool wxpay_parse_rfc3339(const char *s, size_t len, TimestampTz *result);
 extern size_t wxpay_base64_encoded_len(size_t srclen);
 extern size_t wxpay_base64_encode(const unsigned char *src, size_t len, char *dst);
@@ -259,6 +261,8 @@ extern void wxpay_error_body(const char *body, size_t len,
 /* ---------- api.c ---------- */
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
+/* a service provider's calls for a sub-merchant (partner mode) */
+#define WXPAY_PARTNER_PLAN_PATH	"/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/"
 
 typedef enum WxpayOperation
 {
@@ -286,6 +290,9 @@ typedef struct WxpayCall
 	WxpayOperation op;
 	const char *plan_no;
 	const char *stop_reason;	/* UTF-8, for WXPAY_OP_STOP */
+	const char *sub_mchid;		/* NULL: the config's own plan; else the
+								 * partner endpoint for this sub-merchant
+								 * (checked: wxpay_check_sub_mchid_arg) */
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
@@ -294,6 +301,8 @@ extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
 extern void wxpay_check_plan_no_arg(const char *plan_no);
 extern char *wxpay_check_stop_reason_arg(text *reason);
+extern char *wxpay_sub_mchid_arg(FunctionCallInfo fcinfo, int argno);
+extern void wxpay_check_sub_mchid_arg(const char *sub_mchid);
 extern void wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 							   const char *path, const char *body,
 							   size_t body_len, WxpayHttpRequest *req);
