@@ -114,6 +114,37 @@ sub key_stat
 	is(key_stat('stop_attempts', 'q13-badrow'), 0, 'and is not sent');
 }
 
+# ---- the README recipe: a provider's subscriptions stop from a trigger ----
+{
+	sq(q{
+CREATE TABLE subscription (
+    sub_mchid    text NOT NULL,
+    sign_plan_no text NOT NULL,
+    member_id    bigint NOT NULL,
+    stop_request bigint,
+    PRIMARY KEY (sub_mchid, sign_plan_no));
+CREATE FUNCTION subscription_stop_plan() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wxpay_stop_sign_plan_async(OLD.sign_plan_no, 'subscription cancelled',
+                                       sub_mchid => OLD.sub_mchid);
+    RETURN OLD;
+END $$;
+CREATE TRIGGER subscription_stop_plan AFTER DELETE ON subscription
+    FOR EACH ROW EXECUTE FUNCTION subscription_stop_plan();
+INSERT INTO subscription VALUES ('1230000251', 'q13-sub', 1), ('1230000252', 'q13-sub', 2);
+});
+	sq("BEGIN; DELETE FROM subscription WHERE sub_mchid = '1230000252'; ROLLBACK");
+	sq("DELETE FROM subscription WHERE sub_mchid = '1230000251'");
+	my $id = sq("SELECT id FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'q13-sub'");
+	is(wait_row($id), 'succeeded||1|1230000251|MERCHANT',
+		'the deleted subscription\'s plan was stopped for its sub-merchant');
+	is(key_stat('stop_attempts', '1230000252:q13-sub'), 0,
+		'the rolled-back delete stopped nothing');
+	is(sq("SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'q13-sub'"),
+		'1', 'one request, for the committed delete');
+}
+
 # ---- one plan number, three owners: three plans, each stopped once ----
 {
 	my $ids = sq(
