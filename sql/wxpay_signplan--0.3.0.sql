@@ -166,6 +166,9 @@ CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
 -- Stop a sign plan.  SECURITY DEFINER so that it can read the keys its
 -- caller may not; the pinned search_path makes it immune to objects the
 -- caller plants.  Not STRICT: a NULL argument is an error, not a silent NULL.
+-- 0.3.0 (issue 12): sub_mchid, on this function, the query, the batch and
+-- the async one, makes a service provider's call for that sub-merchant
+-- (the partner endpoint, the config's keys); NULL: the config's own plan.
 --
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plan(
     merchant_sign_plan_no text,
