@@ -67,7 +67,7 @@ BEGIN
                 CONTINUE;
             END IF;
             IF g.grantor <> old_owner THEN
-                PERFORM set_config('role', g.grantor::regrole::text, true);
+                PERFORM set_config('role', (SELECT rolname FROM pg_roles WHERE oid = g.grantor), true);
             END IF;
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', new,
                            CASE WHEN g.grantee = 0 THEN 'PUBLIC'

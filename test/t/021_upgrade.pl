@@ -24,9 +24,10 @@ $node->init;
 $node->start;
 
 # grantors are created in an order that makes the chain of grant options
-# run against role oids (the upgrade must not depend on it)
+# run against role oids (the upgrade must not depend on it); one name needs
+# quoting
 $node->safe_psql('postgres', "CREATE ROLE $_")
-  for qw(regress_up_sub regress_up_lead regress_up_app regress_up_nobody);
+  for qw(regress_up_sub "regress_up_Lead" regress_up_app regress_up_nobody);
 
 # the grants of a user, on the functions with the given signatures
 my %sig_old = (
@@ -45,13 +46,13 @@ sub grants_sql
 	my ($sig, @which) = @_;
 	my %g = (
 		stop => "GRANT EXECUTE ON FUNCTION $sig->{stop} TO regress_up_app;",
-		query => "GRANT EXECUTE ON FUNCTION $sig->{query} TO regress_up_lead WITH GRANT OPTION;\n"
-		  . "SET ROLE regress_up_lead;\n"
+		query => "GRANT EXECUTE ON FUNCTION $sig->{query} TO \"regress_up_Lead\" WITH GRANT OPTION;\n"
+		  . "SET ROLE \"regress_up_Lead\";\n"
 		  . "GRANT EXECUTE ON FUNCTION $sig->{query} TO regress_up_sub;\n"
 		  . "RESET ROLE;",
 		batch => "GRANT EXECUTE ON FUNCTION $sig->{batch} TO PUBLIC, regress_up_app;",
-		async => "GRANT EXECUTE ON FUNCTION $sig->{async} TO regress_up_lead WITH GRANT OPTION;\n"
-		  . "SET ROLE regress_up_lead;\n"
+		async => "GRANT EXECUTE ON FUNCTION $sig->{async} TO \"regress_up_Lead\" WITH GRANT OPTION;\n"
+		  . "SET ROLE \"regress_up_Lead\";\n"
 		  . "GRANT EXECUTE ON FUNCTION $sig->{async} TO regress_up_sub WITH GRANT OPTION;\n"
 		  . "SET ROLE regress_up_sub;\n"
 		  . "GRANT EXECUTE ON FUNCTION $sig->{async} TO regress_up_app;\n"
@@ -118,11 +119,11 @@ for my $v (@from)
 	# the grants, by role
 	is( $node->safe_psql($db,
 			"SELECT string_agg(r || ':' || f || ':' || has_function_privilege(r, f, 'EXECUTE'), ',' ORDER BY r, f)"
-			  . " FROM unnest(ARRAY['regress_up_app', 'regress_up_sub', 'regress_up_lead', 'regress_up_nobody']) r,"
+			  . " FROM unnest(ARRAY['regress_up_app', 'regress_up_sub', 'regress_up_Lead', 'regress_up_nobody']) r,"
 			  . " unnest(ARRAY['$sig_new{stop}', '$sig_new{query}', '$sig_new{batch}', '$sig_new{async}']) f"),
 		$node->safe_psql('fresh',
 			"SELECT string_agg(r || ':' || f || ':' || has_function_privilege(r, f, 'EXECUTE'), ',' ORDER BY r, f)"
-			  . " FROM unnest(ARRAY['regress_up_app', 'regress_up_sub', 'regress_up_lead', 'regress_up_nobody']) r,"
+			  . " FROM unnest(ARRAY['regress_up_app', 'regress_up_sub', 'regress_up_Lead', 'regress_up_nobody']) r,"
 			  . " unnest(ARRAY['$sig_new{stop}', '$sig_new{query}', '$sig_new{batch}', '$sig_new{async}']) f"),
 		'every role can execute what it could');
 	is( $node->safe_psql($db,
@@ -133,6 +134,26 @@ for my $v (@from)
 			  . " AND has_function_privilege('public', '$sig_new{batch}', 'EXECUTE')"
 			  . " AND NOT has_function_privilege('regress_up_nobody', '$sig_new{stop}', 'EXECUTE')"),
 		't', 'the grants given before the upgrade are there, and nothing more');
+}
+
+# an object of the user's that depends on an old signature stops the update
+# (README "Upgrading from 0.2.0"), and the failed update changes nothing
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE upgraded_dep');
+	$node->safe_psql('upgraded_dep', "CREATE EXTENSION wxpay_signplan VERSION '0.2.0'");
+	$node->safe_psql('upgraded_dep',
+		"CREATE FUNCTION plan_state(text) RETURNS text BEGIN ATOMIC SELECT (wxpay_query_sign_plan(\$1)).sign_state; END");
+	my ($ret, $out, $err) = $node->psql('upgraded_dep', 'ALTER EXTENSION wxpay_signplan UPDATE');
+	isnt($ret, 0, 'a dependent SQL function stops the update');
+	like($err, qr/function plan_state\(text\) depends on function wxpay_query_sign_plan\(text,text\)/,
+		'the error names the dependent object');
+	is( $node->safe_psql('upgraded_dep',
+			"SELECT extversion FROM pg_extension WHERE extname = 'wxpay_signplan'"),
+		'0.2.0', 'the failed update left 0.2.0 as it was');
+	$node->safe_psql('upgraded_dep', 'DROP FUNCTION plan_state(text); ALTER EXTENSION wxpay_signplan UPDATE');
+	is( $node->safe_psql('upgraded_dep',
+			"SELECT extversion FROM pg_extension WHERE extname = 'wxpay_signplan'"),
+		'0.3.0', 'without it the update goes through');
 }
 
 my $q = q{
