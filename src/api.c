@@ -234,7 +234,13 @@ wxpay_call_prepare(WxpayCall *call)
 				 errdetail("No configured platform certificate is in its validity period now."),
 				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
 
-	/* both are checked: they need no escaping in a path or query string */
+	/*
+	 * The plan number is checked by every caller; the sub-merchant here, for
+	 * all of them (22023).  Neither then needs escaping in a path or query
+	 * string.
+	 */
+	if (call->sub_mchid)
+		wxpay_check_sub_mchid_arg(call->sub_mchid);
 	initStringInfo(&path);
 	appendStringInfoString(&path, call->sub_mchid ?
 						   WXPAY_PARTNER_PLAN_PATH : WXPAY_PLAN_PATH);

@@ -1161,8 +1161,6 @@ WorkerSign(void *arg)
 	QueueItem  *it = (QueueItem *) arg;
 
 	wxpay_check_plan_no_arg(it->plan_no);
-	if (it->sub_mchid)
-		wxpay_check_sub_mchid_arg(it->sub_mchid);
 	it->stop.op = WXPAY_OP_STOP;
 	it->stop.plan_no = it->plan_no;
 	it->stop.sub_mchid = it->sub_mchid;

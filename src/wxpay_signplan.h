@@ -292,7 +292,7 @@ typedef struct WxpayCall
 	const char *stop_reason;	/* UTF-8, for WXPAY_OP_STOP */
 	const char *sub_mchid;		/* NULL: the config's own plan; else the
 								 * partner endpoint for this sub-merchant
-								 * (checked: wxpay_check_sub_mchid_arg) */
+								 * (wxpay_call_prepare checks it: 22023) */
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
