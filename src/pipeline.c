@@ -837,6 +837,7 @@ PipeClaim(Pipe *p)
 			it->row = *r;
 			it->row.config_name = pc->name;
 			it->row.plan_no = MemoryContextStrdup(icxt, r->plan_no);
+			it->row.sub_mchid = r->sub_mchid ? MemoryContextStrdup(icxt, r->sub_mchid) : NULL;
 			it->row.stop_reason = NULL;
 			it->pc = pc;
 			it->unknown = r->unknown;
@@ -1184,6 +1185,7 @@ PipeBuildCall(PipeItem *it, WxpayOperation op)
 	memset(&it->call, 0, sizeof(WxpayCall));
 	it->call.op = op;
 	it->call.plan_no = it->row.plan_no;
+	it->call.sub_mchid = it->row.sub_mchid;	/* the partner stop and query */
 	it->call.stop_reason = op == WXPAY_OP_STOP ? it->stop_reason : NULL;
 	it->call.cfg = &it->copy->cfg;
 	it->call.req.resp_cxt = it->cxt;
