@@ -11,9 +11,10 @@
  * the transport waits on sockets: each of the following is a short
  * transaction of its own, between network waits.
  *
- *	  flush		the outcomes that finished since the last poll, recorded
- *				together (queue.c), then NOTIFY (at commit) and the
- *				condition variable broadcast (after commit);
+ *	  flush		the outcomes that finished, recorded together (queue.c):
+ *				with the next claim, or when nothing more can be sent
+ *				now, or once worker_concurrency of them have gathered;
+ *				NOTIFY at commit, the condition variable broadcast after;
  *	  claim		due requests of every config with queued ones, up to
  *				worker_concurrency each beyond those already waiting here,
  *				committed with synchronous_commit = on (queue.c) before any
@@ -492,10 +493,6 @@ PipePoll(void *arg, long *retry_ms)
 		ProcessConfigFile(PGC_SIGHUP);
 	}
 
-	/* what finished since the last poll, in one transaction */
-	if (p->nouts > 0)
-		PipeFlush(p);
-
 	PipeGenerations(p);
 	now = GetCurrentTimestamp();
 
@@ -504,10 +501,16 @@ PipePoll(void *arg, long *retry_ms)
 		(req = PipeCertStart(p, now, retry_ms)) != NULL)
 		return req;
 
+	/*
+	 * Outcomes are recorded together: with the next claim, when nothing
+	 * more can be sent now, or once a slot's worth have gathered.
+	 */
 	for (;;)
 	{
 		if ((req = PipeNext(p, now, retry_ms)) != NULL)
 		{
+			if (p->nouts >= wxpay_worker_concurrency)
+				PipeFlush(p);
 			pgstat_report_activity(STATE_RUNNING,
 								   psprintf("sending stop requests: %d in flight",
 											p->inflight));
@@ -518,6 +521,8 @@ PipePoll(void *arg, long *retry_ms)
 		PipeClaim(p);
 		now = GetCurrentTimestamp();
 	}
+	if (p->nouts > 0)
+		PipeFlush(p);
 
 	/* nothing now: ask again when the next request is due */
 	if (p->next_due != DT_NOEND)
@@ -795,8 +800,17 @@ PipeClaim(Pipe *p)
 	WxpayQueueRow *rows;
 	int		   *counts;
 	volatile int i = 0;
+	volatile bool recorded = false;
 
 	PipeTxnBegin(p, "claiming stop requests");
+	/* the outcomes gathered so far commit with the claim */
+	if (p->nouts > 0)
+	{
+		wxpay_queue_record(p->q, p->outs, p->nouts, p->plan_type);
+		p->nouts = 0;
+		MemoryContextReset(p->out_cxt);
+		recorded = true;
+	}
 	names = wxpay_queue_configs(p->q);
 	nconfigs = list_length(names);
 	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * conc);
@@ -876,6 +890,12 @@ PipeClaim(Pipe *p)
 		i++;
 	}
 	PipeTxnEnd(p);				/* durable before anything is sent */
+	if (recorded)
+	{
+		pgstat_report_stat(false);
+		/* after the commit: waiting sessions read the outcomes now */
+		wxpay_worker_broadcast_finished();
+	}
 
 	if (total == 0)
 	{

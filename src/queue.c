@@ -288,6 +288,50 @@ QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 	return ret;
 }
 
+/*
+ * A statement on the queue table, prepared once per table name and kept
+ * (SPI_keepplan) across transactions: the worker runs the same few
+ * statements thousands of times.  slot remembers the plan and its table.
+ */
+typedef struct QueuePlan
+{
+	char	   *q;
+	SPIPlanPtr	plan;
+} QueuePlan;
+
+static SPIPlanPtr
+QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
+			 Oid *types)
+{
+	char	   *sql;
+
+	if (slot->plan != NULL && slot->q != NULL && strcmp(slot->q, q) == 0)
+		return slot->plan;
+	if (slot->plan)
+		SPI_freeplan(slot->plan);
+	slot->plan = NULL;
+	if (slot->q)
+		pfree(slot->q);
+	slot->q = NULL;
+	sql = psprintf(fmt, q, q);
+	slot->plan = SPI_prepare(sql, nargs, types);
+	if (slot->plan == NULL || SPI_keepplan(slot->plan) != 0)
+		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+	slot->q = MemoryContextStrdup(TopMemoryContext, q);
+	return slot->plan;
+}
+
+/* SPI_execute_plan, then back to the caller's memory context. */
+static int
+QueueExecPlan(SPIPlanPtr plan, Datum *values, bool read_only)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			ret = SPI_execute_plan(plan, values, NULL, read_only, 0);
+
+	MemoryContextSwitchTo(cxt);
+	return ret;
+}
+
 /* The extension's schema in this database, or InvalidOid. */
 Oid
 wxpay_queue_schema(void)
@@ -349,18 +393,20 @@ wxpay_queue_reconcile(const char *q)
 List *
 wxpay_queue_configs(const char *q)
 {
-	char	   *sql;
+	static QueuePlan slot;
+	SPIPlanPtr	plan;
 	List	   *names = NIL;
 
-	sql = psprintf("WITH RECURSIVE c(name) AS ("
-				   " (SELECT config_name FROM %s WHERE state = 'queued'"
-				   "  ORDER BY config_name LIMIT 1)"
-				   " UNION ALL"
-				   " SELECT (SELECT config_name FROM %s WHERE state = 'queued'"
-				   "  AND config_name > c.name ORDER BY config_name LIMIT 1)"
-				   " FROM c WHERE c.name IS NOT NULL)"
-				   " SELECT name FROM c WHERE name IS NOT NULL", q, q);
-	if (QueueExec(sql, 0, NULL, NULL, true) != SPI_OK_SELECT)
+	plan = QueuePrepare(&slot, q,
+						"WITH RECURSIVE c(name) AS ("
+						" (SELECT config_name FROM %s WHERE state = 'queued'"
+						"  ORDER BY config_name LIMIT 1)"
+						" UNION ALL"
+						" SELECT (SELECT config_name FROM %s WHERE state = 'queued'"
+						"  AND config_name > c.name ORDER BY config_name LIMIT 1)"
+						" FROM c WHERE c.name IS NOT NULL)"
+						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL);
+	if (QueueExecPlan(plan, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan the stop request queue");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i],
@@ -380,7 +426,9 @@ int
 wxpay_queue_claim(const char *q, const char *config_name, int limit,
 				  WxpayQueueRow *rows)
 {
-	char	   *sql;
+	static QueuePlan select_slot;
+	static QueuePlan update_slot;
+	SPIPlanPtr	plan;
 	int			n = 0;
 	Datum	   *ids;
 	ArrayType  *arr;
@@ -396,17 +444,18 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 	 * Plans of different sub-merchants (partner mode) with one number count
 	 * as one here: they only wait for each other.
 	 */
-	sql = psprintf("SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
-				   " outcome_unknown, sub_mchid FROM %s r"
-				   " WHERE state = 'queued' AND config_name = $1"
-				   " AND next_attempt_at <= pg_catalog.now()"
-				   " AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
-				   "  AND s.config_name = r.config_name"
-				   "  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
-				   " ORDER BY next_attempt_at, id LIMIT %d"
-				   " FOR UPDATE SKIP LOCKED", q, q, limit);
-	if (QueueExec(sql, 1, (Oid[]) {TEXTOID},
-				  (Datum[]) {CStringGetTextDatum(config_name)}, false) != SPI_OK_SELECT)
+	plan = QueuePrepare(&select_slot, q,
+						"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
+						" outcome_unknown, sub_mchid FROM %s r"
+						" WHERE state = 'queued' AND config_name = $1"
+						" AND next_attempt_at <= pg_catalog.now()"
+						" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
+						"  AND s.config_name = r.config_name"
+						"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
+						" ORDER BY next_attempt_at, id LIMIT $2"
+						" FOR UPDATE SKIP LOCKED", 2, (Oid[]) {TEXTOID, INT4OID});
+	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
+						  Int32GetDatum(limit)}, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim stop requests");
 
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
@@ -436,10 +485,11 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 		return 0;
 
 	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
-	sql = psprintf("UPDATE %s SET state = 'sending', attempts = attempts + 1,"
-				   " outcome_unknown = true WHERE id = ANY ($1)", q);
-	if (QueueExec(sql, 1, (Oid[]) {INT8ARRAYOID},
-				  (Datum[]) {PointerGetDatum(arr)}, false) != SPI_OK_UPDATE ||
+	plan = QueuePrepare(&update_slot, q,
+						"UPDATE %s SET state = 'sending', attempts = attempts + 1,"
+						" outcome_unknown = true WHERE id = ANY ($1)",
+						1, (Oid[]) {INT8ARRAYOID});
+	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr)}, false) != SPI_OK_UPDATE ||
 		SPI_processed != (uint64) n)
 		elog(ERROR, "could not claim stop requests");
 	return n;
@@ -590,7 +640,8 @@ wxpay_queue_next_due(const char *q)
 
 	sql = psprintf("SELECT pg_catalog.min(next_attempt_at) FROM %s"
 				   " WHERE state = 'queued'", q);
-	if (QueueExec(sql, 0, NULL, NULL, true) != SPI_OK_SELECT)
+	/* not read-only: see the outcomes this transaction just recorded */
+	if (QueueExec(sql, 0, NULL, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan the stop request queue");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
