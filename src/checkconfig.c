@@ -553,6 +553,16 @@ CheckLive(CheckOut *out, const char *name, Oid nspoid)
 	wxpay_request_sign(cfg, "GET", path, NULL, 0, &req);
 	wxpay_http_perform(&reqp, 1, 1);
 
+	/* the request did its job when WeChat Pay judged its signature */
+	wxpay_stat_attempt(name, WXPAY_STAT_CHECK, WXPAY_STAT_SESSION,
+					   req.outcome == WXPAY_TRANSPORT_NOT_SENT ? WXPAY_STAT_NOT_SENT :
+					   req.outcome == WXPAY_TRANSPORT_FAILED ? WXPAY_STAT_UNKNOWN :
+					   req.status == 404 || (req.status >= 200 && req.status < 300) ?
+					   WXPAY_STAT_SUCCEEDED :
+					   req.status >= 400 && req.status < 500 ? WXPAY_STAT_REJECTED :
+					   WXPAY_STAT_UNKNOWN,
+					   req.failed_over, req.elapsed_us);
+
 	rid = req.h_request_id.count > 0 && !req.h_request_id.overlong ?
 		psprintf(" Request-ID: %s.", req.h_request_id.value) : "";
 
@@ -699,7 +709,19 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 		CheckEmit(&out, "live_answer", CHECK_SKIP, "Not checked: nothing was sent.");
 	}
 	else if (live)
-		CheckLive(&out, name, nspoid);
+	{
+		/* a live request is a call: count it however it ends (stats.c) */
+		PG_TRY();
+		{
+			CheckLive(&out, name, nspoid);
+		}
+		PG_CATCH();
+		{
+			wxpay_stat_error(name, WXPAY_STAT_CHECK, WXPAY_STAT_SESSION);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
 
 	return (Datum) 0;
 }
