@@ -4,6 +4,12 @@
  *	  Cumulative statistics of every WeChat Pay call, in shared memory:
  *	  the wxpay_stat view and wxpay_stat_reset().
  *
+ * Keys.  A row is (database, config name, operation, source): config names
+ * live in each database's wxpay_config, so the same name in two databases
+ * is two merchants.  wxpay_stat shows the current database's rows;
+ * wxpay_stat_reset() forgets every database's (stats_reset is one time for
+ * the whole server, like pg_stat_statements_info).
+ *
  * What is counted.  One call is one attempt to talk to WeChat Pay for a
  * config: a stop or query (synchronous, each element of a batch, or by the
  * queue worker), a platform certificate download (refresh) or the live
@@ -13,7 +19,11 @@
  * problem, a cancel, out of memory).  Input errors found before a config is
  * looked up, and an unknown config name, are not calls: they would let any
  * caller fill the table with names.  The callers classify; this file only
- * counts (wxpay_stat_attempt), so it depends on nothing above it.
+ * counts (wxpay_stat_attempt), so it depends on nothing above it.  One
+ * caller lets the error being thrown speak for itself: wxpay_stat_error()
+ * in a PG_CATCH block, so that a config error or a cancel raised anywhere
+ * between looking up the config and the result is counted once and then
+ * propagates unchanged.
  *
  * Time is that of one HTTP exchange as the transport measured it (from
  * handing the request to libcurl to its end, a failover included), never
@@ -74,6 +84,7 @@ static int	stats_max = 1000;
 
 typedef struct StatKey
 {
+	Oid			dbid;			/* config names are per database */
 	char		config_name[STAT_NAME_LEN];
 	int16		op;				/* WxpayStatOp */
 	int16		source;			/* WxpayStatSource */
@@ -268,6 +279,7 @@ wxpay_stat_attempt(const char *config_name, WxpayStatOp op,
 	len = strlen(config_name);
 	if (len >= STAT_NAME_LEN)
 		len = pg_mbcliplen(config_name, len, STAT_NAME_LEN - 1);
+	key.dbid = MyDatabaseId;
 	memcpy(key.config_name, config_name, len);
 	key.op = (int16) op;
 	key.source = (int16) source;
@@ -423,6 +435,8 @@ wxpay_stat(PG_FUNCTION_ARGS)
 		int64		calls = 0;
 		int			k = 0;
 
+		if (e->key.dbid != MyDatabaseId)
+			continue;
 		SpinLockAcquire(&e->mutex);
 		c = e->c;
 		SpinLockRelease(&e->mutex);
