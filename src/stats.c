@@ -292,7 +292,11 @@ wxpay_stat_attempt(const char *config_name, WxpayStatOp op,
 
 		LWLockRelease(Shared->lock);
 		LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
-		e = (StatEntry *) hash_search(Table, &key, HASH_ENTER_NULL, &found);
+		/* a shared hash table may outgrow its size: enforce it here */
+		e = (StatEntry *) hash_search(Table, &key, HASH_FIND, NULL);
+		found = e != NULL;
+		if (e == NULL && hash_get_num_entries(Table) < stats_max)
+			e = (StatEntry *) hash_search(Table, &key, HASH_ENTER_NULL, &found);
 		if (e == NULL)
 		{
 			SpinLockAcquire(&Shared->mutex);

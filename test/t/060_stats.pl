@@ -318,9 +318,26 @@ like($err, qr/ERROR:  55000: wxpay_signplan statistics are not available/,
 like($err, qr/HINT:  Add wxpay_signplan to shared_preload_libraries/, 'with a hint');
 ($rc, $out, $err) = $plain->psql('postgres', "SELECT wxpay_stat_reset()");
 like($err, qr/statistics are not available/, 'so does the reset');
+($rc, $out, $err) = $plain->psql('postgres', "SELECT * FROM wxpay_queue_status");
+like($err, qr/statistics are not available/, 'and the queue status');
 is($plain->safe_psql('postgres',
 		"SELECT sign_state FROM wxpay_stop_sign_plan('" . pn('plain') . "', 'x')"),
 	'SIGN_PLAN_CANCEL', 'calls work as ever without the preload');
+
+# ---- a full table: new keys only counted in "dropped" ----
+
+$plain->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'wxpay_signplan'\nwxpay.stats_max = 16\n");
+$plain->restart;
+$plain->safe_psql('postgres',
+	config_insert_sql(name => "st_k$_", private_key => 'not a key')) for 1 .. 17;
+for my $i (1 .. 17)
+{
+	($rc, $out, $err) = $plain->psql('postgres',
+		"SELECT wxpay_stop_sign_plan('" . pn('k') . "', 'x', 'st_k$i')");
+}
+is($plain->safe_psql('postgres', 'SELECT count(*), min(dropped), sum(errors) FROM wxpay_stat'),
+	'16|1|16', 'wxpay.stats_max rows at most; the 17th key is counted as dropped');
 $plain->stop;
 
 done_testing();
