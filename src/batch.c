@@ -31,6 +31,11 @@
  * back in input order into the result tuplestore at the end.  A slow
  * request thus never holds up the others.
  *
+ * Statistics.  Each element sent is one call (stats.c), counted as its row
+ * is made.  When a statement error ends the batch, the elements in flight
+ * or being signed are counted as calls that ended in error; an error before
+ * any element (the config) counts as one.  Input-error rows are no calls.
+ *
  * Not transactional: every stop is an HTTP call made while the function
  * runs.  A cancel, statement_timeout or a rollback loses the rows but not
  * the stops already made.

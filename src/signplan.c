@@ -10,6 +10,10 @@
  * any network I/O; all memory is palloc'd in the caller's per-call context,
  * so repeated calls leave nothing behind.
  *
+ * Statistics: once the config name is known, the call is counted however
+ * it ends (stats.c): its classified result, or, for an error raised on the
+ * way (a config problem, a cancel), from a PG_CATCH that then re-throws.
+ *
  * The detail functions are pure: jsonb in, rows out, materialized into a
  * tuplestore.
  *

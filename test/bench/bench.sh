@@ -192,5 +192,7 @@ BEGIN {
     printf "\ntargets:\n"
     cost = cps_off > 0 ? (1 - cps_on / cps_off) * 100 : 0
     printf "  %-4s statistics cost <= 2%% of sequential throughput: %+.2f%%\n", cost <= 2 ? "PASS" : "MISS", cost
+    cpucost = cpu_off > 0 ? (cpu_on / cpu_off - 1) * 100 : 0
+    printf "  %-4s statistics cost <= 2%% of backend CPU per call: %+.2f%%\n", cpucost <= 2 ? "PASS" : "MISS", cpucost
     printf "  %-4s every call with statistics on counted, none with them off\n", counted == expected ? "PASS" : "MISS"
 }'
