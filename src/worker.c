@@ -1285,7 +1285,6 @@ WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg, TupleDesc plan_desc)
 	{
 		QueueItem  *it = &items[i];
 		WxpayCallResult res;
-
 		bool		ok;
 
 		if (it->done)
