@@ -258,7 +258,6 @@ BatchDone(WxpayHttpRequest *req, void *arg)
 	Assert(slot >= st->slots && slot < st->slots + st->nslots);
 	old = MemoryContextSwitchTo(slot->cxt);
 	ok = wxpay_call_finish(&slot->call, st->plan_desc, &res);
-	wxpay_stat_call(&slot->call, WXPAY_STAT_SESSION, ok, &res);
 	if (ok)
 		BatchPut(st, slot->ordinal, slot->call.plan_no, true, 0,
 				 NULL, NULL, res.request_id, res.tuple);
@@ -267,6 +266,8 @@ BatchDone(WxpayHttpRequest *req, void *arg)
 				 res.error_code, res.detail, res.request_id, NULL);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(slot->cxt);
+	/* counted once its row is stored: an error before is BatchCountError's */
+	wxpay_stat_call(&slot->call, WXPAY_STAT_SESSION, ok, &res);
 	slot->ordinal = -1;
 }
 
