@@ -156,6 +156,11 @@ is(fails("SELECT wxpay_stop_sign_plan('" . pn('k') . "', 'x', 'st_badkey')"),
 	'WX001', 'an unusable key');
 is(counts('st_badkey', 'stop', 'session'), '1 0 0 0 0 1 0 0',
 	'a config error is one call ending in error, without a time');
+is(fails("SELECT * FROM wxpay_stop_sign_plans(ARRAY['" . pn('k1') . "', '" . pn('k2')
+	  . "'], 'x', 'st_badkey')"),
+	'WX001', 'a batch with an unusable key');
+is(counts('st_badkey', 'stop', 'session'), '2 0 0 0 0 2 0 0',
+	'a batch ended by a config error before any element is one call');
 
 is(fails("SET wxpay.request_timeout = '30s'; SET statement_timeout = '300ms';"
 	  . " SELECT wxpay_stop_sign_plan('fault-stall-" . pn('c') . "', 'x', 'st_cancel')"),
