@@ -73,6 +73,7 @@ my %configs = (
 	st_down => { base_url => $closed_url },
 	st_badkey => { private_key => "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n" },
 	st_slow => { base_url => $slow->{url} },
+	st_wcfg => {},
 );
 $node->safe_psql('postgres', config_insert_sql(name => $_, %{ $configs{$_} }))
   for sort keys %configs;
@@ -227,6 +228,15 @@ is_deeply([ map { $final{$_} } @ids ],
 is(counts('st_queue', 'stop', 'worker'), '4 2 1 1 0 0 0 4', 'worker stops');
 is(counts('st_queue', 'query', 'worker'), '1 0 0 1 0 0 0 1', 'worker query');
 is(counts('st_queue', 'stop', 'session'), 'none', 'enqueuing is not a call');
+
+# a config that breaks between enqueue and send: each attempt is an error
+my $wid = sql("BEGIN;
+  SELECT wxpay_stop_sign_plan_async('" . pn('wc') . "', 'queue', 'st_wcfg');
+  UPDATE wxpay_config SET private_key = 'not a key' WHERE name = 'st_wcfg';
+  COMMIT;");
+is(sql("SELECT state || ' ' || error_code || ' ' || attempts FROM wxpay_wait_stop_request($wid, '60s')"),
+	'failed WX001 2', 'the queued request failed on its config');
+is(counts('st_wcfg', 'stop', 'worker'), '2 0 0 0 0 2 0 0', 'two attempts, two errors, nothing timed');
 
 my $qs = sql("SELECT queued, in_flight, last_error, last_error_at IS NOT NULL,
                    worker_pid = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker')
