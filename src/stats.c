@@ -69,6 +69,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "wxpay_signplan.h"
 
@@ -212,8 +213,13 @@ StatShmemStartup(void)
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(StatKey);
 	info.entrysize = sizeof(StatEntry);
+#if PG_VERSION_NUM >= 190000
+	Table = ShmemInitHash("wxpay_signplan stats hash", stats_max,
+						  &info, HASH_ELEM | HASH_BLOBS);
+#else
 	Table = ShmemInitHash("wxpay_signplan stats hash", stats_max, stats_max,
 						  &info, HASH_ELEM | HASH_BLOBS);
+#endif
 	LWLockRelease(AddinShmemInitLock);
 }
 
