@@ -228,8 +228,6 @@ static long WorkerBackoff(int attempts);
 static bool WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms);
 static CertSchedule *CertScheduleFind(const char *name);
 static void WorkerCertPrepare(void *arg);
-static void CertRefreshWarn(const char *name, int sqlstate, const char *message,
-							const char *detail, const char *hint);
 static bool WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure);
 static void WorkerGetConfig(void *arg);
 static void WorkerSign(void *arg);
@@ -764,8 +762,7 @@ WorkerTxnBegin(MemoryContext cxt, const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 	MemoryContextSwitchTo(cxt);
@@ -802,8 +799,7 @@ WorkerCycle(MemoryContext cxt, long *sleep_ms)
 		WorkerTxnEnd(cxt);
 		return -1;
 	}
-	q = psprintf("%s.wxpay_stop_request",
-				 quote_identifier(get_namespace_name(nspoid)));
+	q = psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 
 	if (NeedOrphanScan)
 	{
@@ -1140,6 +1136,7 @@ WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure)
 		failure->sqlstate = edata->sqlerrcode;
 		failure->message = edata->message;
 		failure->detail = edata->detail;
+		failure->hint = edata->hint;
 		ok = false;
 	}
 	PG_END_TRY();
@@ -1186,10 +1183,7 @@ WorkerFail(QueueItem *it, WxpayCallResult *res)
 	it->http_status = res->http_status;
 	it->request_id = res->request_id;
 	it->error_code = res->error_code ? res->error_code : pstrdup(unpack_sql_state(s));
-	if (res->detail && res->message)
-		it->error_message = psprintf("%s: %s", res->message, res->detail);
-	else
-		it->error_message = res->message;
+	it->error_message = wxpay_report_text(res);
 
 	if (s == ERRCODE_WXPAY_REQUEST_REJECTED)
 		it->retry = (res->http_status == 429);
@@ -1432,19 +1426,6 @@ CertScheduleFind(const char *name)
 	return cs;
 }
 
-/* A failed refresh: logged (secret-free), the certificates held are kept. */
-static void
-CertRefreshWarn(const char *name, int sqlstate, const char *message,
-				const char *detail, const char *hint)
-{
-	ereport(WARNING,
-			(errcode(sqlstate),
-			 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", name),
-			 errdetail_internal("%s%s%s", message ? message : "",
-								detail ? ": " : "", detail ? detail : ""),
-			 hint ? errhint("%s", hint) : 0));
-}
-
 typedef struct CertPrepareArg
 {
 	WxpayCertRefresh *r;
@@ -1522,8 +1503,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 		wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
 						   WXPAY_STAT_ERROR, false, -1);	/* stats */
 		WorkerTxnEnd(cxt);
-		CertRefreshWarn(due->name, failure.sqlstate, failure.message,
-						failure.detail, NULL);
+		wxpay_report(&failure, WARNING);
 		return true;
 	}
 	WorkerTxnEnd(cxt);
@@ -1534,7 +1514,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	WorkerTxnBegin(cxt, "storing platform certificates");
 	ok = wxpay_cert_refresh_finish(r);
 	wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
-					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->sqlstate),
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->result.sqlstate),
 					   r->req.failed_over, r->req.elapsed_us);	/* stats */
 	if (ok)
 	{
@@ -1548,7 +1528,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 						due->name, r->ncerts, nnew)));
 	}
 	else
-		CertRefreshWarn(due->name, r->sqlstate, r->message, r->detail, r->hint);
+		wxpay_report(&r->result, WARNING);
 	WorkerTxnEnd(cxt);
 	return true;
 }

@@ -1,4 +1,4 @@
-# 060_stats.pl: the statistics views (wxpay_stat, wxpay_queue_status) and
+# 070_stats.pl: the statistics views (wxpay_stat, wxpay_queue_status) and
 # wxpay_stat_reset(), on a cluster that preloads the library.
 #
 # Each door gets a config of its own, so that after a reset every row can be
