@@ -1064,7 +1064,12 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 	if (cfg_failed)
 	{
 		for (int i = 0; i < n; i++)
+		{
 			WorkerFail(&items[i], &cfg_failure);
+			if (cfg_failure.sqlstate != ERRCODE_UNDEFINED_OBJECT)	/* stats */
+				wxpay_stat_attempt(chosen, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
+		}
 		*items_out = items;
 		*cfg_out = NULL;
 		return n;
@@ -1092,6 +1097,8 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 		if (!WorkerTry(WorkerSign, it, &res))
 		{
 			WorkerFail(it, &res);
+			wxpay_stat_attempt(cfg->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+							   WXPAY_STAT_ERROR, false, -1);	/* stats */
 			/* bad input never becomes good: no retry */
 			if (ERRCODE_TO_CATEGORY(res.sqlstate) == ERRCODE_DATA_EXCEPTION)
 				it->retry = false;
@@ -1231,10 +1238,13 @@ WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg, TupleDesc plan_desc)
 		WxpayCallResult res;
 		bool		isnull = true;
 		Datum		d = (Datum) 0;
+		bool		ok;
 
 		if (it->done || !it->needs_query)
 			continue;
-		if (!wxpay_call_finish(&it->query, plan_desc, &res))
+		ok = wxpay_call_finish(&it->query, plan_desc, &res);
+		wxpay_stat_call(&it->query, WXPAY_STAT_WORKER, ok, &res);	/* stats */
+		if (!ok)
 		{
 			/* 404: the plan is unknown; let the stop say so */
 			if (!(res.sqlstate == ERRCODE_WXPAY_REQUEST_REJECTED &&
@@ -1276,10 +1286,13 @@ WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg, TupleDesc plan_desc)
 	{
 		QueueItem  *it = &items[i];
 		WxpayCallResult res;
+		bool		ok;
 
 		if (it->done)
 			continue;
-		if (wxpay_call_finish(&it->stop, plan_desc, &res))
+		ok = wxpay_call_finish(&it->stop, plan_desc, &res);
+		wxpay_stat_call(&it->stop, WXPAY_STAT_WORKER, ok, &res);	/* stats */
+		if (ok)
 		{
 			it->done = true;
 			it->succeeded = true;
@@ -1449,6 +1462,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	CertPrepareArg arg;
 	WxpayCallResult failure;
 	Oid			nspoid;
+	bool		ok;
 
 	if (wxpay_certificate_refresh_interval <= 0)
 		return false;
@@ -1493,6 +1507,8 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	arg.cxt = cxt;
 	if (!WorkerTry(WorkerCertPrepare, &arg, &failure))
 	{
+		wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+						   WXPAY_STAT_ERROR, false, -1);	/* stats */
 		WorkerTxnEnd(cxt);
 		wxpay_report(&failure, WARNING);
 		return true;
@@ -1503,7 +1519,11 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	wxpay_cert_refresh_send(r);
 
 	WorkerTxnBegin(cxt, "storing platform certificates");
-	if (wxpay_cert_refresh_finish(r))
+	ok = wxpay_cert_refresh_finish(r);
+	wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->result.sqlstate),
+					   r->req.failed_over, r->req.elapsed_us);	/* stats */
+	if (ok)
 	{
 		int			nnew = 0;
 

@@ -66,7 +66,7 @@ $node->safe_psql('fresh', grants_sql(\%sig_new, qw(stop query batch async)));
 
 # queued rows of 0.2.0, one with a stored result
 my $rows_sql = q{
-SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid')::text,
+SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown')::text,
        (to_jsonb(result) - 'sub_openid' - 'sub_mchid' - 'sub_appid')::text
 FROM wxpay_stop_request r ORDER BY id};
 my $rows_before;
