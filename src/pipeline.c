@@ -691,8 +691,10 @@ static void
 PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
 					WxpayCallResult *res, bool failed_over, long elapsed_ms)
 {
-	(void) failed_over;
+	(void) failed_over;			/* in res and in the statistics */
 	(void) elapsed_ms;
+
+	wxpay_stat_call(&it->call, WXPAY_STAT_WORKER, ok, res);
 
 	if (op == WXPAY_OP_QUERY)
 	{
@@ -882,6 +884,8 @@ PipeClaim(Pipe *p)
 				if (!PipeRequestError(edata->sqlerrcode))
 					ReThrowError(edata);
 				PipeFailure(edata, &res);
+				wxpay_stat_attempt(pc->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
 				PipeFinish(p, it, WXPAY_QUEUE_FAILED, &res, NULL);
 			}
 			PG_END_TRY();
@@ -1173,6 +1177,9 @@ PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
 		{
 			/* its requests wait, unsent, with their mark as it was */
 			it = PipeWaitingPop(best);
+			if (best->failure.sqlstate != ERRCODE_UNDEFINED_OBJECT)
+				wxpay_stat_attempt(best->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
 			PipeFinish(p, it, ERRCODE_TO_CATEGORY(best->failure.sqlstate) == ERRCODE_DATA_EXCEPTION ?
 					   WXPAY_QUEUE_FAILED : WXPAY_QUEUE_RETRY,
 					   &best->failure, NULL);
@@ -1250,6 +1257,10 @@ PipeSign(Pipe *p, PipeItem *it)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(p->tmp);
+	if (!ok)
+		wxpay_stat_attempt(it->pc->name, it->stage == PIPE_QUERY ?
+						   WXPAY_STAT_QUERY : WXPAY_STAT_STOP,
+						   WXPAY_STAT_WORKER, WXPAY_STAT_ERROR, false, -1);
 	if (!ok)
 		PipeFinish(p, it, ERRCODE_TO_CATEGORY(res.sqlstate) == ERRCODE_DATA_EXCEPTION ?
 				   WXPAY_QUEUE_FAILED : WXPAY_QUEUE_RETRY, &res, NULL);
@@ -1367,6 +1378,8 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 		FlushErrorState();
 		/* logged (secret-free); the certificates held are kept */
 		PipeFailure(edata, &failure);
+		wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+						   WXPAY_STAT_ERROR, false, -1);
 		wxpay_report(&failure, WARNING);
 		failed = true;
 	}
@@ -1390,10 +1403,15 @@ PipeCertFinish(Pipe *p)
 {
 	WxpayCertRefresh *r = p->cert;
 	CertSchedule *due = p->cert_sched;
+	bool		ok;
 
 	p->inflight--;
 	PipeTxnBegin(p, "storing platform certificates");
-	if (wxpay_cert_refresh_finish(r))
+	ok = wxpay_cert_refresh_finish(r);
+	wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->result.sqlstate),
+					   r->req.failed_over, r->req.elapsed_us);
+	if (ok)
 	{
 		int			nnew = 0;
 

@@ -30,6 +30,8 @@
  *						merchants, certificate refreshes among them
  *	  worker.c			the queue worker process: its loop and its errors
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
+ *	  stats.c			cumulative call statistics in shared memory (the
+ *						wxpay_stat view); callers classify, it counts
  *
  *-------------------------------------------------------------------------
  */
@@ -186,6 +188,9 @@ typedef struct WxpayHttpRequest
 	bool		failed_over;	/* url failed before sending; went to backup_url */
 	char		primary_errbuf[256];	/* libcurl's words about url, when
 										 * failed_over */
+	TimestampTz started;		/* when the transport took it */
+	int64		elapsed_us;		/* the whole exchange, a failover included;
+								 * -1 until it ended */
 	long		status;
 	char	   *resp;			/* NUL-terminated, palloc'd */
 	size_t		resp_len;
@@ -513,6 +518,51 @@ extern void wxpay_pipeline_abandon(void);
 /* ---------- worker.c ---------- */
 
 extern PGDLLEXPORT void wxpay_queue_worker_main(Datum arg);
+
+/* ---------- stats.c ---------- */
+
+/*
+ * The recording API: one wxpay_stat_attempt() per finished call, from the
+ * code that classified it.  stats.c depends on nothing above it.
+ */
+typedef enum WxpayStatOp
+{
+	WXPAY_STAT_STOP,
+	WXPAY_STAT_QUERY,
+	WXPAY_STAT_REFRESH,			/* platform certificate download */
+	WXPAY_STAT_CHECK,			/* wxpay_check_config's live request */
+	WXPAY_STAT_NUM_OPS
+} WxpayStatOp;
+
+typedef enum WxpayStatSource
+{
+	WXPAY_STAT_SESSION,			/* a SQL function, each batch element too */
+	WXPAY_STAT_WORKER,			/* the background worker */
+	WXPAY_STAT_NUM_SOURCES
+} WxpayStatSource;
+
+typedef enum WxpayStatOutcome
+{
+	WXPAY_STAT_SUCCEEDED,
+	WXPAY_STAT_REJECTED,		/* WX002 */
+	WXPAY_STAT_UNKNOWN,			/* WX003 */
+	WXPAY_STAT_NOT_SENT,		/* WX004 */
+	WXPAY_STAT_ERROR,			/* anything else: config, cancel, ... */
+	WXPAY_STAT_NUM_OUTCOMES
+} WxpayStatOutcome;
+
+extern bool wxpay_track_stats;
+
+extern void StatsInit(void);
+extern void wxpay_stat_attempt(const char *config_name, WxpayStatOp op,
+							   WxpayStatSource source,
+							   WxpayStatOutcome outcome, bool failed_over,
+							   int64 elapsed_us);
+extern WxpayStatOutcome wxpay_stat_outcome(int sqlstate);
+extern void wxpay_stat_error(const char *config_name, WxpayStatOp op,
+							 WxpayStatSource source);
+extern void wxpay_stat_call(const WxpayCall *call, WxpayStatSource source,
+							bool ok, const WxpayCallResult *res);
 
 /* ---------- batch.c ---------- */
 
