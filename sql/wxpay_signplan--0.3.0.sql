@@ -296,15 +296,13 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     error_message text,
     request_id text,
     result @extschema@.wxpay_sign_plan,
-    -- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
-    -- true from before a stop of this request leaves until a query or an
-    -- answer settles it: the next attempt then queries before any stop
-    outcome_unknown boolean NOT NULL DEFAULT false,
     -- ===== 0.3.0: partner mode (issue 12) =====
     -- the sub-merchant a service provider stops the plan for; NULL: the
     -- config's own plan (direct merchant)
     sub_mchid text,
-    -- ===== 0.3.0: statistics (issue 14) =====
+    -- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
+    -- true from before a stop of this request leaves until a query or an
+    -- answer settles it: the next attempt then queries before any stop
     outcome_unknown boolean NOT NULL DEFAULT false,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
