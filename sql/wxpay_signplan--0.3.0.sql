@@ -300,7 +300,9 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     -- the sub-merchant a service provider stops the plan for; NULL: the
     -- config's own plan (direct merchant)
     sub_mchid text,
-    -- ===== 0.3.0: statistics (issue 14) =====
+    -- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
+    -- true from before a stop of this request leaves until a query or an
+    -- answer settles it: the next attempt then queries before any stop
     outcome_unknown boolean NOT NULL DEFAULT false,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
@@ -328,6 +330,13 @@ CREATE INDEX wxpay_stop_request_sending
 CREATE INDEX wxpay_stop_request_finished
     ON @extschema@.wxpay_stop_request (finished_at)
     WHERE finished_at IS NOT NULL;
+
+-- ===== 0.3.0: the queue keeps its promise under every fault (issue 10) =====
+-- The worker claims each merchant's due requests in turn: one index range
+-- per config, however long another config's backlog is.
+CREATE INDEX wxpay_stop_request_due_config
+    ON @extschema@.wxpay_stop_request (config_name, next_attempt_at, id)
+    WHERE state OPERATOR(pg_catalog.=) 'queued';
 
 REVOKE ALL ON TABLE @extschema@.wxpay_stop_request FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.wxpay_stop_request_id_seq FROM PUBLIC;

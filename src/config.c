@@ -102,8 +102,15 @@ wxpay_config_changed(PG_FUNCTION_ARGS)
 
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 
-	/* a new or changed config may have certificates to fetch: wake the worker */
-	wxpay_queue_wake_at_commit();
+	/*
+	 * Tell the worker at commit (it only notices, never is called): a
+	 * changed config may have certificates to fetch, and new keys or
+	 * certificates are to be used for its next requests.
+	 */
+	if (strcmp(RelationGetRelationName(trigdata->tg_relation), "wxpay_config") == 0)
+		wxpay_worker_wake_at_commit(WXPAY_WAKE_CONFIG);
+	else
+		wxpay_worker_wake_at_commit(WXPAY_WAKE_KEYS);
 	return PointerGetDatum(NULL);
 }
 
@@ -133,6 +140,17 @@ ConfigFreeAll(void)
 	ConfigRelid = InvalidOid;
 	CertRelid = InvalidOid;
 	CacheStale = false;
+}
+
+/*
+ * Forget every parsed config: the next lookup reads the table again.  For
+ * the queue worker, which learns of a committed change (process.c) a moment
+ * before the change's cache invalidation arrives.
+ */
+void
+wxpay_config_invalidate(void)
+{
+	CacheStale = true;
 }
 
 /*

@@ -1,23 +1,59 @@
 /*-------------------------------------------------------------------------
  *
  * queue.c
- *	  The outbox's SQL entry points: enqueue a stop in the caller's
- *	  transaction, and wait for its outcome.
+ *	  The one owner of wxpay_stop_request: every statement on the queue
+ *	  table is here (enqueue, wait, claim, record, release, reconcile,
+ *	  purge), and so is the state machine those statements keep.
+ *
+ * The state machine of one request:
+ *
+ *	  (enqueue) --> queued --claim--> sending --record--> succeeded
+ *					  ^ ^				 |  |		  \--> failed
+ *					  | \--release------/  |
+ *					  \------retry/reconcile/
+ *
+ *	  queued	due at next_attempt_at.  Moved only by the worker's claim.
+ *	  sending	claimed by the (one) queue worker for an attempt.  Moved
+ *				only by that worker: record (the attempt's outcome),
+ *				release (claimed, but nothing was sent), or reconcile (the
+ *				worker that claimed it is gone: at the next worker's start,
+ *				or after an error in the worker).
+ *	  succeeded, failed
+ *				final; only purge deletes them.
+ *
+ * The unknown mark (outcome_unknown): "a stop of this request may have
+ * reached WeChat Pay".  The claim sets it, in the same transaction that
+ * moves the row to sending and counts the attempt, and that transaction
+ * commits with synchronous_commit = on, so the mark is flushed to disk (and
+ * to synchronous standbys) before the worker sends anything.  An attempt
+ * whose row has the mark queries the plan before any stop.  Only the
+ * worker's record clears it: a query that settles (the plan shows it was
+ * stopped, or still runs, or does not exist), or an answer to the stop
+ * (2xx, 4xx: this stop was decided), or a stop that the transport proves
+ * never left (WX004).  Release restores the mark the row had before the
+ * claim.  Reconcile keeps it.  Nothing derives it from error codes.
+ *
+ * "Sent iff commit".  The enqueue inserts in the caller's transaction;
+ * nothing happens before it commits.  Because the claim's commit record
+ * follows the enqueue's commit record in the WAL and is flushed (and
+ * replicated, with synchronous standbys) before anything is sent, an
+ * enqueue committed with synchronous_commit = off that is lost in a crash
+ * or a failover was never sent either.
  *
  * wxpay_stop_sign_plan_async() checks its arguments and the config exactly
- * as wxpay_stop_sign_plan() does, then inserts a row into
- * wxpay_stop_request through SPI, as the extension owner (SECURITY
- * DEFINER), in the caller's transaction.  Nothing else happens before
- * commit: a rolled-back transaction or savepoint takes the row with it, and
- * a prepared transaction keeps it invisible until COMMIT PREPARED.  The
- * function only marks the transaction; a transaction callback wakes the
- * worker once the commit is durable (worker.c).
+ * as wxpay_stop_sign_plan() does, then inserts a row through SPI, as the
+ * extension owner (SECURITY DEFINER), in the caller's transaction, and asks
+ * process.c to wake the worker once that transaction commits.
  *
  * wxpay_wait_stop_request() reads the row under the latest snapshot, so it
  * sees the worker's commits even inside a REPEATABLE READ transaction, and
  * sleeps on a condition variable that the worker broadcasts after each
- * batch of outcomes commits.  Cancel and statement_timeout interrupt the
- * sleep.
+ * group of outcomes commits.  Cancel and statement_timeout interrupt the
+ * sleep; any timeout (clamped to what one sleep can take) is slept in
+ * pieces.
+ *
+ * The worker's statements run in transactions the worker opens, with SPI
+ * connected; they never wait for the network.
  *
  *-------------------------------------------------------------------------
  */
@@ -31,62 +67,20 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "wxpay_signplan.h"
 
-/* local state */
-static bool CallbackRegistered = false;
-static bool WakeAtCommit = false;
-
-static void QueueXactCallback(XactEvent event, void *arg);
 static void QueueRequireWorker(const char *funcname);
 static char *QueueTable(FunctionCallInfo fcinfo);
-
-static void
-QueueXactCallback(XactEvent event, void *arg)
-{
-	(void) arg;
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (WakeAtCommit)
-			{
-				WakeAtCommit = false;
-				wxpay_worker_wake();
-			}
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			/* nothing to send (yet): COMMIT PREPARED wakes the worker */
-			WakeAtCommit = false;
-			break;
-		default:
-			break;
-	}
-}
-
-/*
- * Wake the worker when the current transaction commits (and only then).
- * A no-op without the preloaded worker.
- */
-void
-wxpay_queue_wake_at_commit(void)
-{
-	if (!wxpay_worker_preloaded())
-		return;
-	if (!CallbackRegistered)
-	{
-		RegisterXactCallback(QueueXactCallback, NULL);
-		CallbackRegistered = true;
-	}
-	WakeAtCommit = true;
-}
+static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
+					  bool read_only);
 
 /* The queue is served only with the worker, and only in its database. */
 static void
@@ -169,7 +163,7 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_finish();
 
-	wxpay_queue_wake_at_commit();
+	wxpay_worker_wake_at_commit(WXPAY_WAKE_QUEUE);
 
 	PG_RETURN_DATUM(id);
 }
@@ -257,12 +251,414 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		}
 		SPI_freetuptable(SPI_tuptable);
 
-		/* until the worker commits outcomes, or the timeout */
-		wxpay_worker_wait_finished(secs * 1000 + (usecs + 999) / 1000);
+		/*
+		 * until the worker commits outcomes, or the timeout: a long timeout
+		 * in pieces that one wait can take (then the row is read again)
+		 */
+		if (secs >= INT_MAX / 1000)
+			wxpay_worker_wait_finished((long) INT_MAX / 1000 * 1000);
+		else
+			wxpay_worker_wait_finished(secs * 1000 + (usecs + 999) / 1000);
 		CHECK_FOR_INTERRUPTS();
 	}
 	wxpay_worker_cancel_wait();
 	SPI_finish();
 
 	PG_RETURN_DATUM(result);
+}
+
+/* ----------------------------------------------------------------
+ *		The worker's statements: in a transaction, SPI connected
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * SPI_execute_with_args, then back to the caller's memory context: SPI
+ * leaves its own procedure context current.
+ */
+static int
+QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
+		  bool read_only)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL,
+											read_only, 0);
+
+	MemoryContextSwitchTo(cxt);
+	return ret;
+}
+
+/*
+ * A statement on the queue table, prepared once per table name and kept
+ * (SPI_keepplan) across transactions: the worker runs the same few
+ * statements thousands of times.  slot remembers the plan and its table.
+ */
+typedef struct QueuePlan
+{
+	char	   *q;
+	SPIPlanPtr	plan;
+} QueuePlan;
+
+static SPIPlanPtr
+QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
+			 Oid *types)
+{
+	char	   *sql;
+
+	if (slot->plan != NULL && slot->q != NULL && strcmp(slot->q, q) == 0)
+		return slot->plan;
+	if (slot->plan)
+		SPI_freeplan(slot->plan);
+	slot->plan = NULL;
+	if (slot->q)
+		pfree(slot->q);
+	slot->q = NULL;
+	sql = psprintf(fmt, q, q);
+	slot->plan = SPI_prepare(sql, nargs, types);
+	if (slot->plan == NULL || SPI_keepplan(slot->plan) != 0)
+		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+	slot->q = MemoryContextStrdup(TopMemoryContext, q);
+	return slot->plan;
+}
+
+/* SPI_execute_plan, then back to the caller's memory context. */
+static int
+QueueExecPlan(SPIPlanPtr plan, Datum *values, bool read_only)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			ret = SPI_execute_plan(plan, values, NULL, read_only, 0);
+
+	MemoryContextSwitchTo(cxt);
+	return ret;
+}
+
+/* The extension's schema in this database, or InvalidOid. */
+Oid
+wxpay_queue_schema(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (QueueExec("SELECT extnamespace FROM pg_catalog.pg_extension"
+				  " WHERE extname = 'wxpay_signplan'", 0, NULL, NULL, true) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the wxpay_signplan extension");
+	if (SPI_processed == 0)
+		return InvalidOid;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return DatumGetObjectId(d);
+}
+
+/* The queue table's qualified name, in the current memory context. */
+char *
+wxpay_queue_table(Oid nspoid)
+{
+	return psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
+}
+
+/*
+ * Rows left in "sending" belong to no attempt any more: the worker that
+ * claimed them crashed, was killed, or failed while they were in flight.
+ * Their mark is kept (a stop may have left); the next attempt, not before
+ * wxpay.reconcile_delay, queries first.  An attempt cut off this way
+ * counts, so a request that kills the worker every time still ends.
+ */
+void
+wxpay_queue_reconcile(const char *q)
+{
+	char	   *sql;
+	int			ret;
+
+	sql = psprintf("WITH r AS ("
+				   " UPDATE %s SET"
+				   "  state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,"
+				   "  finished_at = CASE WHEN attempts >= $1 THEN pg_catalog.now() END,"
+				   "  next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $2),"
+				   "  http_status = NULL, request_id = NULL,"
+				   "  error_code = 'WX003',"
+				   "  error_message = 'The worker stopped while this request was in flight, so the outcome of that attempt is unknown.'"
+				   " WHERE state = 'sending' RETURNING id, state)"
+				   " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
+				   " FROM r WHERE state = 'failed'", q);
+	ret = QueueExec(sql, 2, (Oid[]) {INT4OID, FLOAT8OID},
+					(Datum[]) {Int32GetDatum(wxpay_max_attempts),
+					Float8GetDatum(wxpay_reconcile_delay / 1000.0)}, false);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not reconcile stop requests: SPI error %d", ret);
+}
+
+/*
+ * The configs that have queued requests, by a skip scan of the per-config
+ * index: one probe per config, however long the queue.
+ */
+List *
+wxpay_queue_configs(const char *q)
+{
+	static QueuePlan slot;
+	SPIPlanPtr	plan;
+	List	   *names = NIL;
+
+	plan = QueuePrepare(&slot, q,
+						"WITH RECURSIVE c(name) AS ("
+						" (SELECT config_name FROM %s WHERE state = 'queued'"
+						"  ORDER BY config_name LIMIT 1)"
+						" UNION ALL"
+						" SELECT (SELECT config_name FROM %s WHERE state = 'queued'"
+						"  AND config_name > c.name ORDER BY config_name LIMIT 1)"
+						" FROM c WHERE c.name IS NOT NULL)"
+						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL);
+	if (QueueExecPlan(plan, NULL, false) != SPI_OK_SELECT)
+		elog(ERROR, "could not scan the stop request queue");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i],
+											SPI_tuptable->tupdesc, 1));
+	return names;
+}
+
+/*
+ * Claim up to limit due requests of one config, one per plan (a plan with
+ * a request in flight gets none): state "sending", attempts + 1, the mark
+ * set.  The transaction commits with synchronous_commit = on, so that all
+ * of this is durable before the worker sends anything (see the top of the
+ * file).  Fills rows (allocated by the caller, limit entries); returns how
+ * many.
+ */
+int
+wxpay_queue_claim(const char *q, const char *config_name, int limit,
+				  WxpayQueueRow *rows)
+{
+	static QueuePlan select_slot;
+	static QueuePlan update_slot;
+	SPIPlanPtr	plan;
+	int			n = 0;
+	Datum	   *ids;
+	ArrayType  *arr;
+
+	if (limit <= 0)
+		return 0;
+
+	/* flushed, and replicated to synchronous standbys, before any send */
+	(void) set_config_option("synchronous_commit", "on", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+
+	/*
+	 * Plans of different sub-merchants (partner mode) with one number count
+	 * as one here: they only wait for each other.
+	 */
+	plan = QueuePrepare(&select_slot, q,
+						"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
+						" outcome_unknown, sub_mchid FROM %s r"
+						" WHERE state = 'queued' AND config_name = $1"
+						" AND next_attempt_at <= pg_catalog.now()"
+						" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
+						"  AND s.config_name = r.config_name"
+						"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
+						" ORDER BY next_attempt_at, id LIMIT $2"
+						" FOR UPDATE SKIP LOCKED", 2, (Oid[]) {TEXTOID, INT4OID});
+	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
+						  Int32GetDatum(limit)}, false) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim stop requests");
+
+	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed && n < limit; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		WxpayQueueRow *r = &rows[n];
+		bool		isnull;
+		bool		dup = false;
+
+		r->plan_no = SPI_getvalue(tup, desc, 2);
+		/* two due requests of one plan: the later waits its turn */
+		for (int j = 0; j < n && !dup; j++)
+			dup = strcmp(rows[j].plan_no, r->plan_no) == 0;
+		if (dup)
+			continue;
+		r->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		r->config_name = pstrdup(config_name);
+		r->stop_reason = DatumGetTextPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		r->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)) + 1;
+		r->unknown = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		r->sub_mchid = SPI_getvalue(tup, desc, 6);	/* NULL when NULL */
+		ids[n++] = Int64GetDatum(r->id);
+	}
+	if (n == 0)
+		return 0;
+
+	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	plan = QueuePrepare(&update_slot, q,
+						"UPDATE %s SET state = 'sending', attempts = attempts + 1,"
+						" outcome_unknown = true WHERE id = ANY ($1)",
+						1, (Oid[]) {INT8ARRAYOID});
+	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr)}, false) != SPI_OK_UPDATE ||
+		SPI_processed != (uint64) n)
+		elog(ERROR, "could not claim stop requests");
+	return n;
+}
+
+/*
+ * Claimed requests of which nothing was sent (the worker hit an error
+ * first): queued again as they were, attempt uncounted, mark restored.
+ */
+void
+wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
+{
+	char	   *sql;
+	Datum	   *ids;
+	Datum	   *marks;
+
+	if (n <= 0)
+		return;
+	ids = palloc(sizeof(Datum) * n);
+	marks = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(rows[i]->id);
+		marks[i] = BoolGetDatum(rows[i]->unknown);
+	}
+	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts - 1,"
+				   " outcome_unknown = u.unknown"
+				   " FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.bool[]) u(id, unknown)"
+				   " WHERE q.id = u.id AND q.state = 'sending'", q);
+	if (QueueExec(sql, 2, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID},
+				  (Datum[]) {
+		PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+			PointerGetDatum(construct_array(marks, n, BOOLOID, 1, true, TYPALIGN_CHAR))},
+				  false) != SPI_OK_UPDATE)
+		elog(ERROR, "could not release stop requests");
+}
+
+/*
+ * Write outcomes of attempts; NOTIFY wxpay_stop_request with the id of each
+ * finished request (delivered when the transaction commits).
+ */
+void
+wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
+				   Oid plan_type)
+{
+	static char *plans_q = NULL;	/* the table the saved plans are for */
+	static Oid	plans_type = InvalidOid;
+	static SPIPlanPtr ok_plan = NULL;
+	static SPIPlanPtr fail_plan = NULL;
+
+	/* prepared once per table and row type, kept across transactions */
+	if (plans_q == NULL || strcmp(plans_q, q) != 0 || plans_type != plan_type)
+	{
+		char	   *ok_sql;
+		char	   *fail_sql;
+
+		if (ok_plan)
+			SPI_freeplan(ok_plan);
+		if (fail_plan)
+			SPI_freeplan(fail_plan);
+		ok_plan = fail_plan = NULL;
+		if (plans_q)
+			pfree(plans_q);
+		plans_q = NULL;
+
+		ok_sql = psprintf("WITH r AS (UPDATE %s SET state = 'succeeded',"
+						  " finished_at = pg_catalog.now(), http_status = $2,"
+						  " request_id = $3, result = $4, error_code = NULL,"
+						  " error_message = NULL, outcome_unknown = false"
+						  " WHERE id = $1 AND state = 'sending' RETURNING id)"
+						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text) FROM r",
+						  q);
+		fail_sql = psprintf("WITH r AS (UPDATE %s SET"
+							" state = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,"
+							" finished_at = CASE WHEN $6 THEN NULL ELSE pg_catalog.now() END,"
+							" next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $7),"
+							" http_status = $2, request_id = $3, error_code = $4,"
+							" error_message = $5, outcome_unknown = $8"
+							" WHERE id = $1 AND state = 'sending'"
+							" RETURNING id, state)"
+							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
+							" FROM r WHERE state = 'failed'", q);
+
+		if (OidIsValid(plan_type))
+		{
+			ok_plan = SPI_prepare(ok_sql, 4, (Oid[]) {INT8OID, INT4OID, TEXTOID, plan_type});
+			if (ok_plan == NULL || SPI_keepplan(ok_plan) != 0)
+				elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		}
+		fail_plan = SPI_prepare(fail_sql, 8, (Oid[]) {INT8OID, INT4OID, TEXTOID, TEXTOID,
+			TEXTOID, BOOLOID, FLOAT8OID, BOOLOID});
+		if (fail_plan == NULL || SPI_keepplan(fail_plan) != 0)
+			elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		plans_q = MemoryContextStrdup(TopMemoryContext, q);
+		plans_type = plan_type;
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		WxpayQueueOutcome *o = &outs[i];
+		Datum		v[8];
+		char		nulls[8];
+		bool		retry = o->fate == WXPAY_QUEUE_RETRY;
+
+		memset(nulls, ' ', sizeof(nulls));
+		v[0] = Int64GetDatum(o->id);
+		v[1] = Int32GetDatum((int32) o->http_status);
+		if (o->http_status == 0)
+			nulls[1] = 'n';
+		if (o->request_id)
+			v[2] = CStringGetTextDatum(o->request_id);
+		else
+			nulls[2] = 'n';
+
+		if (o->fate == WXPAY_QUEUE_SUCCEEDED)
+		{
+			if (ok_plan == NULL)
+				elog(ERROR, "type wxpay_sign_plan is missing");
+			v[3] = o->result;
+			if (SPI_execute_plan(ok_plan, v, nulls, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not record a stop request's outcome");
+			continue;
+		}
+
+		if (o->error_code)
+			v[3] = CStringGetTextDatum(o->error_code);
+		else
+			nulls[3] = 'n';
+		if (o->error_message)
+			v[4] = CStringGetTextDatum(o->error_message);
+		else
+			nulls[4] = 'n';
+		v[5] = BoolGetDatum(retry);
+		v[6] = Float8GetDatum(retry ? o->delay_ms / 1000.0 : 0.0);
+		v[7] = BoolGetDatum(o->unknown);
+		if (SPI_execute_plan(fail_plan, v, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not record a stop request's outcome");
+	}
+}
+
+/* When the next queued request is due (DT_NOEND: none is queued). */
+TimestampTz
+wxpay_queue_next_due(const char *q)
+{
+	char	   *sql;
+	bool		isnull;
+	Datum		d;
+
+	sql = psprintf("SELECT pg_catalog.min(next_attempt_at) FROM %s"
+				   " WHERE state = 'queued'", q);
+	/* not read-only: see the outcomes this transaction just recorded */
+	if (QueueExec(sql, 0, NULL, NULL, false) != SPI_OK_SELECT)
+		elog(ERROR, "could not scan the stop request queue");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
+/* Delete finished requests older than wxpay.stop_request_retention. */
+void
+wxpay_queue_purge(const char *q)
+{
+	char	   *sql;
+
+	sql = psprintf("DELETE FROM %s WHERE id IN (SELECT id FROM %s"
+				   " WHERE state IN ('succeeded', 'failed')"
+				   " AND finished_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
+				   " LIMIT %d)", q, q, 10000);
+	if (QueueExec(sql, 1, (Oid[]) {FLOAT8OID},
+				  (Datum[]) {Float8GetDatum((double) wxpay_stop_request_retention)},
+				  false) != SPI_OK_DELETE)
+		elog(ERROR, "could not purge finished stop requests");
 }

@@ -122,10 +122,11 @@ static CURL *EasyGet(int i);
 static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
 static void RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
-static bool WaitOnce(void);
-static bool PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg);
+static bool WaitOnce(long max_ms);
+static bool PerformLoop(WxpayHttpNext next, WxpayHttpPoll poll,
+						WxpayHttpDone done, void *arg);
 static void PerformRun(int concurrency, WxpayHttpNext next,
-					   WxpayHttpDone done, void *arg);
+					   WxpayHttpPoll poll, WxpayHttpDone done, void *arg);
 static WxpayHttpRequest *ArrayNext(void *arg);
 static void HeadersReset(WxpayHttpRequest *req);
 static WxpayTransportOutcome FailedOutcome(CURL *easy);
@@ -603,7 +604,7 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
  * itself, and the caller's PG_FINALLY frees CurrentWes in that case.
  */
 static bool
-WaitOnce(void)
+WaitOnce(long max_ms)
 {
 	WaitEvent	events[MAX_SOCKETS + 2];
 	long		timeout = TimerMs;
@@ -611,10 +612,12 @@ WaitOnce(void)
 	int			running;
 	bool		socket_fired = false;
 
+	if (timeout < 0 || timeout > 1000)
+		timeout = 1000;			/* re-ask libcurl at least once a second */
+	if (max_ms >= 0 && timeout > max_ms)
+		timeout = max_ms;		/* the caller wants to be asked again */
 	if (timeout != 0)
 	{
-		if (timeout < 0 || timeout > 1000)
-			timeout = 1000;		/* re-ask libcurl at least once a second */
 
 #if PG_VERSION_NUM >= 170000
 		CurrentWes = CreateWaitEventSet(NULL, NSockets + 2);
@@ -672,9 +675,15 @@ WaitOnce(void)
  * (if any), until all are done.  Returns false when interrupted.  next()
  * and done() may ereport: the caller's PG_FINALLY detaches what is in
  * flight.
+ *
+ * With poll instead of next (wxpay_http_perform_poll), NULL means "nothing
+ * now": poll is asked again after every finished transfer, after any wakeup
+ * (a socket, the latch, libcurl's timer) and at the latest after the delay
+ * it named; the loop ends once poll has nothing and nothing is in flight.
  */
 static bool
-PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg)
+PerformLoop(WxpayHttpNext next, WxpayHttpPoll poll, WxpayHttpDone done,
+			void *arg)
 {
 	bool		exhausted = false;
 	int			active = 0;
@@ -683,6 +692,9 @@ PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg)
 	{
 		CURLMsg    *msg;
 		int			left;
+		long		poll_ms = -1;
+		bool		nothing_now = false;
+		bool		finished_some = false;
 
 		/* fill free slots */
 		for (int i = 0; i < NSlots && !exhausted; i++)
@@ -692,9 +704,13 @@ PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg)
 
 			if (SlotRequest[i] != NULL)
 				continue;
-			if ((req = next(arg)) == NULL)
+			req = poll ? poll(arg, &poll_ms) : next(arg);
+			if (req == NULL)
 			{
-				exhausted = true;
+				if (poll)
+					nothing_now = true;
+				else
+					exhausted = true;
 				break;
 			}
 			RequestStart(Easy[i], req, &SlotHeaders[i]);
@@ -742,15 +758,19 @@ PerformLoop(WxpayHttpNext next, WxpayHttpDone done, void *arg)
 				SlotHeaders[i] = NULL;
 				SlotRequest[i] = NULL;
 				active--;
+				finished_some = true;
 				if (done != NULL)
 					done(req, arg);
 				break;
 			}
 		}
 
-		if (active == 0 && exhausted)
+		/* a polling caller hears about every finished transfer at once */
+		if (poll && finished_some)
+			continue;
+		if (active == 0 && (exhausted || nothing_now))
 			return true;
-		if (active > 0 && !WaitOnce())
+		if (active > 0 && !WaitOnce(poll ? poll_ms : -1))
 			return false;
 	}
 }
@@ -786,7 +806,7 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 	src.reqs = reqs;
 	src.nreqs = nreqs;
 	src.next = 0;
-	PerformRun(Min(concurrency, nreqs), ArrayNext, NULL, &src);
+	PerformRun(Min(concurrency, nreqs), ArrayNext, NULL, NULL, &src);
 }
 
 /*
@@ -801,12 +821,28 @@ wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
 						  WxpayHttpDone done, void *arg)
 {
 	CHECK_FOR_INTERRUPTS();
-	PerformRun(concurrency, next, done, arg);
+	PerformRun(concurrency, next, NULL, done, arg);
+}
+
+/*
+ * A stream that may pause: poll() returns the next request, or NULL when it
+ * has nothing at the moment (and may set *retry_ms to when to ask again;
+ * it is also asked after every finished transfer and every wakeup).  Ends
+ * when poll() has nothing and no transfer is in flight.  For the queue
+ * worker's pipeline, which keeps sending while new work becomes due.
+ */
+void
+wxpay_http_perform_poll(int concurrency, WxpayHttpPoll poll,
+						WxpayHttpDone done, void *arg)
+{
+	CHECK_FOR_INTERRUPTS();
+	PerformRun(concurrency, NULL, poll, done, arg);
 }
 
 /* Set up the slots, run the loop, and clean up whatever happens. */
 static void
-PerformRun(int concurrency, WxpayHttpNext next, WxpayHttpDone done, void *arg)
+PerformRun(int concurrency, WxpayHttpNext next, WxpayHttpPoll poll,
+		   WxpayHttpDone done, void *arg)
 {
 	volatile bool completed = false;
 
@@ -820,7 +856,7 @@ PerformRun(int concurrency, WxpayHttpNext next, WxpayHttpDone done, void *arg)
 
 	PG_TRY();
 	{
-		completed = PerformLoop(next, done, arg);
+		completed = PerformLoop(next, poll, done, arg);
 	}
 	PG_FINALLY();
 	{

@@ -20,9 +20,15 @@
  *						store (SQL function and the worker's C API)
  *	  checkconfig.c		wxpay_check_config(): each piece of a config
  *						checked alone, and one live request
- *	  queue.c			the outbox: enqueue in the caller's transaction, wait
- *	  worker.c			the launcher and the queue worker (background
- *						processes), shared memory and wakeups
+ *	  process.c			the background processes' shared memory: the worker
+ *						slot, wakeups, settings, the ProcessUtility hook
+ *	  launcher.c		the launcher: starts the one queue worker
+ *	  ratelimit.c		the per-merchant rate limit
+ *	  queue.c			the one owner of wxpay_stop_request: its state
+ *						machine, enqueue, wait, claim, record, reconcile
+ *	  pipeline.c		the sending pipeline: requests in flight across
+ *						merchants, certificate refreshes among them
+ *	  worker.c			the queue worker process: its loop and its errors
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
  *	  stats.c			cumulative call statistics in shared memory (the
  *						wxpay_stat view); callers classify, it counts
@@ -142,6 +148,7 @@ extern char *wxpay_schema_quoted(Oid nspoid);
 extern void wxpay_spi_connect(void);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
+extern void wxpay_config_invalidate(void);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
 extern const WxpayConfig *wxpay_config_get_signing(const char *name,
 												   Oid nspoid);
@@ -207,6 +214,12 @@ typedef void (*WxpayHttpDone) (WxpayHttpRequest *req, void *arg);
 
 extern void wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
 									  WxpayHttpDone done, void *arg);
+
+/* a stream that may pause: NULL from poll() means "nothing now" */
+typedef WxpayHttpRequest *(*WxpayHttpPoll) (void *arg, long *retry_ms);
+
+extern void wxpay_http_perform_poll(int concurrency, WxpayHttpPoll poll,
+									WxpayHttpDone done, void *arg);
 
 /* ---------- encoding.c ---------- */
 
@@ -392,21 +405,120 @@ extern void wxpay_cert_refresh_prepare(WxpayCertRefresh *r,
 extern void wxpay_cert_refresh_send(WxpayCertRefresh *r);
 extern bool wxpay_cert_refresh_finish(WxpayCertRefresh *r);
 extern List *wxpay_cert_refresh_configs(Oid nspoid);
-/* ---------- worker.c ---------- */
+/* ---------- process.c ---------- */
 
 /* GUC variables of the background worker */
 extern char *wxpay_database_name;
+extern int	wxpay_worker_concurrency;
+extern int	wxpay_max_attempts;
+extern int	wxpay_retry_base_delay;
+extern int	wxpay_retry_max_delay;
+extern int	wxpay_rate_limit;
+extern int	wxpay_stop_request_retention;
+extern int	wxpay_reconcile_delay;
+
+/* what a wakeup is about; each has a generation counter */
+typedef enum WxpayWake
+{
+	WXPAY_WAKE_QUEUE,			/* requests may be due */
+	WXPAY_WAKE_KEYS,			/* wxpay_config or its certificates changed */
+	WXPAY_WAKE_CONFIG,			/* wxpay_config changed: refresh at once */
+	WXPAY_NUM_WAKES
+} WxpayWake;
+
+/* the launcher's view of the worker slot */
+typedef struct WxpayWorkerStatus
+{
+	pid_t		pid;			/* the serving worker, or 0 */
+	bool		starting;		/* started, slot not yet taken */
+	TimestampTz starting_since;
+	bool		exited;			/* a worker exited since the last look */
+	bool		clean;			/* ... on purpose: nothing to serve */
+	bool		connected;		/* ... after connecting */
+	bool		going;			/* ... because its database goes away */
+	bool		stayed;			/* ... which then failed to go */
+	bool		wake;			/* a backend asked for a worker */
+} WxpayWorkerStatus;
 
 extern void WorkerInit(void);
 extern bool wxpay_worker_preloaded(void);
 extern void wxpay_worker_wake(void);
-extern void wxpay_worker_wait_finished(long timeout_ms);
+extern void wxpay_worker_wake_at_commit(WxpayWake what);
+extern void wxpay_worker_generations(uint64 *gens);
 extern void wxpay_worker_prepare_wait(void);
+extern void wxpay_worker_wait_finished(long timeout_ms);
 extern void wxpay_worker_cancel_wait(void);
+extern void wxpay_worker_broadcast_finished(void);
+extern bool wxpay_worker_slot_take(void);
+extern void wxpay_worker_slot_report(bool connected, bool clean);
+extern void wxpay_launcher_attach(void);
+extern void wxpay_launcher_status(WxpayWorkerStatus *st);
+extern void wxpay_launcher_set_starting(bool starting);
+
+/* ---------- launcher.c ---------- */
+
+extern PGDLLEXPORT void wxpay_launcher_main(Datum arg);
+
+/* ---------- ratelimit.c ---------- */
+
+extern bool wxpay_rate_take(const char *mchid, TimestampTz now, long *wait_ms);
 
 /* ---------- queue.c ---------- */
 
-extern void wxpay_queue_wake_at_commit(void);
+/* a claimed request, as the pipeline gets it */
+typedef struct WxpayQueueRow
+{
+	int64		id;
+	char	   *config_name;
+	char	   *plan_no;
+	char	   *sub_mchid;		/* partner mode's sub-merchant, or NULL */
+	text	   *stop_reason;
+	int			attempts;		/* including this one */
+	bool		unknown;		/* outcome_unknown before this claim */
+} WxpayQueueRow;
+
+typedef enum WxpayQueueFate
+{
+	WXPAY_QUEUE_SUCCEEDED,		/* finished: the plan is stopped */
+	WXPAY_QUEUE_FAILED,			/* finished: not stopped (or WX003) */
+	WXPAY_QUEUE_RETRY			/* queued again after delay_ms */
+} WxpayQueueFate;
+
+/* how one attempt ended, to be recorded */
+typedef struct WxpayQueueOutcome
+{
+	int64		id;
+	WxpayQueueFate fate;
+	bool		unknown;		/* outcome_unknown from now on */
+	long		delay_ms;		/* for WXPAY_QUEUE_RETRY */
+	Datum		result;			/* composite, for WXPAY_QUEUE_SUCCEEDED */
+	long		http_status;	/* 0: none */
+	char	   *request_id;
+	char	   *error_code;
+	char	   *error_message;
+} WxpayQueueOutcome;
+
+extern Oid	wxpay_queue_schema(void);
+extern char *wxpay_queue_table(Oid nspoid);
+extern void wxpay_queue_reconcile(const char *q);
+extern List *wxpay_queue_configs(const char *q);
+extern int	wxpay_queue_claim(const char *q, const char *config_name,
+							  int limit, WxpayQueueRow *rows);
+extern void wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n);
+extern void wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
+							   Oid plan_type);
+extern TimestampTz wxpay_queue_next_due(const char *q);
+extern void wxpay_queue_purge(const char *q);
+
+/* ---------- pipeline.c ---------- */
+
+extern int	wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms);
+extern void wxpay_pipeline_abandon(void);
+
+/* ---------- worker.c ---------- */
+
+extern PGDLLEXPORT void wxpay_queue_worker_main(Datum arg);
+
 /* ---------- stats.c ---------- */
 
 /*

@@ -105,6 +105,12 @@ for my $v (@from)
 
 	# the rows, every column and the stored result as they were
 	is($node->safe_psql($db, $rows_sql), $rows_before, 'queued rows survive the upgrade');
+	# issue 10: an unfinished request attempted under 0.2.0 may have reached
+	# WeChat Pay (0.2.0 could lose that fact): it queries before any stop
+	is( $node->safe_psql($db,
+			"SELECT string_agg(id || ':' || outcome_unknown, ' ' ORDER BY id) FROM wxpay_stop_request"),
+		'1:false 2:false 3:true',
+		'the upgrade marks the unfinished, attempted request outcome-unknown');
 	is( $node->safe_psql($db,
 			"SELECT count(*) FROM wxpay_stop_request WHERE sub_mchid IS NULL"),
 		'3', 'they are direct-merchant requests');

@@ -1,0 +1,1432 @@
+/*-------------------------------------------------------------------------
+ *
+ * pipeline.c
+ *	  The queue worker's sending pipeline: up to wxpay.worker_concurrency
+ *	  requests in flight across merchants, each finished one recorded and
+ *	  replaced by the next due one.
+ *
+ * The pipeline is one wxpay_http_perform_poll() stream (transport.c).  The
+ * transport asks PipePoll() for a request whenever a slot is free, and
+ * hands every finished request to PipeDone().  No transaction is open while
+ * the transport waits on sockets: each of the following is a short
+ * transaction of its own, between network waits.
+ *
+ *	  flush		the outcomes that finished, recorded together (queue.c):
+ *				with the next claim, or when nothing more can be sent
+ *				now, or once worker_concurrency of them have gathered;
+ *				NOTIFY at commit, the condition variable broadcast after;
+ *	  claim		due requests of every config with queued ones, up to
+ *				worker_concurrency each beyond those already waiting here,
+ *				committed with synchronous_commit = on (queue.c) before any
+ *				of them is sent;
+ *	  config	a config's keys, looked up when first needed and again
+ *				after a committed change (process.c's generation counter);
+ *				each request keeps a reference-counted copy, so a change
+ *				never pulls keys from under a request in flight;
+ *	  certs		a certificate refresh (certs.c's prepare and finish); its
+ *				download is one more request in the stream, so a backlog
+ *				never postpones it and it never blocks the stops.
+ *
+ * The next request.  PipePoll() picks the config with requests waiting that
+ * has the fewest in flight (ties in turn), skipping configs at their cap
+ * and merchants at their rate limit (ratelimit.c: each query and each stop
+ * takes a token as it is about to leave).  With more than one merchant
+ * active, no config may hold the last quarter of the slots, so a merchant
+ * whose requests hang cannot take every slot from the others.  The request
+ * is built (PipeBuildCall) and signed at that moment, never earlier.
+ *
+ * One attempt of one request (PipeAttemptFinished decides, README "How the
+ * worker sends and retries"):
+ *	  the row has the unknown mark	query first:
+ *		  stopped by the merchant	succeeded, the plan as result
+ *		  still there, or 404		settled: the stop follows (same attempt)
+ *		  anything else				queued again, the mark kept
+ *	  the stop
+ *		  2xx verified				succeeded
+ *		  4xx but 429				failed with WeChat Pay's code
+ *		  429, WX004				queued again, mark cleared
+ *		  WX003 (5xx, timeout, ...)	queued again, the mark kept, not before
+ *									wxpay.reconcile_delay
+ *	  config unusable (WX001, 42704) before sending: queued again, the mark
+ *	  as it was; bad input (class 22): failed.
+ * After wxpay.max_attempts attempts a retry is final: failed, and with the
+ * mark set, error_code WX003 (the plan may or may not be stopped).
+ *
+ * Errors.  Only those documented per-request failures become outcomes.
+ * Anything else (a cancel, lock_timeout, a deadlock, out of memory, an SPI
+ * error) propagates to the worker (worker.c), whose recovery calls
+ * wxpay_pipeline_abandon(): outcomes already decided are recorded, requests
+ * claimed but never sent are released (queued again as they were), and
+ * those in flight are left in "sending" for reconcile (queue.c), their mark
+ * intact.
+ *
+ * Memory.  Each request has a small memory context of its own (its signed
+ * request, its answer), deleted when its attempt is decided; outcomes wait
+ * for the next flush in a context reset by each flush; everything else of a
+ * run lives in the run's context, which the caller resets.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <openssl/evp.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "postmaster/interrupt.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#include "wxpay_signplan.h"
+
+#define CERT_RETRY_MS		(5 * 60 * 1000)
+#define CERT_LIST_MS		(60 * 1000)
+#define ACTIVE_MS			(10 * 1000)
+#define CLAIM_RECHECK_MS	1000
+#define PURGE_INTERVAL_MS	(60 * 1000)
+
+/* a reference-counted copy of a config, for requests in flight */
+typedef struct PipeConfigCopy
+{
+	MemoryContext cxt;
+	WxpayConfig cfg;
+	int			refs;
+	bool		retired;		/* a newer copy exists: free at refs 0 */
+} PipeConfigCopy;
+
+typedef struct PipeConfig PipeConfig;
+
+typedef enum PipeStage
+{
+	PIPE_QUERY,					/* settle an earlier attempt first */
+	PIPE_STOP
+} PipeStage;
+
+typedef struct PipeItem
+{
+	MemoryContext cxt;			/* the item and its request */
+	WxpayQueueRow row;
+	char	   *stop_reason;	/* checked, UTF-8 */
+	PipeConfig *pc;
+	PipeConfigCopy *copy;		/* while signed or in flight */
+	bool		unknown;		/* the mark, as this attempt knows it */
+	bool		sent_any;		/* a request of this attempt was started */
+	PipeStage	stage;
+	TimestampTz started;
+	struct PipeItem *next;		/* in its config's waiting list */
+	WxpayCall	call;
+} PipeItem;
+
+struct PipeConfig
+{
+	char	   *name;
+	PipeConfigCopy *copy;		/* current, or NULL */
+	bool		failed;			/* the lookup failed (this generation) */
+	WxpayCallResult failure;
+	PipeItem   *head;			/* claimed, waiting to be sent */
+	PipeItem   *tail;
+	int			nwaiting;
+	int			inflight;
+	TimestampTz last_active;
+	TimestampTz rate_until;		/* its merchant is at the rate limit */
+};
+
+/* when each config's platform certificates are next refreshed */
+typedef struct CertSchedule
+{
+	char		name[NAMEDATALEN * 2];
+	TimestampTz next;
+} CertSchedule;
+
+typedef struct Pipe
+{
+	MemoryContext cxt;			/* the run */
+	MemoryContext tmp;			/* scratch, reset by every poll */
+	MemoryContext out_cxt;		/* outcomes waiting for the flush */
+	Oid			nspoid;
+	char	   *q;
+	TupleDesc	plan_desc;
+	Oid			plan_type;
+	int			cancel_attno;
+	List	   *configs;		/* PipeConfig * */
+	int			rr;				/* where the next turn starts */
+	WxpayQueueOutcome *outs;
+	int			nouts;
+	int			capouts;
+	int			inflight;
+	int			handled;
+	uint64		gens[WXPAY_NUM_WAKES];
+	bool		maybe_more;		/* the last claim may have left due rows */
+	TimestampTz next_due;
+	TimestampTz claim_after;	/* nothing claimable before this */
+	/* certificates */
+	List	   *cert_names;
+	TimestampTz cert_list_at;
+	WxpayCertRefresh *cert;		/* the refresh in flight, or NULL */
+	CertSchedule *cert_sched;
+} Pipe;
+
+/* local state */
+static Pipe *Current = NULL;
+static HTAB *CertSchedules = NULL;	/* by config name, for the worker's life */
+static TimestampTz NextPurge = 0;
+
+static WxpayHttpRequest *PipePoll(void *arg, long *retry_ms);
+static void PipeDone(WxpayHttpRequest *req, void *arg);
+static void PipeTxnBegin(Pipe *p, const char *activity);
+static void PipeTxnEnd(Pipe *p);
+static bool PipeRequestError(int sqlstate);
+static void PipeFailure(ErrorData *edata, WxpayCallResult *res);
+static void PipeGenerations(Pipe *p);
+static void PipeFlush(Pipe *p);
+static bool PipeClaimWanted(Pipe *p, TimestampTz now);
+static void PipeClaim(Pipe *p);
+static PipeConfig *PipeConfigFind(Pipe *p, const char *name);
+static bool PipeConfigReady(Pipe *p, PipeConfig *pc);
+static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src,
+										  MemoryContext parent);
+static void PipeConfigCopyFree(void *arg);
+static void PipeConfigCopyRelease(PipeConfigCopy *copy);
+static int	PipeCap(Pipe *p, TimestampTz now);
+static WxpayHttpRequest *PipeNext(Pipe *p, TimestampTz now, long *retry_ms);
+static void PipeBuildCall(PipeItem *it, WxpayOperation op);
+static bool PipeSign(Pipe *p, PipeItem *it);
+static void PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op,
+								bool ok, WxpayCallResult *res,
+								bool failed_over, long elapsed_ms);
+static void PipeFinish(Pipe *p, PipeItem *it, WxpayQueueFate fate,
+					   WxpayCallResult *res, HeapTuple result);
+static long PipeBackoff(int attempts);
+static void PipeWaitingPush(PipeConfig *pc, PipeItem *it, bool front);
+static PipeItem *PipeWaitingPop(PipeConfig *pc);
+static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
+static void PipeCertFinish(Pipe *p);
+static CertSchedule *CertScheduleFind(const char *name);
+
+/* ----------------------------------------------------------------
+ *		The run
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Serve the queue until nothing is due and nothing is in flight.  Returns
+ * how many attempts were decided; *sleep_ms says when something is due next
+ * (it is only ever lowered).  Memory in cxt, which the caller resets.
+ */
+int
+wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
+{
+	Pipe	   *p;
+	TimestampTz now;
+	long		secs;
+	int			usecs;
+	TimestampTz wake_at;
+
+	MemoryContextSwitchTo(cxt);
+	p = palloc0(sizeof(Pipe));
+	p->cxt = cxt;
+	p->out_cxt = AllocSetContextCreate(cxt, "wxpay pipeline outcomes",
+									   ALLOCSET_DEFAULT_SIZES);
+	p->tmp = AllocSetContextCreate(cxt, "wxpay pipeline scratch",
+								   ALLOCSET_DEFAULT_SIZES);
+	p->nspoid = nspoid;
+	p->capouts = 64;
+	p->outs = palloc(sizeof(WxpayQueueOutcome) * p->capouts);
+	p->maybe_more = true;
+	p->next_due = DT_NOEND;
+	p->cert_list_at = 0;
+	wxpay_worker_generations(p->gens);
+
+	/* the answer's row type, kept for the whole run */
+	PipeTxnBegin(p, "looking up types");
+	MemoryContextSwitchTo(cxt);
+	p->q = wxpay_queue_table(nspoid);
+	/* signing and reading answers happen outside transactions: look up now */
+	wxpay_encoding_prepare();
+	p->plan_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+								   CStringGetDatum("wxpay_sign_plan"),
+								   ObjectIdGetDatum(nspoid));
+	if (!OidIsValid(p->plan_type))
+		elog(ERROR, "type wxpay_sign_plan is missing");
+	MemoryContextSwitchTo(cxt);
+	p->plan_desc = lookup_rowtype_tupdesc_copy(p->plan_type, -1);
+	MemoryContextSwitchTo(p->tmp);
+	for (int a = 0; a < p->plan_desc->natts; a++)
+		if (strcmp(NameStr(TupleDescAttr(p->plan_desc, a)->attname), "cancel_sign_type") == 0)
+			p->cancel_attno = a + 1;
+	if (wxpay_stop_request_retention > 0 && GetCurrentTimestamp() >= NextPurge)
+	{
+		wxpay_queue_purge(p->q);
+		NextPurge = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												PURGE_INTERVAL_MS);
+	}
+	PipeTxnEnd(p);
+
+	Current = p;
+	for (;;)
+	{
+		long		wait_ms = -1;
+		ListCell   *lc;
+
+		wxpay_http_perform_poll(wxpay_worker_concurrency, PipePoll, PipeDone, p);
+		if (p->nouts > 0)
+			PipeFlush(p);
+
+		/*
+		 * The stream ends when nothing is in flight and nothing may start
+		 * now; requests still waiting wait for their merchant's rate limit.
+		 */
+		now = GetCurrentTimestamp();
+		foreach(lc, p->configs)
+		{
+			PipeConfig *pc = lfirst(lc);
+
+			if (pc->nwaiting == 0)
+				continue;
+			TimestampDifference(now, pc->rate_until, &secs, &usecs);
+			if (wait_ms < 0 || secs * 1000 + usecs / 1000 + 1 < wait_ms)
+				wait_ms = secs * 1000 + usecs / 1000 + 1;
+		}
+		if (wait_ms < 0)
+			break;
+		pgstat_report_activity(STATE_RUNNING, "waiting for the rate limit");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	Current = NULL;
+
+	/* asleep until the next due request or certificate refresh */
+	now = GetCurrentTimestamp();
+	wake_at = p->next_due;
+	if (CertSchedules != NULL && wxpay_certificate_refresh_interval > 0)
+	{
+		HASH_SEQ_STATUS hs;
+		CertSchedule *cs;
+
+		hash_seq_init(&hs, CertSchedules);
+		while ((cs = hash_seq_search(&hs)) != NULL)
+			wake_at = Min(wake_at, cs->next);
+		wake_at = Min(wake_at, TimestampTzPlusMilliseconds(p->cert_list_at, CERT_LIST_MS));
+	}
+	if (p->claim_after > now && wake_at < p->claim_after)
+		wake_at = p->claim_after;
+	if (wake_at != DT_NOEND)
+	{
+		TimestampDifference(now, wake_at, &secs, &usecs);
+		*sleep_ms = Min(*sleep_ms, secs * 1000 + usecs / 1000 + 1);
+	}
+	return p->handled;
+}
+
+/*
+ * After an error in the worker (its transaction already aborted): record
+ * what was decided, release what was claimed and never sent.  Requests in
+ * flight stay in "sending" for reconcile.
+ */
+void
+wxpay_pipeline_abandon(void)
+{
+	Pipe	   *p = Current;
+	WxpayQueueRow **rows;
+	int			n = 0;
+	ListCell   *lc;
+
+	Current = NULL;
+	if (p == NULL)
+		return;
+
+	foreach(lc, p->configs)
+		n += ((PipeConfig *) lfirst(lc))->nwaiting;
+	rows = MemoryContextAlloc(p->cxt, sizeof(WxpayQueueRow *) * Max(n, 1));
+	n = 0;
+	foreach(lc, p->configs)
+	{
+		PipeConfig *pc = lfirst(lc);
+
+		for (PipeItem *it = pc->head; it != NULL; it = it->next)
+		{
+			if (it->sent_any)
+				continue;		/* a query went out: reconcile decides */
+			rows[n++] = &it->row;
+		}
+	}
+	if (n == 0 && p->nouts == 0)
+		return;
+
+	PipeTxnBegin(p, "releasing stop requests");
+	if (p->nouts > 0)
+		wxpay_queue_record(p->q, p->outs, p->nouts, p->plan_type);
+	wxpay_queue_release(p->q, rows, n);
+	PipeTxnEnd(p);
+	p->nouts = 0;
+	wxpay_worker_broadcast_finished();
+}
+
+/*
+ * A short transaction with SPI and a snapshot; allocations go to the run's
+ * context, which outlives it.
+ */
+static void
+PipeTxnBegin(Pipe *p, const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	wxpay_spi_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	MemoryContextSwitchTo(p->tmp);
+}
+
+static void
+PipeTxnEnd(Pipe *p)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(p->tmp);
+}
+
+/*
+ * The failures that are properties of one request or its config, and so
+ * may become its outcome (README "How the worker sends and retries").
+ * Everything else is the worker's error.
+ */
+static bool
+PipeRequestError(int sqlstate)
+{
+	return sqlstate == ERRCODE_WXPAY_CONFIG_ERROR ||
+		sqlstate == ERRCODE_UNDEFINED_OBJECT ||
+		sqlstate == ERRCODE_WXPAY_REQUEST_NOT_SENT ||
+		ERRCODE_TO_CATEGORY(sqlstate) == ERRCODE_DATA_EXCEPTION;
+}
+
+static void
+PipeFailure(ErrorData *edata, WxpayCallResult *res)
+{
+	memset(res, 0, sizeof(WxpayCallResult));
+	res->sqlstate = edata->sqlerrcode;
+	res->message = edata->message;
+	res->detail = edata->detail;
+	res->hint = edata->hint;
+}
+
+/* What changed since the last look (process.c's counters). */
+static void
+PipeGenerations(Pipe *p)
+{
+	uint64		gens[WXPAY_NUM_WAKES];
+	ListCell   *lc;
+
+	wxpay_worker_generations(gens);
+	if (gens[WXPAY_WAKE_QUEUE] != p->gens[WXPAY_WAKE_QUEUE])
+	{
+		p->maybe_more = true;
+		p->claim_after = 0;
+	}
+	if (gens[WXPAY_WAKE_KEYS] != p->gens[WXPAY_WAKE_KEYS])
+	{
+		/* new keys: later requests sign and verify with fresh copies */
+		wxpay_config_invalidate();
+		foreach(lc, p->configs)
+		{
+			PipeConfig *pc = lfirst(lc);
+
+			if (pc->copy)
+			{
+				pc->copy->retired = true;
+				PipeConfigCopyRelease(pc->copy);
+				pc->copy = NULL;
+			}
+			pc->failed = false;
+		}
+	}
+	if (gens[WXPAY_WAKE_CONFIG] != p->gens[WXPAY_WAKE_CONFIG])
+	{
+		HASH_SEQ_STATUS hs;
+		CertSchedule *cs;
+
+		/* a changed config: its certificates at once (we cannot tell which) */
+		if (CertSchedules != NULL)
+		{
+			hash_seq_init(&hs, CertSchedules);
+			while ((cs = hash_seq_search(&hs)) != NULL)
+				cs->next = 0;
+		}
+		p->cert_list_at = 0;
+	}
+	memcpy(p->gens, gens, sizeof(gens));
+}
+
+/* ----------------------------------------------------------------
+ *		The transport's callbacks
+ * ----------------------------------------------------------------
+ */
+
+static WxpayHttpRequest *
+PipePoll(void *arg, long *retry_ms)
+{
+	Pipe	   *p = (Pipe *) arg;
+	WxpayHttpRequest *req;
+	TimestampTz now;
+
+	MemoryContextSwitchTo(p->tmp);
+	MemoryContextReset(p->tmp);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+
+	PipeGenerations(p);
+	now = GetCurrentTimestamp();
+
+	/* certificates: one refresh at a time, among the stops */
+	if (p->cert == NULL && wxpay_certificate_refresh_interval > 0 &&
+		(req = PipeCertStart(p, now, retry_ms)) != NULL)
+		return req;
+
+	/*
+	 * Outcomes are recorded together: with the next claim, when nothing
+	 * more can be sent now, or once a slot's worth have gathered.
+	 */
+	for (;;)
+	{
+		if ((req = PipeNext(p, now, retry_ms)) != NULL)
+		{
+			if (p->nouts >= wxpay_worker_concurrency)
+				PipeFlush(p);
+			pgstat_report_activity(STATE_RUNNING,
+								   psprintf("sending stop requests: %d in flight",
+											p->inflight));
+			return req;
+		}
+		if (!PipeClaimWanted(p, now))
+			break;
+		PipeClaim(p);
+		now = GetCurrentTimestamp();
+	}
+	if (p->nouts > 0)
+		PipeFlush(p);
+
+	/* nothing now: ask again when the next request is due */
+	if (p->next_due != DT_NOEND)
+	{
+		long		secs;
+		int			usecs;
+		long		ms;
+
+		TimestampDifference(now, p->next_due, &secs, &usecs);
+		ms = secs * 1000 + usecs / 1000 + 1;
+		if (p->claim_after > now)
+			ms = Max(ms, CLAIM_RECHECK_MS);
+		if (*retry_ms < 0 || ms < *retry_ms)
+			*retry_ms = ms;
+	}
+	if (p->inflight > 0)
+		pgstat_report_activity(STATE_RUNNING,
+							   psprintf("waiting for answers: %d in flight",
+										p->inflight));
+	return NULL;
+}
+
+static void
+PipeDone(WxpayHttpRequest *req, void *arg)
+{
+	Pipe	   *p = (Pipe *) arg;
+	PipeItem   *it;
+	WxpayCallResult res;
+	bool		ok;
+	long		secs;
+	int			usecs;
+
+	if (p->cert != NULL && req == &p->cert->req)
+	{
+		PipeCertFinish(p);
+		return;
+	}
+
+	it = (PipeItem *) ((char *) req - offsetof(PipeItem, call.req));
+	it->pc->inflight--;
+	p->inflight--;
+	TimestampDifference(it->started, GetCurrentTimestamp(), &secs, &usecs);
+
+	MemoryContextSwitchTo(it->cxt);
+	ok = wxpay_call_finish(&it->call, p->plan_desc, &res);
+	PipeAttemptFinished(p, it, it->call.op, ok, &res, req->failed_over,
+						secs * 1000 + usecs / 1000);
+	MemoryContextSwitchTo(p->tmp);
+}
+
+/* ----------------------------------------------------------------
+ *		Recording outcomes
+ * ----------------------------------------------------------------
+ */
+
+static void
+PipeFlush(Pipe *p)
+{
+	PipeTxnBegin(p, "recording outcomes");
+	wxpay_queue_record(p->q, p->outs, p->nouts, p->plan_type);
+	PipeTxnEnd(p);
+	p->nouts = 0;
+	MemoryContextReset(p->out_cxt);
+	pgstat_report_stat(false);
+	/* after the commit: waiting sessions read the outcomes now */
+	wxpay_worker_broadcast_finished();
+}
+
+/*
+ * One attempt of it is decided: queue the outcome for the next flush and
+ * free the item.  res describes the failure (NULL for success, with the
+ * answer's tuple in result).
+ */
+static void
+PipeFinish(Pipe *p, PipeItem *it, WxpayQueueFate fate, WxpayCallResult *res,
+		   HeapTuple result)
+{
+	WxpayQueueOutcome *o;
+
+	MemoryContextSwitchTo(p->out_cxt);
+
+	if (p->nouts == p->capouts)
+	{
+		MemoryContextSwitchTo(p->cxt);
+		p->capouts *= 2;
+		p->outs = repalloc(p->outs, sizeof(WxpayQueueOutcome) * p->capouts);
+		MemoryContextSwitchTo(p->out_cxt);
+	}
+	o = &p->outs[p->nouts++];
+	memset(o, 0, sizeof(WxpayQueueOutcome));
+	o->id = it->row.id;
+	o->fate = fate;
+	o->unknown = it->unknown;
+
+	if (fate == WXPAY_QUEUE_SUCCEEDED)
+	{
+		o->unknown = false;
+		o->result = heap_copy_tuple_as_datum(result, p->plan_desc);
+		o->http_status = res ? res->http_status : 200;
+		o->request_id = (res && res->request_id) ? pstrdup(res->request_id) : NULL;
+	}
+	else
+	{
+		int			s = res->sqlstate;
+
+		o->http_status = res->http_status;
+		o->request_id = res->request_id ? pstrdup(res->request_id) : NULL;
+		o->error_code = pstrdup(res->error_code ? res->error_code : unpack_sql_state(s));
+		o->error_message = wxpay_report_text(res);
+
+		if (fate == WXPAY_QUEUE_RETRY && it->row.attempts >= wxpay_max_attempts)
+			fate = o->fate = WXPAY_QUEUE_FAILED;
+		if (fate == WXPAY_QUEUE_RETRY)
+		{
+			o->delay_ms = PipeBackoff(it->row.attempts);
+			/* let an attempt that may still be in progress finish first */
+			if (o->unknown)
+				o->delay_ms = Max(o->delay_ms, wxpay_reconcile_delay);
+			p->next_due = Min(p->next_due,
+							  TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  o->delay_ms));
+		}
+		else if (o->unknown && strcmp(o->error_code, "WX003") != 0)
+		{
+			/* final, but a stop may have reached WeChat Pay: say so */
+			o->error_message = psprintf("An earlier attempt's outcome is unknown, so the plan may or may not be stopped; the last attempt ended: %s",
+										o->error_message ? o->error_message : o->error_code);
+			o->error_code = pstrdup("WX003");
+		}
+	}
+	/* not the item's context, which goes now */
+	MemoryContextSwitchTo(p->tmp);
+
+	if (it->copy)
+		PipeConfigCopyRelease(it->copy);
+	it->copy = NULL;
+	p->handled++;
+	p->maybe_more = true;		/* a plan it held may have more requests */
+	p->claim_after = 0;
+	MemoryContextDelete(it->cxt);
+}
+
+/*
+ * Delay before the attempt after attempt number attempts: exponential from
+ * wxpay.retry_base_delay, capped, with "equal jitter" (half fixed, half
+ * random) so that a burst of failures does not retry in lockstep.
+ */
+static long
+PipeBackoff(int attempts)
+{
+	double		d = wxpay_retry_base_delay;
+
+	for (int i = 1; i < attempts && d < wxpay_retry_max_delay; i++)
+		d *= 2;
+	d = Min(d, (double) wxpay_retry_max_delay);
+	return (long) (d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2);
+}
+
+/*
+ * Every finished query or stop of the queue comes here, once: op, whether
+ * it succeeded, its result or failure, whether it went to the backup
+ * domain, and how long it took.  Decides what follows (see the top of the
+ * file).
+ */
+static void
+PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
+					WxpayCallResult *res, bool failed_over, long elapsed_ms)
+{
+	(void) failed_over;			/* in res and in the statistics */
+	(void) elapsed_ms;
+
+	wxpay_stat_call(&it->call, WXPAY_STAT_WORKER, ok, res);
+
+	if (op == WXPAY_OP_QUERY)
+	{
+		if (ok)
+		{
+			bool		isnull = true;
+			Datum		d = (Datum) 0;
+
+			if (p->cancel_attno > 0)
+				d = heap_getattr(res->tuple, p->cancel_attno, p->plan_desc, &isnull);
+			if (!isnull && strcmp(TextDatumGetCString(d), "MERCHANT") == 0)
+			{
+				/* an earlier attempt stopped it */
+				PipeFinish(p, it, WXPAY_QUEUE_SUCCEEDED, res, res->tuple);
+				return;
+			}
+		}
+		else if (!(res->sqlstate == ERRCODE_WXPAY_REQUEST_REJECTED &&
+				   res->http_status == 404))
+		{
+			/* not settled: the mark stays, and so does the unknown outcome */
+			res->detail = psprintf("The outcome of an earlier attempt is unknown and the query to settle it failed: %s",
+								   wxpay_report_text(res));
+			res->classified = true;
+			res->error_code = "WX003";
+			PipeFinish(p, it, WXPAY_QUEUE_RETRY, res, NULL);
+			return;
+		}
+
+		/* settled: the plan is not stopped by us (or does not exist) */
+		it->unknown = false;
+		it->stage = PIPE_STOP;
+		PipeWaitingPush(it->pc, it, true);
+		return;
+	}
+
+	if (ok)
+	{
+		PipeFinish(p, it, WXPAY_QUEUE_SUCCEEDED, res, res->tuple);
+		return;
+	}
+
+	switch (res->sqlstate)
+	{
+		case ERRCODE_WXPAY_REQUEST_REJECTED:
+			/* an answer: this stop was decided, the plan not stopped by it */
+			it->unknown = false;
+			PipeFinish(p, it, res->http_status == 429 ?
+					   WXPAY_QUEUE_RETRY : WXPAY_QUEUE_FAILED, res, NULL);
+			break;
+		case ERRCODE_WXPAY_REQUEST_NOT_SENT:
+			/* nothing left: the mark is what it was before this stop */
+			it->unknown = false;
+			PipeFinish(p, it, WXPAY_QUEUE_RETRY, res, NULL);
+			break;
+		default:
+			/* WX003: the stop may have been acted on */
+			it->unknown = true;
+			if (res->error_code == NULL)
+				res->error_code = "WX003";
+			PipeFinish(p, it, WXPAY_QUEUE_RETRY, res, NULL);
+			break;
+	}
+}
+
+/* ----------------------------------------------------------------
+ *		Claiming
+ * ----------------------------------------------------------------
+ */
+
+static bool
+PipeClaimWanted(Pipe *p, TimestampTz now)
+{
+	int			waiting = 0;
+	ListCell   *lc;
+
+	/*
+	 * Enough in hand that could be sent now: claim again when half of it is
+	 * gone.  Requests of a config at its cap or its rate limit do not
+	 * count, so that they never keep other merchants' requests unclaimed.
+	 */
+	foreach(lc, p->configs)
+	{
+		PipeConfig *pc = lfirst(lc);
+
+		if (pc->inflight < PipeCap(p, now) && pc->rate_until <= now)
+			waiting += pc->nwaiting;
+	}
+	if (waiting > wxpay_worker_concurrency / 2)
+		return false;
+	if (now < p->claim_after)
+		return false;
+	return p->maybe_more || now >= p->next_due;
+}
+
+/* Claim the due requests of every config with queued ones. */
+static void
+PipeClaim(Pipe *p)
+{
+	List	   *names;
+	ListCell   *lc;
+	int			conc = wxpay_worker_concurrency;
+	volatile int total = 0;
+	int			nconfigs;
+	WxpayQueueRow *rows;
+	int		   *counts;
+	volatile int i = 0;
+	volatile bool recorded = false;
+
+	PipeTxnBegin(p, "claiming stop requests");
+	/* the outcomes gathered so far commit with the claim */
+	if (p->nouts > 0)
+	{
+		wxpay_queue_record(p->q, p->outs, p->nouts, p->plan_type);
+		p->nouts = 0;
+		MemoryContextReset(p->out_cxt);
+		recorded = true;
+	}
+	names = wxpay_queue_configs(p->q);
+	nconfigs = list_length(names);
+	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * conc);
+	counts = palloc0(sizeof(int) * Max(nconfigs, 1));
+	foreach(lc, names)
+	{
+		PipeConfig *pc = PipeConfigFind(p, (char *) lfirst(lc));
+		int			want = conc - pc->nwaiting;
+
+		if (want > 0)
+			counts[i] = wxpay_queue_claim(p->q, pc->name, want, rows + total);
+		total += counts[i];
+		i++;
+	}
+	if (total == 0)
+		p->next_due = wxpay_queue_next_due(p->q);
+
+	/*
+	 * The claimed requests wait for their turn.  Their input is checked now,
+	 * each in a subtransaction (the stop reason may need the database's
+	 * encoding conversion): bad input never becomes good, so it fails.
+	 */
+	total = 0;
+	i = 0;
+	foreach(lc, names)
+	{
+		PipeConfig *pc = PipeConfigFind(p, (char *) lfirst(lc));
+
+		for (int j = 0; j < counts[i]; j++)
+		{
+			WxpayQueueRow *r = &rows[total + j];
+			MemoryContext icxt = AllocSetContextCreate(p->cxt, "wxpay request",
+													   ALLOCSET_SMALL_SIZES);
+			PipeItem   *it = MemoryContextAllocZero(icxt, sizeof(PipeItem));
+			ResourceOwner owner = CurrentResourceOwner;
+
+			it->cxt = icxt;
+			it->row = *r;
+			it->row.config_name = pc->name;
+			it->row.plan_no = MemoryContextStrdup(icxt, r->plan_no);
+			it->row.sub_mchid = r->sub_mchid ? MemoryContextStrdup(icxt, r->sub_mchid) : NULL;
+			it->row.stop_reason = NULL;
+			it->pc = pc;
+			it->unknown = r->unknown;
+			it->stage = r->unknown ? PIPE_QUERY : PIPE_STOP;
+
+			BeginInternalSubTransaction(NULL);
+			MemoryContextSwitchTo(icxt);
+			PG_TRY();
+			{
+				wxpay_check_plan_no_arg(it->row.plan_no);
+				it->stop_reason = wxpay_check_stop_reason_arg(r->stop_reason);
+				ReleaseCurrentSubTransaction();
+				CurrentResourceOwner = owner;
+				MemoryContextSwitchTo(p->tmp);
+				PipeWaitingPush(pc, it, false);
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+				WxpayCallResult res;
+
+				MemoryContextSwitchTo(p->tmp);
+				edata = CopyErrorData();
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				CurrentResourceOwner = owner;
+				MemoryContextSwitchTo(p->tmp);
+				if (!PipeRequestError(edata->sqlerrcode))
+					ReThrowError(edata);
+				PipeFailure(edata, &res);
+				wxpay_stat_attempt(pc->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
+				PipeFinish(p, it, WXPAY_QUEUE_FAILED, &res, NULL);
+			}
+			PG_END_TRY();
+		}
+		total += counts[i];
+		i++;
+	}
+	PipeTxnEnd(p);				/* durable before anything is sent */
+	if (recorded)
+	{
+		pgstat_report_stat(false);
+		/* after the commit: waiting sessions read the outcomes now */
+		wxpay_worker_broadcast_finished();
+	}
+
+	if (total == 0)
+	{
+		/* what is due now is blocked (a plan in flight): not before a finish */
+		p->maybe_more = false;
+		p->claim_after = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 CLAIM_RECHECK_MS);
+	}
+	else
+		p->maybe_more = true;
+}
+
+static void
+PipeWaitingPush(PipeConfig *pc, PipeItem *it, bool front)
+{
+	if (front)
+	{
+		it->next = pc->head;
+		pc->head = it;
+		if (pc->tail == NULL)
+			pc->tail = it;
+	}
+	else
+	{
+		it->next = NULL;
+		if (pc->tail)
+			pc->tail->next = it;
+		else
+			pc->head = it;
+		pc->tail = it;
+	}
+	pc->nwaiting++;
+}
+
+static PipeItem *
+PipeWaitingPop(PipeConfig *pc)
+{
+	PipeItem   *it = pc->head;
+
+	if (it == NULL)
+		return NULL;
+	pc->head = it->next;
+	if (pc->head == NULL)
+		pc->tail = NULL;
+	it->next = NULL;
+	pc->nwaiting--;
+	return it;
+}
+
+/* ----------------------------------------------------------------
+ *		Configs
+ * ----------------------------------------------------------------
+ */
+
+static PipeConfig *
+PipeConfigFind(Pipe *p, const char *name)
+{
+	ListCell   *lc;
+	PipeConfig *pc;
+	MemoryContext old;
+
+	foreach(lc, p->configs)
+	{
+		pc = lfirst(lc);
+		if (strcmp(pc->name, name) == 0)
+			return pc;
+	}
+	old = MemoryContextSwitchTo(p->cxt);
+	pc = palloc0(sizeof(PipeConfig));
+	pc->name = pstrdup(name);
+	p->configs = lappend(p->configs, pc);
+	MemoryContextSwitchTo(old);
+	return pc;
+}
+
+/*
+ * A current copy of pc's config, looked up in a short transaction when
+ * there is none.  False when the config cannot be used (pc->failure says
+ * why, for every request of it until the config changes).
+ */
+static bool
+PipeConfigReady(Pipe *p, PipeConfig *pc)
+{
+	if (pc->copy != NULL)
+		return true;
+	if (pc->failed)
+		return false;
+
+	PipeTxnBegin(p, "loading a configuration");
+	PG_TRY();
+	{
+		const WxpayConfig *cfg = wxpay_config_get(pc->name, p->nspoid);
+
+		pc->copy = PipeConfigCopyMake(cfg, p->cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(p->cxt);
+		edata = CopyErrorData();
+		if (!PipeRequestError(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		PipeFailure(edata, &pc->failure);
+		pc->failed = true;
+	}
+	PG_END_TRY();
+	if (pc->failed)
+	{
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(p->tmp);
+		return false;
+	}
+	PipeTxnEnd(p);
+	return true;
+}
+
+/*
+ * A copy of cfg that outlives config.c's cache: strings copied, keys shared
+ * (EVP_PKEY_up_ref) and freed with the copy's memory context, a child of
+ * the run's (so an error that resets the run frees them too).
+ */
+static PipeConfigCopy *
+PipeConfigCopyMake(const WxpayConfig *src, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent,
+											  "wxpay config copy",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	PipeConfigCopy *c = palloc0(sizeof(PipeConfigCopy));
+	MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+	WxpayConfig *cfg = &c->cfg;
+
+	c->cxt = cxt;
+	c->refs = 1;				/* the config's own reference */
+	cfg->name = pstrdup(src->name);
+	cfg->mchid = pstrdup(src->mchid);
+	cfg->serial_no = pstrdup(src->serial_no);
+	cfg->base_url = pstrdup(src->base_url);
+	cfg->backup_base_url = src->backup_base_url ? pstrdup(src->backup_base_url) : NULL;
+	if (src->ca_cert)
+	{
+		cfg->ca_cert = palloc(src->ca_cert_len + 1);
+		memcpy(cfg->ca_cert, src->ca_cert, src->ca_cert_len);
+		cfg->ca_cert[src->ca_cert_len] = '\0';
+	}
+	cfg->ca_cert_len = src->ca_cert_len;
+	cfg->keys = palloc0(sizeof(WxpayVerifyKey) * Max(src->nkeys, 1));
+
+	/* from here the keys are ours: freed when the context goes */
+	cb->func = PipeConfigCopyFree;
+	cb->arg = c;
+	MemoryContextRegisterResetCallback(cxt, cb);
+	if (src->private_key && EVP_PKEY_up_ref(src->private_key) == 1)
+		cfg->private_key = src->private_key;
+	for (int i = 0; i < src->nkeys; i++)
+	{
+		WxpayVerifyKey *k = &cfg->keys[cfg->nkeys];
+
+		k->serial = pstrdup(src->keys[i].serial);
+		k->not_before = src->keys[i].not_before;
+		k->not_after = src->keys[i].not_after;
+		if (src->keys[i].pkey == NULL || EVP_PKEY_up_ref(src->keys[i].pkey) != 1)
+			continue;
+		k->pkey = src->keys[i].pkey;
+		cfg->nkeys++;
+	}
+	if (cfg->private_key == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+static void
+PipeConfigCopyFree(void *arg)
+{
+	PipeConfigCopy *c = (PipeConfigCopy *) arg;
+
+	if (c->cfg.private_key)
+		EVP_PKEY_free(c->cfg.private_key);
+	c->cfg.private_key = NULL;
+	for (int i = 0; i < c->cfg.nkeys; i++)
+		if (c->cfg.keys[i].pkey)
+			EVP_PKEY_free(c->cfg.keys[i].pkey);
+	c->cfg.nkeys = 0;
+}
+
+static void
+PipeConfigCopyRelease(PipeConfigCopy *copy)
+{
+	if (--copy->refs <= 0)
+		MemoryContextDelete(copy->cxt);
+}
+
+/* ----------------------------------------------------------------
+ *		The next request
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The most requests one config may have in flight: all slots while it is
+ * the only merchant at work (in the last ACTIVE_MS), else all but a quarter.
+ */
+static int
+PipeCap(Pipe *p, TimestampTz now)
+{
+	int			conc = wxpay_worker_concurrency;
+	int			nactive = 0;
+	ListCell   *lc;
+
+	foreach(lc, p->configs)
+	{
+		PipeConfig *pc = lfirst(lc);
+
+		if (pc->nwaiting > 0 || pc->inflight > 0)
+			pc->last_active = now;
+		if (pc->last_active > 0 &&
+			now < TimestampTzPlusMilliseconds(pc->last_active, ACTIVE_MS))
+			nactive++;
+	}
+	return nactive > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
+}
+
+static WxpayHttpRequest *
+PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
+{
+	int			conc = wxpay_worker_concurrency;
+	int			cap;
+	int			n = list_length(p->configs);
+
+	if (n == 0 || p->inflight >= conc)
+		return NULL;
+	cap = PipeCap(p, now);
+
+	for (;;)
+	{
+		PipeConfig *best = NULL;
+		int			besti = -1;
+		PipeItem   *it;
+		long		wait_ms = 0;
+
+		for (int k = 0; k < n; k++)
+		{
+			int			i = (p->rr + k) % n;
+			PipeConfig *pc = list_nth(p->configs, i);
+
+			if (pc->nwaiting == 0 || pc->inflight >= cap)
+				continue;
+			if (pc->rate_until > now)
+			{
+				long		secs;
+				int			usecs;
+				long		ms;
+
+				TimestampDifference(now, pc->rate_until, &secs, &usecs);
+				ms = secs * 1000 + usecs / 1000 + 1;
+				if (*retry_ms < 0 || ms < *retry_ms)
+					*retry_ms = ms;
+				continue;
+			}
+			if (best == NULL || pc->inflight < best->inflight)
+			{
+				best = pc;
+				besti = i;
+			}
+		}
+		if (best == NULL)
+			return NULL;
+		p->rr = (besti + 1) % n;
+
+		if (!PipeConfigReady(p, best))
+		{
+			/* its requests wait, unsent, with their mark as it was */
+			it = PipeWaitingPop(best);
+			if (best->failure.sqlstate != ERRCODE_UNDEFINED_OBJECT)
+				wxpay_stat_attempt(best->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
+			PipeFinish(p, it, ERRCODE_TO_CATEGORY(best->failure.sqlstate) == ERRCODE_DATA_EXCEPTION ?
+					   WXPAY_QUEUE_FAILED : WXPAY_QUEUE_RETRY,
+					   &best->failure, NULL);
+			continue;
+		}
+		if (!wxpay_rate_take(best->copy->cfg.mchid, now, &wait_ms))
+		{
+			best->rate_until = TimestampTzPlusMilliseconds(now, wait_ms);
+			continue;
+		}
+
+		it = PipeWaitingPop(best);
+		if (!PipeSign(p, it))
+			continue;
+		it->sent_any = true;
+		it->started = now;
+		best->inflight++;
+		p->inflight++;
+		return &it->call.req;
+	}
+}
+
+/*
+ * The one place where a queued row becomes a call: what to send, for which
+ * plan, with which config.
+ */
+static void
+PipeBuildCall(PipeItem *it, WxpayOperation op)
+{
+	memset(&it->call, 0, sizeof(WxpayCall));
+	it->call.op = op;
+	it->call.plan_no = it->row.plan_no;
+	it->call.sub_mchid = it->row.sub_mchid;	/* the partner stop and query */
+	it->call.stop_reason = op == WXPAY_OP_STOP ? it->stop_reason : NULL;
+	it->call.cfg = &it->copy->cfg;
+	it->call.req.resp_cxt = it->cxt;
+}
+
+/*
+ * Build and sign it's next request, now, just before it is sent.  False
+ * when that failed for a documented reason (the attempt is then decided).
+ */
+static bool
+PipeSign(Pipe *p, PipeItem *it)
+{
+	volatile bool ok = true;
+	WxpayCallResult res;
+
+	if (it->copy == NULL)
+	{
+		it->copy = it->pc->copy;
+		it->copy->refs++;
+	}
+	MemoryContextSwitchTo(it->cxt);
+	PG_TRY();
+	{
+		PipeBuildCall(it, it->stage == PIPE_QUERY ? WXPAY_OP_QUERY : WXPAY_OP_STOP);
+		wxpay_call_prepare(&it->call);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(p->tmp);
+		edata = CopyErrorData();
+		if (!PipeRequestError(edata->sqlerrcode))
+		{
+			/* not sent: back in line, for the worker to release */
+			PipeWaitingPush(it->pc, it, true);
+			PG_RE_THROW();
+		}
+		FlushErrorState();
+		PipeFailure(edata, &res);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(p->tmp);
+	if (!ok)
+		wxpay_stat_attempt(it->pc->name, it->stage == PIPE_QUERY ?
+						   WXPAY_STAT_QUERY : WXPAY_STAT_STOP,
+						   WXPAY_STAT_WORKER, WXPAY_STAT_ERROR, false, -1);
+	if (!ok)
+		PipeFinish(p, it, ERRCODE_TO_CATEGORY(res.sqlstate) == ERRCODE_DATA_EXCEPTION ?
+				   WXPAY_QUEUE_FAILED : WXPAY_QUEUE_RETRY, &res, NULL);
+	return ok;
+}
+
+/* ----------------------------------------------------------------
+ *		Platform certificates: each config with an apiv3_key is refreshed
+ *		every wxpay.certificate_refresh_interval, and at once after a change
+ *		of wxpay_config, in certs.c's phases; the download is a request of
+ *		the stream, between the stops.  A failure is logged and retried
+ *		after five minutes (or the interval, if shorter); the certificates
+ *		already held stay in use.
+ * ----------------------------------------------------------------
+ */
+
+static CertSchedule *
+CertScheduleFind(const char *name)
+{
+	char		key[NAMEDATALEN * 2];
+	bool		found;
+	CertSchedule *cs;
+
+	if (CertSchedules == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(key);
+		ctl.entrysize = sizeof(CertSchedule);
+		CertSchedules = hash_create("wxpay certificate schedules", 16, &ctl,
+									HASH_ELEM | HASH_STRINGS);
+	}
+	memset(key, 0, sizeof(key));
+	strlcpy(key, name, sizeof(key));
+	cs = hash_search(CertSchedules, key, HASH_ENTER, &found);
+	if (!found)
+		cs->next = 0;			/* due at once */
+	return cs;
+}
+
+/* The download of one due config's certificates, or NULL. */
+static WxpayHttpRequest *
+PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
+{
+	long		interval_ms = (long) wxpay_certificate_refresh_interval * 1000;
+	CertSchedule *due = NULL;
+	ListCell   *lc;
+	MemoryContext rcxt;
+	WxpayCertRefresh *r;
+	WxpayCallResult failure;
+	volatile bool failed = false;
+
+	/* the configs with an apiv3_key, looked up now and then */
+	if (now >= TimestampTzPlusMilliseconds(p->cert_list_at, CERT_LIST_MS))
+	{
+		PipeTxnBegin(p, "checking platform certificates");
+		{
+		List	   *names = wxpay_cert_refresh_configs(p->nspoid);
+		ListCell   *nc;
+
+		MemoryContextSwitchTo(p->cxt);
+		list_free_deep(p->cert_names);
+		p->cert_names = NIL;
+		foreach(nc, names)
+			p->cert_names = lappend(p->cert_names, pstrdup((char *) lfirst(nc)));
+		}
+		PipeTxnEnd(p);
+		p->cert_list_at = now;
+	}
+
+	foreach(lc, p->cert_names)
+	{
+		CertSchedule *cs = CertScheduleFind((char *) lfirst(lc));
+
+		if (cs->next <= now)
+		{
+			due = cs;
+			break;
+		}
+		else
+		{
+			long		secs;
+			int			usecs;
+			long		ms;
+
+			TimestampDifference(now, cs->next, &secs, &usecs);
+			ms = secs * 1000 + usecs / 1000 + 1;
+			if (p->inflight > 0 && (*retry_ms < 0 || ms < *retry_ms))
+				*retry_ms = ms;
+		}
+	}
+	if (due == NULL)
+		return NULL;
+
+	/* whatever happens below, not again before the retry delay */
+	due->next = TimestampTzPlusMilliseconds(now, Min(interval_ms, CERT_RETRY_MS));
+
+	rcxt = AllocSetContextCreate(p->cxt, "wxpay certificate refresh",
+								 ALLOCSET_DEFAULT_SIZES);
+	r = MemoryContextAllocZero(rcxt, sizeof(WxpayCertRefresh));
+	PipeTxnBegin(p, "preparing a certificate download");
+	PG_TRY();
+	{
+		wxpay_cert_refresh_prepare(r, due->name, p->nspoid, rcxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(p->tmp);
+		edata = CopyErrorData();
+		if (!PipeRequestError(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		/* logged (secret-free); the certificates held are kept */
+		PipeFailure(edata, &failure);
+		wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+						   WXPAY_STAT_ERROR, false, -1);
+		wxpay_report(&failure, WARNING);
+		failed = true;
+	}
+	PG_END_TRY();
+	if (failed)
+	{
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(p->tmp);
+		MemoryContextDelete(rcxt);
+		return NULL;
+	}
+	PipeTxnEnd(p);
+	p->cert = r;
+	p->cert_sched = due;
+	p->inflight++;
+	return &r->req;
+}
+
+static void
+PipeCertFinish(Pipe *p)
+{
+	WxpayCertRefresh *r = p->cert;
+	CertSchedule *due = p->cert_sched;
+	bool		ok;
+
+	p->inflight--;
+	PipeTxnBegin(p, "storing platform certificates");
+	ok = wxpay_cert_refresh_finish(r);
+	wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->result.sqlstate),
+					   r->req.failed_over, r->req.elapsed_us);
+	if (ok)
+	{
+		int			nnew = 0;
+
+		for (int i = 0; i < r->ncerts; i++)
+			nnew += r->certs[i].is_new ? 1 : 0;
+		due->next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												(long) wxpay_certificate_refresh_interval * 1000);
+		ereport(nnew > 0 ? LOG : DEBUG1,
+				(errmsg("refreshed the platform certificates of wxpay configuration \"%s\": %d held, %d new",
+						due->name, r->ncerts, nnew)));
+	}
+	else
+		wxpay_report(&r->result, WARNING);	/* the certificates held are kept */
+	PipeTxnEnd(p);
+	MemoryContextDelete(r->cxt);
+	p->cert = NULL;
+	p->cert_sched = NULL;
+}
