@@ -51,6 +51,7 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/tuplesort.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 #include "wxpay_signplan.h"

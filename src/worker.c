@@ -412,7 +412,7 @@ void
 wxpay_worker_wait_finished(long timeout_ms)
 {
 	(void) ConditionVariableTimedSleep(&Shared->finished_cv, timeout_ms,
-									   PG_WAIT_EXTENSION);
+									   wxpay_wait_event(WXPAY_WAIT_STOP_REQUEST));
 }
 
 void
@@ -591,7 +591,7 @@ wxpay_launcher_main(Datum arg)
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
 						 (timeout >= 0 ? WL_TIMEOUT : 0),
-						 timeout, PG_WAIT_EXTENSION);
+						 timeout, wxpay_wait_event(WXPAY_WAIT_LAUNCHER));
 		ResetLatch(MyLatch);
 	}
 }
@@ -687,7 +687,7 @@ wxpay_queue_worker_main(Datum arg)
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WORKER_ERROR_PAUSE_MS, PG_WAIT_EXTENSION);
+						 WORKER_ERROR_PAUSE_MS, wxpay_wait_event(WXPAY_WAIT_ERROR_PAUSE));
 	}
 	PG_exception_stack = &local_sigjmp_buf;
 
@@ -719,7 +719,7 @@ wxpay_queue_worker_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
+						 Max(sleep_ms, 1), wxpay_wait_event(WXPAY_WAIT_QUEUE_WAKEUP));
 	}
 }
 

@@ -21,6 +21,7 @@
  *	  worker.c			the launcher and the queue worker (background
  *						processes), shared memory and wakeups
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
+ *	  waitevent.c		the named wait events of every wait (pg_stat_activity)
  *
  *-------------------------------------------------------------------------
  */
@@ -40,11 +41,16 @@
 #define WXPAY_VERSION "unknown"
 #endif
 
-/* pg_attribute_noreturn() is being replaced by pg_noreturn in newer servers */
-#ifdef pg_attribute_noreturn
-#define WXPAY_NORETURN pg_attribute_noreturn()
+/*
+ * A function that never returns: PostgreSQL 18 replaced the attribute
+ * pg_attribute_noreturn() with the C11 function specifier pg_noreturn.  It
+ * goes before the declaration ("extern WXPAY_NORETURN void f(void);"),
+ * where both forms work.
+ */
+#if PG_VERSION_NUM >= 180000
+#define WXPAY_NORETURN pg_noreturn
 #else
-#define WXPAY_NORETURN
+#define WXPAY_NORETURN pg_attribute_noreturn()
 #endif
 
 /* Answers larger than this are refused while they arrive. */
@@ -67,6 +73,22 @@ extern int	wxpay_connect_timeout;
 extern int	wxpay_request_timeout;
 extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
 extern int	wxpay_batch_concurrency;
+
+/* ---------- waitevent.c ---------- */
+
+/* What a process of the extension waits for (pg_stat_activity.wait_event) */
+typedef enum WxpayWaitKind
+{
+	WXPAY_WAIT_ANSWER,			/* WeChat Pay's answer to a request */
+	WXPAY_WAIT_BATCH,			/* the answers of wxpay_stop_sign_plans */
+	WXPAY_WAIT_STOP_REQUEST,	/* the worker's outcome of a queued stop */
+	WXPAY_WAIT_QUEUE_WAKEUP,	/* the worker, idle: work to be queued */
+	WXPAY_WAIT_ERROR_PAUSE,		/* the worker, pausing after an error */
+	WXPAY_WAIT_LAUNCHER,		/* the launcher, idle */
+	WXPAY_NUM_WAIT_KINDS
+} WxpayWaitKind;
+
+extern uint32 wxpay_wait_event(WxpayWaitKind kind);
 
 /* ---------- protocol.c ---------- */
 
@@ -181,7 +203,7 @@ typedef struct WxpayConfig
 } WxpayConfig;
 
 extern void ConfigInit(void);
-extern void wxpay_config_missing(const char *name) WXPAY_NORETURN;
+extern WXPAY_NORETURN void wxpay_config_missing(const char *name);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
@@ -304,7 +326,7 @@ extern bool wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req,
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
-extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
+extern WXPAY_NORETURN void wxpay_call_raise(WxpayCallResult *res);
 
 /* ---------- certs.c ---------- */
 
