@@ -42,10 +42,11 @@
 #endif
 
 /*
- * A function that never returns: PostgreSQL 18 replaced the attribute
- * pg_attribute_noreturn() with the C11 function specifier pg_noreturn.  It
- * goes before the declaration ("extern WXPAY_NORETURN void f(void);"),
- * where both forms work.
+ * A function that never returns.  PostgreSQL 18 dropped the attribute
+ * pg_attribute_noreturn() for pg_noreturn, a function specifier (C11
+ * _Noreturn, or C23's [[noreturn]], which must open the declaration).  So it
+ * goes first: "WXPAY_NORETURN extern void f(void);", where gcc accepts the
+ * older attribute too.
  */
 #if PG_VERSION_NUM >= 180000
 #define WXPAY_NORETURN pg_noreturn
@@ -203,7 +204,7 @@ typedef struct WxpayConfig
 } WxpayConfig;
 
 extern void ConfigInit(void);
-extern WXPAY_NORETURN void wxpay_config_missing(const char *name);
+WXPAY_NORETURN extern void wxpay_config_missing(const char *name);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
@@ -326,7 +327,7 @@ extern bool wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req,
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
-extern WXPAY_NORETURN void wxpay_call_raise(WxpayCallResult *res);
+WXPAY_NORETURN extern void wxpay_call_raise(WxpayCallResult *res);
 
 /* ---------- certs.c ---------- */
 
