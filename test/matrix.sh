@@ -308,8 +308,11 @@ run_major() {
     # (cleanup, the EXIT trap, releases it if this is interrupted)
     mount_chroot "$dir"
     mlog "PostgreSQL $major: running the suite (log $LOGS/$major.log)"
+    # in the background, so that an interrupt runs the traps at once (they
+    # stop everything in the chroot) instead of after the suite
     in_chroot "$dir" env ${WX_MAKE_ARGS:+WX_MAKE_ARGS="$WX_MAKE_ARGS"} \
-        bash /wxpay-matrix-run/test/matrix.sh --inside "$major" >"$LOGS/$major.log" 2>&1 || true
+        bash /wxpay-matrix-run/test/matrix.sh --inside "$major" >"$LOGS/$major.log" 2>&1 &
+    wait $! || true
     release_chroot "$dir"
     rm -rf --one-file-system "$work"
     exec 8>&-
@@ -328,7 +331,9 @@ cleanup() {
     for p in "${PREP_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     for major in $WX_MATRIX_MAJORS; do
-        release_chroot "$(cache_dir_of "$major")" || true
+        if release_chroot "$(cache_dir_of "$major")"; then
+            rm -rf --one-file-system "$(cache_dir_of "$major")/wxpay-matrix-run"
+        fi
         release_chroot "$(cache_dir_of "$major").partial" || true
     done
     if [ -z "${WX_MATRIX_KEEP:-}" ] && [ -z "${MATRIX_FAILED:-}" ]; then rm -rf "$LOGS"; fi
