@@ -178,7 +178,9 @@ for my $f (
 # ---- each URL with its own error; refresh and check fail over too ----
 {
 	my ($p1, $p2) = ($closed->sockport, $closed2->sockport);
-	my $both = qr/Nothing was sent to \Q$closed_url\E: [^\n]*?port $p1\b[^\n]*?\. Nothing was sent to the backup domain \Q$closed2_url\E either: [^\n]*?port $p2\b[^\n]*?\./;
+	# each error names its own port, in libcurl's words ("127.0.0.1 port
+	# N" up to libcurl 7, "127.0.0.1:N" in 8)
+	my $both = qr/Nothing was sent to \Q$closed_url\E: [^\n]*?(?:port |:)$p1\b[^\n]*?\. Nothing was sent to the backup domain \Q$closed2_url\E either: [^\n]*?(?:port |:)$p2\b[^\n]*?\./;
 	my ($out, $err) = run_sql(stop_sql('t41-both2', 'fo_both'));
 	like($err, qr/^DETAIL:  $both$/m, 'both down: each URL with its own error');
 
