@@ -138,7 +138,13 @@ CREATE TYPE @extschema@.wxpay_sign_plan AS (
     deduction_quantity integer,
     total_actual_price bigint,
     signed_detail_list jsonb,
-    sign_time timestamptz
+    sign_time timestamptz,
+    -- ===== 0.3.0: partner mode (issue 12) =====
+    -- a service provider's answers about a sub-merchant's plan; NULL for
+    -- direct merchants
+    sub_openid text,
+    sub_mchid text,
+    sub_appid text
 );
 
 CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
@@ -160,17 +166,21 @@ CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
 -- Stop a sign plan.  SECURITY DEFINER so that it can read the keys its
 -- caller may not; the pinned search_path makes it immune to objects the
 -- caller plants.  Not STRICT: a NULL argument is an error, not a silent NULL.
+-- 0.3.0 (issue 12): sub_mchid, on this function, the query, the batch and
+-- the async one, makes a service provider's call for that sub-merchant
+-- (the partner endpoint, the config's keys); NULL: the config's own plan.
 --
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plan(
     merchant_sign_plan_no text,
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS @extschema@.wxpay_sign_plan
 AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plan'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text, text) FROM PUBLIC;
 
 --
 -- Query a sign plan: the signed, verified GET.  How to learn the truth
@@ -178,13 +188,14 @@ REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM P
 --
 CREATE FUNCTION @extschema@.wxpay_query_sign_plan(
     merchant_sign_plan_no text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS @extschema@.wxpay_sign_plan
 AS 'MODULE_PATHNAME', 'wxpay_query_sign_plan'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text, text) FROM PUBLIC;
 
 --
 -- Expand a plan's signed_detail_list into rows.  Pure functions of their
@@ -242,7 +253,8 @@ REVOKE ALL ON FUNCTION @extschema@.wxpay_check_config(text, boolean) FROM PUBLIC
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plans(
     merchant_sign_plan_nos text[],
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS TABLE (
     merchant_sign_plan_no text,
     ok boolean,
@@ -255,7 +267,7 @@ AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plans'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 100
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plans(text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plans(text[], text, text, text) FROM PUBLIC;
 
 
 
@@ -284,6 +296,12 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     error_message text,
     request_id text,
     result @extschema@.wxpay_sign_plan,
+    -- ===== 0.3.0: partner mode (issue 12) =====
+    -- the sub-merchant a service provider stops the plan for; NULL: the
+    -- config's own plan (direct merchant)
+    sub_mchid text,
+    -- ===== 0.3.0: statistics (issue 14) =====
+    outcome_unknown boolean NOT NULL DEFAULT false,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );
@@ -325,13 +343,14 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_stop_request_id_se
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plan_async(
     merchant_sign_plan_no text,
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plan_async'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan_async(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan_async(text, text, text, text) FROM PUBLIC;
 
 --
 -- Wait for a queued stop to finish; returns its row either way.
@@ -363,3 +382,135 @@ BEGIN ATOMIC
 END;
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_purge_stop_requests(interval) FROM PUBLIC;
+
+-- ===== 0.3.0: statistics (issue 14) =====
+
+--
+-- Cumulative statistics of every call to WeChat Pay, one row per (config,
+-- operation, source), kept in shared memory since the server started or
+-- wxpay_stat_reset() ran.  Needs the library in shared_preload_libraries;
+-- without it the function raises 55000.  Names, counters and times only.
+--
+CREATE FUNCTION @extschema@.wxpay_stat(
+    OUT config_name text,
+    OUT operation text,
+    OUT source text,
+    OUT calls bigint,
+    OUT succeeded bigint,
+    OUT rejected bigint,
+    OUT unknown bigint,
+    OUT not_sent bigint,
+    OUT errors bigint,
+    OUT failovers bigint,
+    OUT timed_calls bigint,
+    OUT total_time_ms double precision,
+    OUT mean_time_ms double precision,
+    OUT min_time_ms double precision,
+    OUT max_time_ms double precision,
+    OUT p50_time_ms double precision,
+    OUT p95_time_ms double precision,
+    OUT p99_time_ms double precision,
+    OUT last_error_at timestamptz,
+    OUT last_error text,
+    OUT dropped bigint,
+    OUT stats_reset timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'wxpay_stat'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stat() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.wxpay_stat() TO pg_monitor;
+
+CREATE VIEW @extschema@.wxpay_stat AS
+    SELECT * FROM @extschema@.wxpay_stat();
+
+COMMENT ON VIEW @extschema@.wxpay_stat IS
+    'Cumulative statistics of wxpay_signplan calls per config, operation and source';
+
+REVOKE ALL ON TABLE @extschema@.wxpay_stat FROM PUBLIC;
+GRANT SELECT ON TABLE @extschema@.wxpay_stat TO pg_monitor;
+
+--
+-- Forget all statistics; returns the new stats_reset.
+--
+CREATE FUNCTION @extschema@.wxpay_stat_reset()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'wxpay_stat_reset'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stat_reset() FROM PUBLIC;
+
+--
+-- The queue at a glance, one row per config (every configured one, and any
+-- other name with unfinished requests): what waits, what is in flight, how
+-- late the oldest due request is, the worker's last failure for that config
+-- and what the worker process is doing.  Reads only the unfinished rows
+-- (the partial index) and the last hour's finished ones.
+--
+CREATE VIEW @extschema@.wxpay_queue_status AS
+WITH pending AS (
+    SELECT r.config_name,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued') AS queued,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued' AND r.attempts > 0) AS retrying,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'sending') AS in_flight,
+           pg_catalog.count(*) FILTER (WHERE r.outcome_unknown) AS outcome_unknown,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued'
+                                       AND r.next_attempt_at <= pg_catalog.now()) AS due,
+           pg_catalog.min(r.next_attempt_at) FILTER (WHERE r.state = 'queued'
+                                       AND r.next_attempt_at <= pg_catalog.now()) AS oldest_due_at,
+           pg_catalog.min(r.next_attempt_at) FILTER (WHERE r.state = 'queued') AS next_attempt_at
+      FROM @extschema@.wxpay_stop_request r
+     WHERE r.state = ANY (ARRAY['queued', 'sending']::text[])
+     GROUP BY r.config_name),
+finished AS (
+    SELECT r.config_name,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'succeeded') AS succeeded_last_hour,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'failed') AS failed_last_hour
+      FROM @extschema@.wxpay_stop_request r
+     WHERE r.finished_at > pg_catalog.now() - '1 hour'::interval
+     GROUP BY r.config_name),
+names AS (
+    SELECT c.name AS config_name FROM @extschema@.wxpay_config c
+    UNION
+    SELECT p.config_name FROM pending p),
+errors AS (
+    SELECT DISTINCT ON (s.config_name) s.config_name, s.last_error_at, s.last_error
+      FROM @extschema@.wxpay_stat() s
+     WHERE s.source = 'worker' AND s.last_error_at IS NOT NULL
+     ORDER BY s.config_name, s.last_error_at DESC),
+worker AS (
+    SELECT a.pid, a.state, a.query, a.state_change, a.backend_start
+      FROM pg_catalog.pg_stat_activity a
+     WHERE a.backend_type = 'wxpay_signplan worker'
+       AND a.datname = pg_catalog.current_database()
+     ORDER BY a.backend_start DESC
+     LIMIT 1)
+SELECT n.config_name,
+       COALESCE(p.queued, 0) AS queued,
+       COALESCE(p.retrying, 0) AS retrying,
+       COALESCE(p.in_flight, 0) AS in_flight,
+       COALESCE(p.outcome_unknown, 0) AS outcome_unknown,
+       COALESCE(p.due, 0) AS due,
+       COALESCE(f.succeeded_last_hour, 0) AS succeeded_last_hour,
+       COALESCE(f.failed_last_hour, 0) AS failed_last_hour,
+       p.oldest_due_at,
+       pg_catalog.now() - p.oldest_due_at AS oldest_due_age,
+       p.next_attempt_at,
+       e.last_error,
+       e.last_error_at,
+       w.pid AS worker_pid,
+       w.state AS worker_state,
+       w.query AS worker_activity,
+       w.state_change AS worker_state_since,
+       w.backend_start AS worker_started_at
+  FROM names n
+  LEFT JOIN pending p ON p.config_name = n.config_name
+  LEFT JOIN finished f ON f.config_name = n.config_name
+  LEFT JOIN errors e ON e.config_name = n.config_name
+  LEFT JOIN worker w ON true;
+
+COMMENT ON VIEW @extschema@.wxpay_queue_status IS
+    'The stop request queue and its worker, one row per config';
+
+REVOKE ALL ON TABLE @extschema@.wxpay_queue_status FROM PUBLIC;
+GRANT SELECT ON TABLE @extschema@.wxpay_queue_status TO pg_monitor;

@@ -9,8 +9,8 @@
  * duplicate, a 4xx, a timeout, an answer that fails verification) is a row
  * with ok = false and the SQLSTATE the synchronous function would have
  * raised; it never ends the statement.  What concerns the whole call (a
- * NULL or invalid stop reason, an unknown or unusable config) is an error
- * raised before anything is sent; a cancel or statement_timeout ends the
+ * NULL or invalid stop reason or sub_mchid, an unknown or unusable config)
+ * is an error raised before anything is sent; a cancel or statement_timeout ends the
  * statement as usual.
  *
  * Duplicates.  A plan number that occurs again in the same array is not
@@ -30,6 +30,11 @@
  * position (bounded by work_mem, spilling to disk beyond it), and is read
  * back in input order into the result tuplestore at the end.  A slow
  * request thus never holds up the others.
+ *
+ * Statistics.  Each element sent is one call (stats.c), counted as its row
+ * is made.  When a statement error ends the batch, the elements in flight
+ * or being signed are counted as calls that ended in error; an error before
+ * any element (the config) counts as one.  Input-error rows are no calls.
  *
  * Not transactional: every stop is an HTTP call made while the function
  * runs.  A cancel, statement_timeout or a rollback loses the rows but not
@@ -85,6 +90,7 @@ typedef struct BatchState
 {
 	const WxpayConfig *cfg;
 	const char *stop_reason;	/* UTF-8 */
+	const char *sub_mchid;		/* every plan's sub-merchant, or NULL */
 	Datum	   *elems;
 	bool	   *elem_nulls;
 	int			nelems;
@@ -96,6 +102,8 @@ typedef struct BatchState
 	Tuplesortstate *sort;		/* rows with their ordinal */
 	TupleTableSlot *sort_slot;
 	MemoryContext row_cxt;		/* input-error rows; reset per row */
+	int			nstarted;		/* elements taken up for sending */
+	bool		preparing;		/* inside wxpay_call_prepare */
 } BatchState;
 
 static WxpayHttpRequest *BatchNext(void *arg);
@@ -107,6 +115,8 @@ static void BatchPut(BatchState *st, int ordinal, const char *plan_no,
 static void BatchPutInputError(BatchState *st, int ordinal,
 							   const char *plan_no, int sqlstate,
 							   const char *message);
+static void BatchRun(FunctionCallInfo fcinfo, BatchState *st);
+static void BatchCountError(BatchState *st, const char *config_name);
 
 /* Store one row (copied into the sort) for array position ordinal. */
 static void
@@ -224,8 +234,12 @@ BatchNext(void *arg)
 		slot->call.op = WXPAY_OP_STOP;
 		slot->call.plan_no = plan_no;
 		slot->call.stop_reason = st->stop_reason;
+		slot->call.sub_mchid = st->sub_mchid;
 		slot->call.cfg = st->cfg;
+		st->nstarted++;
+		st->preparing = true;
 		wxpay_call_prepare(&slot->call);
+		st->preparing = false;
 		slot->call.req.resp_cxt = slot->cxt;
 		slot->ordinal = ordinal;
 		MemoryContextSwitchTo(old);
@@ -242,10 +256,12 @@ BatchDone(WxpayHttpRequest *req, void *arg)
 	BatchSlot  *slot = (BatchSlot *) ((char *) req - offsetof(BatchSlot, call.req));
 	WxpayCallResult res;
 	MemoryContext old;
+	bool		ok;
 
 	Assert(slot >= st->slots && slot < st->slots + st->nslots);
 	old = MemoryContextSwitchTo(slot->cxt);
-	if (wxpay_call_finish(&slot->call, st->plan_desc, &res))
+	ok = wxpay_call_finish(&slot->call, st->plan_desc, &res);
+	if (ok)
 		BatchPut(st, slot->ordinal, slot->call.plan_no, true, 0,
 				 NULL, NULL, res.request_id, res.tuple);
 	else
@@ -253,6 +269,8 @@ BatchDone(WxpayHttpRequest *req, void *arg)
 				 res.error_code, wxpay_report_text(&res), res.request_id, NULL);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(slot->cxt);
+	/* counted once its row is stored: an error before is BatchCountError's */
+	wxpay_stat_call(&slot->call, WXPAY_STAT_SESSION, ok, &res);
 	slot->ordinal = -1;
 }
 
@@ -260,8 +278,62 @@ PG_FUNCTION_INFO_V1(wxpay_stop_sign_plans);
 Datum
 wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	BatchState	st;
+	char	   *config_name;
+
+	/* whole-call arguments first: their errors come before anything is sent */
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stop_reason must not be null")));
+	memset(&st, 0, sizeof(st));
+	st.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	st.sub_mchid = wxpay_sub_mchid_arg(fcinfo, 3);
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("config_name must not be null")));
+	config_name = text_to_cstring(PG_GETARG_TEXT_PP(2));
+
+	/* from here on errors are calls that ended in error (BatchCountError) */
+	PG_TRY();
+	{
+		st.cfg = wxpay_resolve_config(fcinfo, 2);
+		BatchRun(fcinfo, &st);
+	}
+	PG_CATCH();
+	{
+		BatchCountError(&st, config_name);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return (Datum) 0;
+}
+
+/*
+ * A statement error ends the batch: each element taken up for sending that
+ * has no row yet (in flight, or being signed) is a call that ended in
+ * error; an error before any element was taken up (the config) is one.
+ */
+static void
+BatchCountError(BatchState *st, const char *config_name)
+{
+	int			n = st->preparing ? 1 : 0;
+
+	for (int i = 0; i < st->nslots; i++)
+		if (st->slots[i].ordinal >= 0)
+			n++;
+	if (n == 0 && st->nstarted == 0)
+		n = 1;
+	for (int i = 0; i < n; i++)
+		wxpay_stat_error(config_name, WXPAY_STAT_STOP, WXPAY_STAT_SESSION);
+}
+
+/* Everything after the arguments: send, collect, return in input order. */
+static void
+BatchRun(FunctionCallInfo fcinfo, BatchState *st)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TupleDesc	out_desc;
 	TupleDesc	sort_desc;
 	ArrayType  *arr;
@@ -271,15 +343,6 @@ wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 	Oid			sort_coll = InvalidOid;
 	bool		nulls_first = false;
 
-	/* whole-call arguments first: their errors come before anything is sent */
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("stop_reason must not be null")));
-	memset(&st, 0, sizeof(st));
-	st.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
-	st.cfg = wxpay_resolve_config(fcinfo, 2);
-
 	InitMaterializedSRF(fcinfo, 0);
 	out_desc = rsinfo->setDesc;
 	if (out_desc->natts != NUM_COLS ||
@@ -288,20 +351,20 @@ wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 
 	/* a NULL array has no elements, like an empty one */
 	if (PG_ARGISNULL(0))
-		return (Datum) 0;
+		return;
 	arr = PG_GETARG_ARRAYTYPE_P(0);
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("merchant_sign_plan_nos must be a one-dimensional array")));
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
-					  &st.elems, &st.elem_nulls, &st.nelems);
-	if (st.nelems == 0)
-		return (Datum) 0;
+					  &st->elems, &st->elem_nulls, &st->nelems);
+	if (st->nelems == 0)
+		return;
 
-	st.plan_desc = lookup_rowtype_tupdesc_copy(TupleDescAttr(out_desc, COL_PLAN)->atttypid,
-											   TupleDescAttr(out_desc, COL_PLAN)->atttypmod);
-	st.plan_desc = BlessTupleDesc(st.plan_desc);
+	st->plan_desc = lookup_rowtype_tupdesc_copy(TupleDescAttr(out_desc, COL_PLAN)->atttypid,
+												TupleDescAttr(out_desc, COL_PLAN)->atttypmod);
+	st->plan_desc = BlessTupleDesc(st->plan_desc);
 
 	/* the rows as returned, plus their position to sort on */
 	sort_desc = CreateTemplateTupleDesc(NUM_COLS + 1);
@@ -312,47 +375,46 @@ wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 	/* 19: a descriptor built by hand is finalized before any use */
 	TupleDescFinalize(sort_desc);
 #endif
-	st.sort = tuplesort_begin_heap(sort_desc, 1, &sort_col, &sort_op, &sort_coll,
-								   &nulls_first, work_mem, NULL, TUPLESORT_NONE);
-	st.sort_slot = MakeSingleTupleTableSlot(sort_desc, &TTSOpsMinimalTuple);
+	st->sort = tuplesort_begin_heap(sort_desc, 1, &sort_col, &sort_op, &sort_coll,
+									&nulls_first, work_mem, NULL, TUPLESORT_NONE);
+	st->sort_slot = MakeSingleTupleTableSlot(sort_desc, &TTSOpsMinimalTuple);
 
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = WXPAY_PLAN_NO_MAX + 1;
 	hctl.entrysize = sizeof(BatchSeen);
 	hctl.hcxt = CurrentMemoryContext;
-	st.seen = hash_create("wxpay_stop_sign_plans plan numbers", Min(st.nelems, 1024),
-						  &hctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	st->seen = hash_create("wxpay_stop_sign_plans plan numbers", Min(st->nelems, 1024),
+						   &hctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	st.nslots = Max(1, Min(Min(wxpay_batch_concurrency, WXPAY_BATCH_CONCURRENCY_MAX),
-						   st.nelems));
-	st.slots = palloc0(sizeof(BatchSlot) * st.nslots);
-	for (int i = 0; i < st.nslots; i++)
+	st->nslots = Max(1, Min(Min(wxpay_batch_concurrency, WXPAY_BATCH_CONCURRENCY_MAX),
+							st->nelems));
+	st->slots = palloc0(sizeof(BatchSlot) * st->nslots);
+	for (int i = 0; i < st->nslots; i++)
 	{
-		st.slots[i].cxt = AllocSetContextCreate(CurrentMemoryContext,
-												"wxpay_stop_sign_plans call",
-												ALLOCSET_DEFAULT_SIZES);
-		st.slots[i].ordinal = -1;
+		st->slots[i].cxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "wxpay_stop_sign_plans call",
+												 ALLOCSET_DEFAULT_SIZES);
+		st->slots[i].ordinal = -1;
 	}
-	st.row_cxt = AllocSetContextCreate(CurrentMemoryContext,
-									   "wxpay_stop_sign_plans row",
-									   ALLOCSET_SMALL_SIZES);
+	st->row_cxt = AllocSetContextCreate(CurrentMemoryContext,
+										"wxpay_stop_sign_plans row",
+										ALLOCSET_SMALL_SIZES);
 
-	wxpay_http_perform_stream(st.nslots, BatchNext, BatchDone, &st);
+	wxpay_http_perform_stream(st->nslots, BatchNext, BatchDone, st);
 
 	/* back to input order */
-	tuplesort_performsort(st.sort);
-	while (tuplesort_gettupleslot(st.sort, true, false, st.sort_slot, NULL))
+	tuplesort_performsort(st->sort);
+	while (tuplesort_gettupleslot(st->sort, true, false, st->sort_slot, NULL))
 	{
-		slot_getallattrs(st.sort_slot);
+		slot_getallattrs(st->sort_slot);
 		tuplestore_putvalues(rsinfo->setResult, out_desc,
-							 st.sort_slot->tts_values, st.sort_slot->tts_isnull);
+							 st->sort_slot->tts_values,
+							 st->sort_slot->tts_isnull);
 	}
-	tuplesort_end(st.sort);
-	ExecDropSingleTupleTableSlot(st.sort_slot);
-	for (int i = 0; i < st.nslots; i++)
-		MemoryContextDelete(st.slots[i].cxt);
-	MemoryContextDelete(st.row_cxt);
-	hash_destroy(st.seen);
-
-	return (Datum) 0;
+	tuplesort_end(st->sort);
+	ExecDropSingleTupleTableSlot(st->sort_slot);
+	for (int i = 0; i < st->nslots; i++)
+		MemoryContextDelete(st->slots[i].cxt);
+	MemoryContextDelete(st->row_cxt);
+	hash_destroy(st->seen);
 }

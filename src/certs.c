@@ -762,6 +762,7 @@ wxpay_refresh_platform_certificates(PG_FUNCTION_ARGS)
 	MemoryContext cxt;
 	WxpayCertRefresh r;
 	char	   *name;
+	volatile bool ok = false;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -774,9 +775,23 @@ wxpay_refresh_platform_certificates(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(CurrentMemoryContext,
 								"wxpay_refresh_platform_certificates",
 								ALLOCSET_DEFAULT_SIZES);
-	wxpay_cert_refresh_prepare(&r, name, get_func_namespace(fcinfo->flinfo->fn_oid), cxt);
-	wxpay_cert_refresh_send(&r);
-	if (!wxpay_cert_refresh_finish(&r))
+	/* from here on it is a call: count it however it ends (stats.c) */
+	PG_TRY();
+	{
+		wxpay_cert_refresh_prepare(&r, name, get_func_namespace(fcinfo->flinfo->fn_oid), cxt);
+		wxpay_cert_refresh_send(&r);
+		ok = wxpay_cert_refresh_finish(&r);
+	}
+	PG_CATCH();
+	{
+		wxpay_stat_error(name, WXPAY_STAT_REFRESH, WXPAY_STAT_SESSION);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	wxpay_stat_attempt(name, WXPAY_STAT_REFRESH, WXPAY_STAT_SESSION,
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r.result.sqlstate),
+					   r.req.failed_over, r.req.elapsed_us);
+	if (!ok)
 		wxpay_report(&r.result, ERROR);
 
 	for (int i = 0; i < r.ncerts; i++)

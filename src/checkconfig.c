@@ -594,6 +594,16 @@ CheckLive(CheckOut *out, const char *name, Oid nspoid)
 	code = res.error_code;
 	rid = res.request_id ? psprintf(" Request-ID: %s.", res.request_id) : "";
 
+	/* the request did its job when WeChat Pay judged its signature */
+	wxpay_stat_attempt(name, WXPAY_STAT_CHECK, WXPAY_STAT_SESSION,
+					   req.outcome == WXPAY_TRANSPORT_NOT_SENT ? WXPAY_STAT_NOT_SENT :
+					   req.outcome == WXPAY_TRANSPORT_FAILED ? WXPAY_STAT_UNKNOWN :
+					   req.status == 404 || (req.status >= 200 && req.status < 300) ?
+					   WXPAY_STAT_SUCCEEDED :
+					   req.status >= 400 && req.status < 500 ? WXPAY_STAT_REJECTED :
+					   WXPAY_STAT_UNKNOWN,
+					   req.failed_over, req.elapsed_us);
+
 	if (req.outcome != WXPAY_TRANSPORT_ANSWERED)
 	{
 		CheckEmit(out, "live_request", CHECK_FAIL,
@@ -682,6 +692,9 @@ CheckLiveGuarded(CheckOut *out, const char *name, Oid nspoid)
 			ERRCODE_TO_CATEGORY(ERRCODE_WXPAY_CONFIG_ERROR) &&
 			edata->sqlerrcode != ERRCODE_UNDEFINED_OBJECT)
 			PG_RE_THROW();
+		if (edata->sqlerrcode != ERRCODE_UNDEFINED_OBJECT)	/* stats */
+			wxpay_stat_attempt(name, WXPAY_STAT_CHECK, WXPAY_STAT_SESSION,
+							   WXPAY_STAT_ERROR, false, -1);
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
@@ -778,7 +791,19 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 		CheckEmit(&out, "live_answer", CHECK_SKIP, "Not checked: nothing was sent.");
 	}
 	else if (live)
-		CheckLiveGuarded(&out, name, nspoid);
+	{
+		/* a live request is a call: count it however it ends (stats.c) */
+		PG_TRY();
+		{
+			CheckLiveGuarded(&out, name, nspoid);
+		}
+		PG_CATCH();
+		{
+			wxpay_stat_error(name, WXPAY_STAT_CHECK, WXPAY_STAT_SESSION);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
 
 	return (Datum) 0;
 }

@@ -10,6 +10,10 @@
  * any network I/O; all memory is palloc'd in the caller's per-call context,
  * so repeated calls leave nothing behind.
  *
+ * Statistics: once the config name is known, the call is counted however
+ * it ends (stats.c): its classified result, or, for an error raised on the
+ * way (a config problem, a cancel), from a PG_CATCH that then re-throws.
+ *
  * The detail functions are pure: jsonb in, rows out, materialized into a
  * tuplestore.
  *
@@ -30,7 +34,8 @@ static void DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list);
 
 /*
  * One call of op for the plan in argument 0; the stop reason (for a stop)
- * in argument 1; the config name in argument config_arg.
+ * in argument 1; the config name in argument config_arg and the sub-merchant
+ * (partner mode, may be NULL) in the one after it.
  */
 static Datum
 SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
@@ -39,6 +44,8 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	WxpayHttpRequest *req = &call.req;
 	WxpayCallResult res;
 	TupleDesc	tupdesc;
+	char	   *config_name;
+	volatile bool ok = false;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -55,15 +62,35 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	wxpay_check_plan_no_arg(call.plan_no);
 	if (op == WXPAY_OP_STOP)
 		call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
-	call.cfg = wxpay_resolve_config(fcinfo, config_arg);
+	call.sub_mchid = wxpay_sub_mchid_arg(fcinfo, config_arg + 1);
+	if (PG_ARGISNULL(config_arg))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("config_name must not be null")));
+	config_name = text_to_cstring(PG_GETARG_TEXT_PP(config_arg));
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	wxpay_call_prepare(&call);
-	wxpay_http_perform(&req, 1, 1);
-	if (!wxpay_call_finish(&call, tupdesc, &res))
+	/* from here on it is a call: count it however it ends (stats.c) */
+	PG_TRY();
+	{
+		call.cfg = wxpay_resolve_config(fcinfo, config_arg);
+		wxpay_call_prepare(&call);
+		wxpay_http_perform(&req, 1, 1);
+		ok = wxpay_call_finish(&call, tupdesc, &res);
+	}
+	PG_CATCH();
+	{
+		wxpay_stat_error(config_name,
+						 op == WXPAY_OP_STOP ? WXPAY_STAT_STOP : WXPAY_STAT_QUERY,
+						 WXPAY_STAT_SESSION);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	wxpay_stat_call(&call, WXPAY_STAT_SESSION, ok, &res);
+	if (!ok)
 		wxpay_report(&res, ERROR);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(res.tuple));

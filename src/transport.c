@@ -58,6 +58,10 @@
  * the bound on the whole request.  It happens inside the transfer loop, so
  * every caller of wxpay_http_perform(), one request or many, gets it.
  *
+ * Time.  Each request records how long its exchange took (elapsed_us), from
+ * the moment the transfer loop hands it to libcurl until it ends, a
+ * failover included: the figure the statistics (stats.c) report.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -449,6 +453,8 @@ RequestStart(CURL *easy, WxpayHttpRequest *req, struct curl_slist **headers)
 	if (req->resp)
 		req->resp[0] = '\0';
 	HeadersReset(req);
+	req->started = GetCurrentTimestamp();
+	req->elapsed_us = -1;
 	if (req->resp_cxt == NULL)
 		req->resp_cxt = CurrentMemoryContext;
 
@@ -590,6 +596,7 @@ RequestFinish(CURL *easy, WxpayHttpRequest *req, CURLcode rc)
 	}
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+	req->elapsed_us = Max(GetCurrentTimestamp() - req->started, 0);
 }
 
 /*
@@ -777,6 +784,7 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 	{
 		reqs[i]->outcome = WXPAY_TRANSPORT_NOT_SENT;
 		strlcpy(reqs[i]->errbuf, "the request was not started", sizeof(reqs[i]->errbuf));
+		reqs[i]->elapsed_us = -1;
 	}
 	src.reqs = reqs;
 	src.nreqs = nreqs;

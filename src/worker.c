@@ -156,6 +156,7 @@ typedef struct QueueItem
 {
 	int64		id;
 	char	   *plan_no;
+	char	   *sub_mchid;		/* partner mode's sub-merchant, or NULL */
 	text	   *stop_reason;
 	int			attempts;		/* including this one */
 	bool		needs_query;
@@ -988,12 +989,15 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 	/*
 	 * Due requests of that config, one per plan: a plan with a request in
 	 * flight, or two due requests, never has two stops on the wire at once.
+	 * Plans of different sub-merchants (partner mode) with one number count
+	 * as one here: they only wait for each other.
 	 */
 	sql = psprintf("SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
 				   " attempts > 0 AND error_code IS DISTINCT FROM 'WX004'"
 				   "  AND error_code IS DISTINCT FROM 'WX001'"
 				   "  AND error_code IS DISTINCT FROM '42704'"
-				   "  AND http_status IS DISTINCT FROM 429 AS needs_query"
+				   "  AND http_status IS DISTINCT FROM 429 AS needs_query,"
+				   " sub_mchid"
 				   " FROM %s r"
 				   " WHERE state = 'queued' AND config_name = $1"
 				   " AND next_attempt_at <= pg_catalog.now()"
@@ -1027,6 +1031,7 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 		it->stop_reason = DatumGetTextPCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		it->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)) + 1;
 		it->needs_query = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		it->sub_mchid = SPI_getvalue(tup, desc, 6);	/* NULL when NULL */
 		if (!cfg_failed)
 		{
 			int			cost = it->needs_query ? 2 : 1;
@@ -1059,7 +1064,12 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 	if (cfg_failed)
 	{
 		for (int i = 0; i < n; i++)
+		{
 			WorkerFail(&items[i], &cfg_failure);
+			if (cfg_failure.sqlstate != ERRCODE_UNDEFINED_OBJECT)	/* stats */
+				wxpay_stat_attempt(chosen, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+								   WXPAY_STAT_ERROR, false, -1);
+		}
 		*items_out = items;
 		*cfg_out = NULL;
 		return n;
@@ -1087,6 +1097,8 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 		if (!WorkerTry(WorkerSign, it, &res))
 		{
 			WorkerFail(it, &res);
+			wxpay_stat_attempt(cfg->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+							   WXPAY_STAT_ERROR, false, -1);	/* stats */
 			/* bad input never becomes good: no retry */
 			if (ERRCODE_TO_CATEGORY(res.sqlstate) == ERRCODE_DATA_EXCEPTION)
 				it->retry = false;
@@ -1155,12 +1167,14 @@ WorkerSign(void *arg)
 	wxpay_check_plan_no_arg(it->plan_no);
 	it->stop.op = WXPAY_OP_STOP;
 	it->stop.plan_no = it->plan_no;
+	it->stop.sub_mchid = it->sub_mchid;
 	it->stop.stop_reason = wxpay_check_stop_reason_arg(it->stop_reason);
 	wxpay_call_prepare(&it->stop);
 	if (it->needs_query)
 	{
 		it->query.op = WXPAY_OP_QUERY;
 		it->query.plan_no = it->plan_no;
+		it->query.sub_mchid = it->sub_mchid;	/* the partner query */
 		wxpay_call_prepare(&it->query);
 	}
 }
@@ -1224,10 +1238,13 @@ WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg, TupleDesc plan_desc)
 		WxpayCallResult res;
 		bool		isnull = true;
 		Datum		d = (Datum) 0;
+		bool		ok;
 
 		if (it->done || !it->needs_query)
 			continue;
-		if (!wxpay_call_finish(&it->query, plan_desc, &res))
+		ok = wxpay_call_finish(&it->query, plan_desc, &res);
+		wxpay_stat_call(&it->query, WXPAY_STAT_WORKER, ok, &res);	/* stats */
+		if (!ok)
 		{
 			/* 404: the plan is unknown; let the stop say so */
 			if (!(res.sqlstate == ERRCODE_WXPAY_REQUEST_REJECTED &&
@@ -1269,10 +1286,13 @@ WorkerSend(QueueItem *items, int n, const WxpayConfig *cfg, TupleDesc plan_desc)
 	{
 		QueueItem  *it = &items[i];
 		WxpayCallResult res;
+		bool		ok;
 
 		if (it->done)
 			continue;
-		if (wxpay_call_finish(&it->stop, plan_desc, &res))
+		ok = wxpay_call_finish(&it->stop, plan_desc, &res);
+		wxpay_stat_call(&it->stop, WXPAY_STAT_WORKER, ok, &res);	/* stats */
+		if (ok)
 		{
 			it->done = true;
 			it->succeeded = true;
@@ -1442,6 +1462,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	CertPrepareArg arg;
 	WxpayCallResult failure;
 	Oid			nspoid;
+	bool		ok;
 
 	if (wxpay_certificate_refresh_interval <= 0)
 		return false;
@@ -1486,6 +1507,8 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	arg.cxt = cxt;
 	if (!WorkerTry(WorkerCertPrepare, &arg, &failure))
 	{
+		wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+						   WXPAY_STAT_ERROR, false, -1);	/* stats */
 		WorkerTxnEnd(cxt);
 		wxpay_report(&failure, WARNING);
 		return true;
@@ -1496,7 +1519,11 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	wxpay_cert_refresh_send(r);
 
 	WorkerTxnBegin(cxt, "storing platform certificates");
-	if (wxpay_cert_refresh_finish(r))
+	ok = wxpay_cert_refresh_finish(r);
+	wxpay_stat_attempt(due->name, WXPAY_STAT_REFRESH, WXPAY_STAT_WORKER,
+					   ok ? WXPAY_STAT_SUCCEEDED : wxpay_stat_outcome(r->result.sqlstate),
+					   r->req.failed_over, r->req.elapsed_us);	/* stats */
+	if (ok)
 	{
 		int			nnew = 0;
 

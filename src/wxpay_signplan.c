@@ -67,6 +67,7 @@ _PG_init(void)
 	TransportInit();
 	ConfigInit();
 	WorkerInit();
+	StatsInit();
 
 	MarkGUCPrefixReserved("wxpay");
 }

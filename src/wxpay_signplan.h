@@ -25,6 +25,8 @@
  *						processes), shared memory and wakeups
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
  *	  waitevent.c		the named wait events of every wait (pg_stat_activity)
+ *	  stats.c			cumulative call statistics in shared memory (the
+ *						wxpay_stat view); callers classify, it counts
  *
  *-------------------------------------------------------------------------
  */
@@ -202,6 +204,9 @@ typedef struct WxpayHttpRequest
 	bool		failed_over;	/* url failed before sending; went to backup_url */
 	char		primary_errbuf[256];	/* libcurl's words about url, when
 										 * failed_over */
+	TimestampTz started;		/* when the transport took it */
+	int64		elapsed_us;		/* the whole exchange, a failover included;
+								 * -1 until it ended */
 	long		status;
 	char	   *resp;			/* NUL-terminated, palloc'd */
 	size_t		resp_len;
@@ -243,6 +248,8 @@ extern void wxpay_error_body(const char *body, size_t len,
 /* ---------- api.c ---------- */
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
+/* a service provider's calls for a sub-merchant (partner mode) */
+#define WXPAY_PARTNER_PLAN_PATH	"/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/"
 
 /* What an attempt was for; messages and hints depend on it. */
 typedef enum WxpayOperation
@@ -295,6 +302,8 @@ typedef struct WxpayAttempt
 {
 	WxpayOperation op;
 	const char *subject;		/* the plan number, or the config name */
+	const char *sub_mchid;		/* stop, query: a sub-merchant's plan, or
+								 * NULL */
 	const char *base_url;		/* where it was meant to go */
 	const char *backup_base_url;	/* or NULL */
 	WxpayHttpRequest *req;
@@ -309,6 +318,9 @@ typedef struct WxpayCall
 	WxpayOperation op;
 	const char *plan_no;
 	const char *stop_reason;	/* UTF-8, for WXPAY_OP_STOP */
+	const char *sub_mchid;		/* NULL: the config's own plan; else the
+								 * partner endpoint for this sub-merchant
+								 * (wxpay_call_prepare checks it: 22023) */
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
@@ -323,6 +335,8 @@ extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
 extern void wxpay_check_plan_no_arg(const char *plan_no);
 extern char *wxpay_check_stop_reason_arg(text *reason);
+extern char *wxpay_sub_mchid_arg(FunctionCallInfo fcinfo, int argno);
+extern void wxpay_check_sub_mchid_arg(const char *sub_mchid);
 extern void wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 							   const char *path, const char *body,
 							   size_t body_len, WxpayHttpRequest *req);
@@ -416,6 +430,51 @@ extern void wxpay_worker_cancel_wait(void);
 /* ---------- queue.c ---------- */
 
 extern void wxpay_queue_wake_at_commit(void);
+/* ---------- stats.c ---------- */
+
+/*
+ * The recording API: one wxpay_stat_attempt() per finished call, from the
+ * code that classified it.  stats.c depends on nothing above it.
+ */
+typedef enum WxpayStatOp
+{
+	WXPAY_STAT_STOP,
+	WXPAY_STAT_QUERY,
+	WXPAY_STAT_REFRESH,			/* platform certificate download */
+	WXPAY_STAT_CHECK,			/* wxpay_check_config's live request */
+	WXPAY_STAT_NUM_OPS
+} WxpayStatOp;
+
+typedef enum WxpayStatSource
+{
+	WXPAY_STAT_SESSION,			/* a SQL function, each batch element too */
+	WXPAY_STAT_WORKER,			/* the background worker */
+	WXPAY_STAT_NUM_SOURCES
+} WxpayStatSource;
+
+typedef enum WxpayStatOutcome
+{
+	WXPAY_STAT_SUCCEEDED,
+	WXPAY_STAT_REJECTED,		/* WX002 */
+	WXPAY_STAT_UNKNOWN,			/* WX003 */
+	WXPAY_STAT_NOT_SENT,		/* WX004 */
+	WXPAY_STAT_ERROR,			/* anything else: config, cancel, ... */
+	WXPAY_STAT_NUM_OUTCOMES
+} WxpayStatOutcome;
+
+extern bool wxpay_track_stats;
+
+extern void StatsInit(void);
+extern void wxpay_stat_attempt(const char *config_name, WxpayStatOp op,
+							   WxpayStatSource source,
+							   WxpayStatOutcome outcome, bool failed_over,
+							   int64 elapsed_us);
+extern WxpayStatOutcome wxpay_stat_outcome(int sqlstate);
+extern void wxpay_stat_error(const char *config_name, WxpayStatOp op,
+							 WxpayStatSource source);
+extern void wxpay_stat_call(const WxpayCall *call, WxpayStatSource source,
+							bool ok, const WxpayCallResult *res);
+
 /* ---------- batch.c ---------- */
 
 /* most requests wxpay_stop_sign_plans keeps in flight (transport's pool) */

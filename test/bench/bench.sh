@@ -14,6 +14,9 @@
 #     answer (like a real network path);
 #   - the backend's RSS before and after 10,000 sequential calls, and before
 #     and after a first and a second 10,000-element batch;
+#   - sequential throughput and CPU per call with the statistics on
+#     (wxpay.track_stats, the default) beside off, alternating in rounds on
+#     the same cluster, and whether every call was counted;
 #   - the targets, each PASS or MISS.
 # Every measured session warms up first (config cache, TLS handshakes).
 # Not a test: figures depend on the machine and its load.  CPU time is the
@@ -23,7 +26,9 @@
 #   bash test/bench/bench.sh --smoke    # tiny N, checks that it still works
 # Environment: WX_BENCH_N (calls per row at 0 ms, default 1000),
 # WX_BENCH_NLAT (with latency, 200), WX_BENCH_NMEM (memory run, 10000),
-# WX_BENCH_LATENCY_MS (20), WX_BENCH_WARM (20); WX_KEEP=1 as for run.sh.
+# WX_BENCH_LATENCY_MS (20), WX_BENCH_WARM (20), WX_BENCH_STATS_ROUNDS (5
+# on/off pairs of WX_BENCH_N calls); WX_KEEP=1 as for run.sh.  The cluster
+# preloads the library, so that the statistics exist to be measured.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 WX_PRIVATE_PG=1
@@ -33,7 +38,9 @@ NLAT=${WX_BENCH_NLAT:-200}
 NMEM=${WX_BENCH_NMEM:-10000}
 LAT=${WX_BENCH_LATENCY_MS:-20}
 WARM=${WX_BENCH_WARM:-20}
-if [ "${1:-}" = --smoke ]; then N=12; NLAT=16; NMEM=40; WARM=2; fi
+ROUNDS=${WX_BENCH_STATS_ROUNDS:-5}
+if [ "${1:-}" = --smoke ]; then N=12; NLAT=16; NMEM=40; WARM=2; ROUNDS=1; fi
+WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'"
 
 wx_prepare >&2
 BENCH="$WX_ROOT/test/bench"
@@ -95,6 +102,28 @@ MEM_SEQ=$LAST
 session "memory, batch c=8 (2nd batch)" 0 true 8 "$NMEM" "$NMEM"
 MEM_BATCH=$LAST
 
+# ---- the statistics' cost: sequential stops, counters on beside off ----
+wx_log "statistics: $ROUNDS rounds of $N sequential calls with wxpay.track_stats on, then off"
+psql_su -c 'SELECT wxpay_stat_reset()' >/dev/null
+ST_ON=(0 0 0)   # calls wall-ms cpu-ticks
+ST_OFF=(0 0 0)
+for r in $(seq 1 "$ROUNDS"); do
+    for track in on off; do
+        run=$((run + 1))
+        out=$(PGOPTIONS="-c wxpay.track_stats=$track" psql_su -v batch=false -v conc=1 \
+            -v n="$N" -v warm="$WARM" -v prefix="bench-t$run" -f "$BENCH/session.sql")
+        IFS='|' read -r n _ wall cpu _ <<<"$out"
+        ms=$(awk -v w="$wall" 'BEGIN { printf "%d", w * 1000 }')
+        if [ $track = on ]; then
+            ST_ON=($((ST_ON[0] + n)) $((ST_ON[1] + ms)) $((ST_ON[2] + cpu)))
+        else
+            ST_OFF=($((ST_OFF[0] + n)) $((ST_OFF[1] + ms)) $((ST_OFF[2] + cpu)))
+        fi
+    done
+done
+COUNTED=$(psql_su -At -c "SELECT coalesce(sum(calls), 0) FROM wxpay_stat WHERE operation = 'stop'")
+EXPECTED=$((ROUNDS * (N + WARM)))
+
 # ---- the report ----
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 printf '%s\n' "${ROWS[@]}" | awk -F'|' -v tick="$TICK_US" -v lat="$LAT" \
@@ -138,3 +167,22 @@ END {
     t(growth < 1024, sprintf("RSS growth < 1 MB per 10,000 calls: %+d kB per 10,000", growth))
 }
 function t(ok, what) { printf "  %-4s %s\n", ok ? "PASS" : "MISS", what }'
+
+TICK_US=$TICK_US awk -v on="${ST_ON[*]}" -v off="${ST_OFF[*]}" -v tick="$TICK_US" \
+    -v counted="$COUNTED" -v expected="$EXPECTED" -v rounds="$ROUNDS" '
+BEGIN {
+    split(on, a, " "); split(off, b, " ")
+    cps_on = a[2] > 0 ? a[1] * 1000 / a[2] : 0; cps_off = b[2] > 0 ? b[1] * 1000 / b[2] : 0
+    cpu_on = a[1] > 0 ? a[3] * tick / a[1] : 0; cpu_off = b[1] > 0 ? b[3] * tick / b[1] : 0
+    printf "\nstatistics (wxpay_stop_sign_plan sequential, %d rounds alternating, 0 ms added):\n", rounds
+    printf "  %-22s %9s %9s\n", "", "calls/s", "CPU us/c"
+    printf "  %-22s %9.1f %9.0f\n", "wxpay.track_stats on", cps_on, cpu_on
+    printf "  %-22s %9.1f %9.0f\n", "wxpay.track_stats off", cps_off, cpu_off
+    printf "  counted by wxpay_stat: %d of the %d calls made with it on (warm-ups included)\n", counted, expected
+    printf "\ntargets:\n"
+    cost = cps_off > 0 ? (1 - cps_on / cps_off) * 100 : 0
+    printf "  %-4s statistics cost <= 2%% of sequential throughput: %+.2f%%\n", cost <= 2 ? "PASS" : "MISS", cost
+    cpucost = cpu_off > 0 ? (cpu_on / cpu_off - 1) * 100 : 0
+    printf "  %-4s statistics cost <= 2%% of backend CPU per call: %+.2f%%\n", cpucost <= 2 ? "PASS" : "MISS", cpucost
+    printf "  %-4s every call with statistics on counted, none with them off\n", counted == expected ? "PASS" : "MISS"
+}'
