@@ -3,7 +3,18 @@
 --
 CREATE EXTENSION wxpay_signplan;
 
-\dx+ wxpay_signplan
+-- the extension's members: the objects its script creates.  Since
+-- PostgreSQL 17 the row types of its tables and the array types come with
+-- them as members too; they follow from the objects, so they are left out
+SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS member
+FROM pg_depend d
+LEFT JOIN pg_type t ON d.classid = 'pg_type'::regclass AND t.oid = d.objid
+LEFT JOIN pg_class c ON c.oid = t.typrelid
+WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'wxpay_signplan')
+  AND NOT coalesce(c.relkind <> 'c' OR
+                   EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid), false)
+ORDER BY 1;
 
 -- settings, with units
 SHOW wxpay.connect_timeout;
@@ -11,7 +22,12 @@ SHOW wxpay.request_timeout;
 SET wxpay.request_timeout = '2s';
 SHOW wxpay.request_timeout;
 RESET wxpay.request_timeout;
+SELECT name, unit, min_val, max_val, context FROM pg_settings
+WHERE name LIKE 'wxpay.%timeout' ORDER BY name;
+-- out of range (the message's wording of the range differs by version)
+\set VERBOSITY sqlstate
 SET wxpay.request_timeout = 0;
+\set VERBOSITY default
 SET wxpay.no_such_setting = 1;
 
 -- PUBLIC gets nothing that touches secrets or the network

@@ -20,8 +20,11 @@ WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'wxpay_signplan
   AND d.classid = 'pg_proc'::regclass AND p.prosecdef
 ORDER BY 1::text;
 
--- nobody but the owner holds any privilege on the secret tables
-SELECT c.relname, c.relacl
+-- nobody but the owner holds any privilege on the secret tables (counted,
+-- not listed: the owner's set of privileges grows with new servers)
+SELECT c.relname, c.relowner::regrole AS owner,
+       (SELECT count(*) FROM aclexplode(c.relacl) a
+        WHERE a.grantee <> c.relowner) AS grants_to_others
 FROM pg_class c
 WHERE c.relname IN ('wxpay_config', 'wxpay_platform_certificate')
 ORDER BY 1;

@@ -56,6 +56,7 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/tuplesort.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 #include "wxpay_signplan.h"
@@ -370,6 +371,10 @@ BatchRun(FunctionCallInfo fcinfo, BatchState *st)
 	for (int i = 0; i < NUM_COLS; i++)
 		TupleDescCopyEntry(sort_desc, i + 1, out_desc, i + 1);
 	TupleDescInitEntry(sort_desc, COL_ORDINAL + 1, "ordinal", INT4OID, -1, 0);
+#if PG_VERSION_NUM >= 190000
+	/* 19: a descriptor built by hand is finalized before any use */
+	TupleDescFinalize(sort_desc);
+#endif
 	st->sort = tuplesort_begin_heap(sort_desc, 1, &sort_col, &sort_op, &sort_coll,
 									&nulls_first, work_mem, NULL, TUPLESORT_NONE);
 	st->sort_slot = MakeSingleTupleTableSlot(sort_desc, &TTSOpsMinimalTuple);

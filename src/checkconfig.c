@@ -39,6 +39,7 @@
 #include "utils/lsyscache.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "wxpay_signplan.h"
 

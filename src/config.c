@@ -66,8 +66,9 @@ static void ConfigParse(const char *name, HeapTuple tup, TupleDesc desc,
 						WxpayConfig *cfg);
 static void ConfigParseCertificates(const char *name, WxpayConfig *cfg,
 									int ncerts, HeapTuple *tups, TupleDesc desc);
-static void ConfigKeyFailed(const char *name, const char *what,
-							WxpayKeyError *err) WXPAY_NORETURN;
+WXPAY_NORETURN static void ConfigKeyFailed(const char *name,
+										   const char *what,
+										   WxpayKeyError *err);
 
 PG_FUNCTION_INFO_V1(wxpay_config_changed);
 

@@ -164,7 +164,7 @@ wxpay_launcher_main(Datum arg)
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
 						 (timeout >= 0 ? WL_TIMEOUT : 0),
-						 timeout, PG_WAIT_EXTENSION);
+						 timeout, wxpay_wait_event(WXPAY_WAIT_LAUNCHER));
 		ResetLatch(MyLatch);
 		st.wake = false;
 	}

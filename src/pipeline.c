@@ -305,7 +305,7 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 			break;
 		pgstat_report_activity(STATE_RUNNING, "waiting for the rate limit");
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+						 Max(wait_ms, 1), wxpay_wait_event(WXPAY_WAIT_RATE_LIMIT));
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -360,7 +360,7 @@ wxpay_worker_wait_finished(long timeout_ms)
 	/* the wait takes an int: callers loop for longer timeouts */
 	timeout_ms = Max(Min(timeout_ms, (long) INT_MAX), 0);
 	(void) ConditionVariableTimedSleep(&Shared->finished_cv, timeout_ms,
-									   PG_WAIT_EXTENSION);
+									   wxpay_wait_event(WXPAY_WAIT_STOP_REQUEST));
 }
 
 void

@@ -95,6 +95,9 @@ static int	NSockets = 0;
 static long TimerMs = -1;
 static WaitEventSet *CurrentWes = NULL;
 
+/* the wait event of the current wxpay_http_perform*() (waitevent.c) */
+static uint32 PerformWaitEvent;
+
 /* per-slot state of wxpay_http_perform(), static so PG_FINALLY sees it */
 static int	NSlots = 0;
 static struct curl_slist *SlotHeaders[MAX_EASY];
@@ -638,7 +641,7 @@ WaitOnce(long max_ms)
 				AddWaitEventToSet(CurrentWes, ev, Sockets[i].fd, NULL, NULL);
 		}
 		n = WaitEventSetWait(CurrentWes, timeout, events, lengthof(events),
-							 PG_WAIT_EXTENSION);
+							 PerformWaitEvent);
 		FreeWaitEventSet(CurrentWes);
 		CurrentWes = NULL;
 
@@ -806,6 +809,7 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
 	src.reqs = reqs;
 	src.nreqs = nreqs;
 	src.next = 0;
+	PerformWaitEvent = wxpay_wait_event(WXPAY_WAIT_ANSWER);
 	PerformRun(Min(concurrency, nreqs), ArrayNext, NULL, NULL, &src);
 }
 
@@ -814,13 +818,15 @@ wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs, int concurrency)
  * NULL when there are no more) as soon as a slot is free, and done() gets
  * each request as it finishes, in completion order.  Requests are started
  * lazily, so the caller needs memory for at most concurrency of them at a
- * time.  done() is not called for requests a cancel interrupted.
+ * time.  done() is not called for requests a cancel interrupted.  (The
+ * stream is wxpay_stop_sign_plans'; its waits show as WxpayBatch.)
  */
 void
 wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
 						  WxpayHttpDone done, void *arg)
 {
 	CHECK_FOR_INTERRUPTS();
+	PerformWaitEvent = wxpay_wait_event(WXPAY_WAIT_BATCH);
 	PerformRun(concurrency, next, NULL, done, arg);
 }
 
@@ -836,6 +842,7 @@ wxpay_http_perform_poll(int concurrency, WxpayHttpPoll poll,
 						WxpayHttpDone done, void *arg)
 {
 	CHECK_FOR_INTERRUPTS();
+	PerformWaitEvent = wxpay_wait_event(WXPAY_WAIT_ANSWER);
 	PerformRun(concurrency, NULL, poll, done, arg);
 }
 

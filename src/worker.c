@@ -111,7 +111,8 @@ wxpay_queue_worker_main(Datum arg)
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WORKER_ERROR_PAUSE_MS, PG_WAIT_EXTENSION);
+						 WORKER_ERROR_PAUSE_MS,
+						 wxpay_wait_event(WXPAY_WAIT_ERROR_PAUSE));
 	}
 	PG_exception_stack = &local_sigjmp_buf;
 
@@ -143,7 +144,8 @@ wxpay_queue_worker_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
+						 Max(sleep_ms, 1),
+						 wxpay_wait_event(WXPAY_WAIT_QUEUE_WAKEUP));
 	}
 }
 

@@ -30,6 +30,7 @@
  *						merchants, certificate refreshes among them
  *	  worker.c			the queue worker process: its loop and its errors
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
+ *	  waitevent.c		the named wait events of every wait (pg_stat_activity)
  *	  stats.c			cumulative call statistics in shared memory (the
  *						wxpay_stat view); callers classify, it counts
  *
@@ -53,11 +54,17 @@
 #define WXPAY_VERSION "unknown"
 #endif
 
-/* pg_attribute_noreturn() is being replaced by pg_noreturn in newer servers */
-#ifdef pg_attribute_noreturn
-#define WXPAY_NORETURN pg_attribute_noreturn()
+/*
+ * A function that never returns.  PostgreSQL 18 dropped the attribute
+ * pg_attribute_noreturn() for pg_noreturn, a function specifier (C11
+ * _Noreturn, or C23's [[noreturn]], which must open the declaration).  So it
+ * goes first: "WXPAY_NORETURN extern void f(void);", where gcc accepts the
+ * older attribute too.
+ */
+#if PG_VERSION_NUM >= 180000
+#define WXPAY_NORETURN pg_noreturn
 #else
-#define WXPAY_NORETURN
+#define WXPAY_NORETURN pg_attribute_noreturn()
 #endif
 
 /* Answers larger than this are refused while they arrive. */
@@ -80,6 +87,23 @@ extern int	wxpay_connect_timeout;
 extern int	wxpay_request_timeout;
 extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
 extern int	wxpay_batch_concurrency;
+
+/* ---------- waitevent.c ---------- */
+
+/* What a process of the extension waits for (pg_stat_activity.wait_event) */
+typedef enum WxpayWaitKind
+{
+	WXPAY_WAIT_ANSWER,			/* WeChat Pay's answer to a request */
+	WXPAY_WAIT_BATCH,			/* the answers of wxpay_stop_sign_plans */
+	WXPAY_WAIT_STOP_REQUEST,	/* the worker's outcome of a queued stop */
+	WXPAY_WAIT_QUEUE_WAKEUP,	/* the worker, idle: work to be queued */
+	WXPAY_WAIT_ERROR_PAUSE,		/* the worker, pausing after an error */
+	WXPAY_WAIT_LAUNCHER,		/* the launcher, idle */
+	WXPAY_WAIT_RATE_LIMIT,		/* the worker, holding back for the rate limit */
+	WXPAY_NUM_WAIT_KINDS
+} WxpayWaitKind;
+
+extern uint32 wxpay_wait_event(WxpayWaitKind kind);
 
 /* ---------- protocol.c: see protocol.h ---------- */
 
@@ -143,7 +167,7 @@ typedef struct WxpayConfig
 } WxpayConfig;
 
 extern void ConfigInit(void);
-extern void wxpay_config_missing(const char *name) WXPAY_NORETURN;
+WXPAY_NORETURN extern void wxpay_config_missing(const char *name);
 extern char *wxpay_schema_quoted(Oid nspoid);
 extern void wxpay_spi_connect(void);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);

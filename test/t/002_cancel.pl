@@ -83,12 +83,17 @@ sub session_recovers
 	# the request reached the simulator (so we are past sending) ...
 	ok(session_wait_until($s, "the request for $plan", sub { sim_stop_attempts($plan) == 1 }),
 		'cancel: the stalled request reached the simulator');
-	# ... and the backend waits in the extension's wait loop
+	# ... and the backend waits in the extension's wait loop, for the answer
+	my $event =
+	  $node->safe_psql('postgres', 'SHOW server_version_num') >= 170000
+	  ? 'WxpayAnswer'
+	  : 'Extension';
 	ok( $node->poll_query_until(
 			'postgres',
-			"SELECT wait_event_type = 'Extension' AND state = 'active' "
+			"SELECT wait_event_type = 'Extension' AND wait_event = '$event' "
+			  . "AND state = 'active' "
 			  . "AND query LIKE '%$plan%' FROM pg_stat_activity WHERE pid = $pid"),
-		'cancel: the backend waits on an Extension wait event');
+		"cancel: the backend waits on the Extension wait event $event");
 
 	my $t0 = time();
 	is($ctl->query_safe("SELECT pg_cancel_backend($pid)"),

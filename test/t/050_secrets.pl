@@ -184,8 +184,16 @@ sub pg_dump_as
 }
 my ($dump_ok, $dump_out, $dump_err) = pg_dump_as('regress_app');
 ok(!$dump_ok, 'pg_dump as a non-owner fails');
-like($dump_err, qr/permission denied for (table|sequence) wxpay_/,
-	'pg_dump as a non-owner: permission denied for the extension\'s protected tables');
+# pg_dump's words differ by version (up to 17 the server's "permission
+# denied for table wxpay_config"; 18 reads sequences through a function and
+# says "failed to get data for sequence "wxpay_stop_request_id_seq"; user may
+# lack SELECT privilege"): what matters is that its error names one of the
+# extension's protected objects and a missing privilege
+my ($dump_error) = $dump_err =~ /^(pg_dump: error: .*)$/m;
+like($dump_error // '', qr/\bwxpay_\w+/,
+	'pg_dump as a non-owner: the error names a protected object of the extension');
+like($dump_error // '', qr/\b(?:permission|privilege)\b/,
+	'pg_dump as a non-owner: the error is about a missing privilege');
 my ($odump_ok, $owner_dump) = pg_dump_as('postgres');
 ok($odump_ok, 'pg_dump as the owner works');
 
