@@ -200,8 +200,15 @@ my $wrong_key = pki_file('wrong_merchant.key');
 sub try_sql
 {
 	my ($sql, %o) = @_;
-	my ($ret, $out, $err) = $node->psql($o{db} // 'postgres', $sql,
-		extra_params => $o{extra} // [], on_error_stop => 1);
+	my ($ret, $out, $err);
+	# psql exiting before it read its input (server restarting) makes
+	# IPC::Run die with a broken pipe: that is a failed attempt too
+	my $lived = eval {
+		($ret, $out, $err) = $node->psql($o{db} // 'postgres', $sql,
+			extra_params => $o{extra} // [], on_error_stop => 1);
+		1;
+	};
+	return (0, '', "psql: $@") unless $lived;
 	return ($ret == 0, $out, $err);
 }
 
@@ -226,7 +233,8 @@ sub must_sql
 	{
 		my ($ok, $out, $err) = try_sql($sql);
 		return $out if $ok;
-		die "SQL failed: $err\n$sql" unless $err =~ /connection|recovery mode|shutting down|starting up|terminat/i;
+		die "SQL failed: $err\n$sql"
+		  unless $err =~ /connection|recovery mode|shutting down|starting up|terminat|^psql: /i;
 		wait_server() or die "server did not come back";
 	}
 	die "SQL kept failing on connection errors: $sql";
