@@ -519,6 +519,11 @@ sub run_step
 		while (time - $t0 < $WAIT)
 		{
 			if (grep { $_->{plan} eq $s->{plan} } @{ sim_get('/held') }) { $in_flight = 1; last; }
+			# (a request that ends before sending, e.g. on a broken key,
+			# never arrives)
+			my ($ok, $out) = try_sql(
+				"SELECT state FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$s->{plan}'");
+			last if $ok && ($out eq 'succeeded' || $out eq 'failed');
 			sample_workers('while waiting for the held request');
 			Time::HiRes::sleep(0.02);
 		}
