@@ -4,7 +4,9 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 
 MODULE_big = $(EXTENSION)
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
-HEADERS = $(wildcard src/*.h)
+# Not HEADERS: PGXS would install these into the server's include
+# directory, and they are internal.
+WX_HEADERS = $(wildcard src/*.h)
 
 # Install scripts live in sql/ beside the regression inputs; the two are told
 # apart by name.
@@ -27,4 +29,4 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies; every object depends on the shared
 # header, or a changed struct leaves objects with two layouts.
-$(OBJS): $(HEADERS)
+$(OBJS): $(WX_HEADERS)

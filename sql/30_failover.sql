@@ -65,4 +65,17 @@ SELECT wxpay_stop_sign_plan('t30-4', 'r', 'fo');
 \set after `node test/sim/ctl.js requests`
 SELECT :after - :before AS requests_sent;
 
+-- wxpay_check_config judges backup_base_url with the same parser, and its
+-- live request says where it went
+UPDATE wxpay_config SET backup_base_url = :'sim_url' WHERE name = 'fo';
+SELECT check_name, ok,
+       regexp_replace(regexp_replace(detail, '127\.0\.0\.1:\d{2,}', 'SIMULATOR', 'g'),
+                      'wxpay-check-[0-9A-Za-z]+|Request-ID: \S+', 'X', 'g') AS detail
+FROM wxpay_check_config('fo', true)
+WHERE check_name IN ('base_url', 'backup_base_url', 'live_request');
+-- a path in backup_base_url fails the check, and live => true returns rows
+UPDATE wxpay_config SET backup_base_url = 'https://api2.mch.weixin.qq.com/v3' WHERE name = 'fo';
+SELECT check_name, ok, detail FROM wxpay_check_config('fo', true)
+WHERE ok IS DISTINCT FROM true;
+
 DELETE FROM wxpay_config WHERE name = 'fo';

@@ -8,8 +8,9 @@
  * callers that run many calls at once share them: wxpay_call_prepare()
  * checks the config and signs (no network), the transport performs the
  * request, wxpay_call_finish() verifies and converts the answer into either
- * a row or a WxpayCallResult describing the failure.  wxpay_call_raise()
- * turns that description into an ereport.
+ * a row or a WxpayCallResult describing the failure.  wxpay_report()
+ * turns that description into an ereport, wxpay_report_text() into a
+ * row's text.
  *
  * Classification, the contract callers branch on (README "Errors"):
  *	  WX004 request not sent: nothing reached WeChat Pay; safe to retry.
@@ -45,10 +46,12 @@
 
 #include "wxpay_signplan.h"
 
-static const char *CallWhat(const WxpayCall *call);
-static void CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
-					 char *detail, const char *hint);
-static char *CallRequestId(WxpayCall *call);
+static char *AttemptMessage(const WxpayAttempt *a);
+static void AttemptLogFailover(const WxpayAttempt *a);
+static const char *AttemptUnknownHint(const WxpayAttempt *a);
+static void AttemptErrorAnswer(const WxpayAttempt *a, WxpayCallResult *res);
+static bool CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res,
+					 char **why);
 
 /*
  * The config named by argument argno, looked up in the schema of the called
@@ -154,10 +157,17 @@ wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 
 	signature = wxpay_sign_base64(cfg->private_key, msg.data, msg.len, &err);
 	if (signature == NULL)
+	{
+		/* err.msg starts lower-case; a detail is a sentence */
+		err.msg[0] = pg_toupper((unsigned char) err.msg[0]);
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("could not sign the request with the private key of wxpay configuration \"%s\"", cfg->name),
-				 errdetail_internal("%s: %s", err.msg, err.lib)));
+				 errdetail_internal("%s: %s.", err.msg, err.lib)));
+	}
+
+	/* answers are converted without a transaction later (the worker) */
+	wxpay_encoding_prepare();
 
 	memset(req, 0, sizeof(WxpayHttpRequest));
 	req->method = method;
@@ -213,44 +223,6 @@ wxpay_call_prepare(WxpayCall *call)
 		wxpay_request_sign(cfg, "GET", path.data, NULL, 0, &call->req);
 
 	pfree(path.data);
-}
-
-static const char *
-CallWhat(const WxpayCall *call)
-{
-	return call->op == WXPAY_OP_STOP ? "stop" : "query";
-}
-
-static char *
-CallRequestId(WxpayCall *call)
-{
-	WxpayHeaderValue *h = &call->req.h_request_id;
-
-	if (h->count == 0 || h->overlong)
-		return NULL;
-	return pstrdup(h->value);
-}
-
-/*
- * Fill res as a failure; detail gets the Request-ID appended, and where the
- * request went when it failed over (not-sent details say it themselves).
- */
-static void
-CallFail(WxpayCall *call, WxpayCallResult *res, int sqlstate,
-		 char *detail, const char *hint)
-{
-	res->ok = false;
-	res->sqlstate = sqlstate;
-	res->message = psprintf("could not %s sign plan \"%s\"", CallWhat(call), call->plan_no);
-	if (call->req.failed_over && sqlstate != ERRCODE_WXPAY_REQUEST_NOT_SENT)
-		detail = psprintf("%s The request went to the backup domain %s because connecting to %s failed.",
-						  detail, call->cfg->backup_base_url, call->cfg->base_url);
-	res->request_id = CallRequestId(call);
-	if (res->request_id)
-		res->detail = psprintf("%s Request-ID: %s.", detail, res->request_id);
-	else
-		res->detail = detail;
-	res->hint = hint ? pstrdup(hint) : NULL;
 }
 
 /*
@@ -337,7 +309,8 @@ wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req, char **why)
 	if (key == NULL)
 	{
 		*why = psprintf("no usable key of wxpay configuration \"%s\" has serial \"%s\"",
-						cfg->name, req->h_serial.value);
+						cfg->name, wxpay_from_utf8(req->h_serial.value,
+												   req->h_serial.len, false, NULL));
 		return false;
 	}
 	if (!wxpay_answer_check_signature(req, key->pkey))
@@ -348,47 +321,211 @@ wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req, char **why)
 	return true;
 }
 
+/* ----------------------------------------------------------------
+ *		The one classifier and the one reporter
+ *
+ * Every request this extension sends (stop, query, batch, queue worker,
+ * certificate refresh, live check) is judged by wxpay_classify_attempt()
+ * alone, and every failure reaches the user through wxpay_report() (an
+ * ERROR, WARNING or LOG) or wxpay_report_text() (a row's error_message),
+ * so the same words arrive whichever door the user came through.
+ * ----------------------------------------------------------------
+ */
+
+/* The primary message of a failed attempt: whole strings, one per kind. */
+static char *
+AttemptMessage(const WxpayAttempt *a)
+{
+	switch (a->op)
+	{
+		case WXPAY_OP_STOP:
+			return psprintf("could not stop sign plan \"%s\"", a->subject);
+		case WXPAY_OP_QUERY:
+			return psprintf("could not query sign plan \"%s\"", a->subject);
+		case WXPAY_OP_CERTIFICATES:
+			return psprintf("could not refresh the platform certificates of wxpay configuration \"%s\"",
+							a->subject);
+		case WXPAY_OP_CHECK:
+			return psprintf("the live check of wxpay configuration \"%s\" failed",
+							a->subject);
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/* The operator learns that the main domain is unreachable: one LOG line. */
+static void
+AttemptLogFailover(const WxpayAttempt *a)
+{
+	WxpayHttpRequest *req = a->req;
+	char	   *primary_err = wxpay_from_utf8(req->primary_errbuf,
+											  strlen(req->primary_errbuf),
+											  false, NULL);
+
+#define FAILOVER_DETAIL \
+	errdetail_internal("Connecting to %s failed: %s.", a->base_url, primary_err)
+
+	switch (a->op)
+	{
+		case WXPAY_OP_STOP:
+			ereport(LOG,
+					(errmsg("sent the stop of sign plan \"%s\" to the backup domain %s because %s could not be reached",
+							a->subject, a->backup_base_url, a->base_url),
+					 FAILOVER_DETAIL));
+			break;
+		case WXPAY_OP_QUERY:
+			ereport(LOG,
+					(errmsg("sent the query of sign plan \"%s\" to the backup domain %s because %s could not be reached",
+							a->subject, a->backup_base_url, a->base_url),
+					 FAILOVER_DETAIL));
+			break;
+		case WXPAY_OP_CERTIFICATES:
+			ereport(LOG,
+					(errmsg("sent the platform certificate download of wxpay configuration \"%s\" to the backup domain %s because %s could not be reached",
+							a->subject, a->backup_base_url, a->base_url),
+					 FAILOVER_DETAIL));
+			break;
+		case WXPAY_OP_CHECK:
+			ereport(LOG,
+					(errmsg("sent the live check of wxpay configuration \"%s\" to the backup domain %s because %s could not be reached",
+							a->subject, a->backup_base_url, a->base_url),
+					 FAILOVER_DETAIL));
+			break;
+	}
+#undef FAILOVER_DETAIL
+}
+
+/* What to do after an outcome that may or may not have taken effect. */
+static const char *
+AttemptUnknownHint(const WxpayAttempt *a)
+{
+	switch (a->op)
+	{
+		case WXPAY_OP_STOP:
+			return "Query the sign plan to learn whether it was stopped before retrying.";
+		case WXPAY_OP_CERTIFICATES:
+			return "Retrying is safe: a download changes nothing. The certificates already held stay in use.";
+		case WXPAY_OP_QUERY:
+		case WXPAY_OP_CHECK:
+			break;
+	}
+	return "Retrying is safe: a query changes nothing.";
+}
+
 /*
- * Classify the finished request.  Returns true with res->tuple built from
- * the verified answer, or false with res describing the failure.
+ * Mark res as failed; the reader of a verified answer uses this too.  The
+ * classifier completes the report afterwards (message, where the request
+ * went, Request-ID).
+ */
+void
+wxpay_result_fail(WxpayCallResult *res, int sqlstate, const char *detail,
+				  const char *hint)
+{
+	res->ok = false;
+	res->tuple = NULL;
+	res->sqlstate = sqlstate;
+	res->detail = pstrdup(detail);
+	res->hint = hint ? pstrdup(hint) : NULL;
+}
+
+/* The detail of an answer that is not 2xx, and its SQLSTATE and hint. */
+static void
+AttemptErrorAnswer(const WxpayAttempt *a, WxpayCallResult *res)
+{
+	WxpayHttpRequest *req = a->req;
+	StringInfoData detail;
+	bool		rejected = req->status >= 400 && req->status < 500;
+	const char *code;
+	const char *hint;
+
+	wxpay_error_body(req->resp, req->resp_len, &res->error_code, &res->error_message);
+	code = res->error_code;
+
+	initStringInfo(&detail);
+	appendStringInfo(&detail, "WeChat Pay answered HTTP %ld", req->status);
+	if (code)
+		appendStringInfo(&detail, " with code \"%s\"", code);
+	if (res->error_message)
+		appendStringInfo(&detail, ": %s", res->error_message);
+	else if (req->resp_len == 0)
+		appendStringInfoString(&detail, " with an empty body");
+	else if (code == NULL)
+		appendStringInfoString(&detail, " with a body that is not a WeChat Pay error");
+	appendStringInfoChar(&detail, '.');
+
+	if (!rejected)
+	{
+		if (a->op == WXPAY_OP_STOP)
+			appendStringInfoString(&detail, " The outcome is unknown.");
+		hint = AttemptUnknownHint(a);
+	}
+	else if (req->status == 429)
+		hint = "WeChat Pay limits the request rate; retry later with backoff.";
+	else if (code && strcmp(code, "SIGN_ERROR") == 0)
+		hint = "Check mchid, serial_no and private_key in wxpay_config, and the database server's clock; wxpay_check_config(config_name, live => true) tells which.";
+	else if (a->op == WXPAY_OP_CERTIFICATES && req->status == 404 && code &&
+			 (strcmp(code, "RESOURCE_NOT_EXISTS") == 0 || strcmp(code, "NOT_FOUND") == 0))
+		hint = "WeChat Pay has no platform certificates for merchants in public-key mode: set wechatpay_public_key_id and wechatpay_public_key instead.";
+	else if (a->op == WXPAY_OP_STOP)
+		hint = "The sign plan was not stopped by this call.";
+	else if (a->op == WXPAY_OP_CERTIFICATES)
+		hint = "The certificates already held stay in use.";
+	else
+		hint = NULL;
+
+	wxpay_result_fail(res, rejected ? ERRCODE_WXPAY_REQUEST_REJECTED :
+					  ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail.data, hint);
+	pfree(detail.data);
+}
+
+/*
+ * Classify one finished attempt: the only place where an outcome is
+ * decided (WX004 not sent, WX002 rejected, WX003 unknown, or ok).  Returns
+ * res->ok.  A verified 2xx answer goes to a->read when set.  Logs a
+ * failover.  All text in res is in the database encoding.
  */
 bool
-wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
+wxpay_classify_attempt(const WxpayAttempt *a, WxpayCallResult *res)
 {
-	WxpayHttpRequest *req = &call->req;
-	const char *retry_hint = call->op == WXPAY_OP_STOP ?
-		"Query the sign plan to learn whether it was stopped before retrying." :
-		"Retrying is safe: a query changes nothing.";
-	char	   *why;
+	WxpayHttpRequest *req = a->req;
+	const char *main_url = a->base_url;
+	char	   *errbuf;
+	char	   *why = NULL;
+	bool		as_stop_or_query = a->op == WXPAY_OP_STOP || a->op == WXPAY_OP_QUERY;
 
 	memset(res, 0, sizeof(WxpayCallResult));
 	res->http_status = req->status;
+	res->failed_over = req->failed_over;
+	res->sent_to = req->outcome == WXPAY_TRANSPORT_NOT_SENT ? NULL :
+		req->failed_over ? a->backup_base_url : a->base_url;
+	if (req->h_request_id.count > 0 && !req->h_request_id.overlong)
+		res->request_id = wxpay_from_utf8(req->h_request_id.value,
+										  req->h_request_id.len, false, NULL);
+	errbuf = wxpay_from_utf8(req->errbuf, strlen(req->errbuf), false, NULL);
 
-	/* the operator should learn that the main domain is unreachable */
 	if (req->failed_over)
-		ereport(LOG,
-				(errmsg("sent the %s of sign plan \"%s\" to the backup domain %s because %s could not be reached",
-						CallWhat(call), call->plan_no,
-						call->cfg->backup_base_url, call->cfg->base_url),
-				 errdetail_internal("Connecting to %s failed: %s.",
-									call->cfg->base_url, req->primary_errbuf)));
+		AttemptLogFailover(a);
 
 	if (req->outcome == WXPAY_TRANSPORT_NOT_SENT)
 	{
-		if (req->failed_over)
-			CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
-					 psprintf("Nothing was sent to %s: %s. Nothing was sent to the backup domain %s either: %s.",
-							  call->cfg->base_url, req->primary_errbuf,
-							  call->cfg->backup_base_url, req->errbuf),
-					 "Nothing reached WeChat Pay, so retrying is safe.");
-		else
-			CallFail(call, res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
-					 psprintf("Nothing was sent to %s: %s.", call->cfg->base_url, req->errbuf),
-					 "Nothing reached WeChat Pay, so retrying is safe.");
-		return false;
-	}
+		const char *hint = a->op == WXPAY_OP_CERTIFICATES ?
+			"Nothing reached WeChat Pay, so retrying is safe. The certificates already held stay in use." :
+			"Nothing reached WeChat Pay, so retrying is safe.";
 
-	if (req->outcome == WXPAY_TRANSPORT_FAILED)
+		if (req->failed_over)
+			wxpay_result_fail(res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
+							  psprintf("Nothing was sent to %s: %s. Nothing was sent to the backup domain %s either: %s.",
+									   main_url,
+									   wxpay_from_utf8(req->primary_errbuf,
+													   strlen(req->primary_errbuf),
+													   false, NULL),
+									   a->backup_base_url, errbuf),
+							  hint);
+		else
+			wxpay_result_fail(res, ERRCODE_WXPAY_REQUEST_NOT_SENT,
+							  psprintf("Nothing was sent to %s: %s.", main_url, errbuf),
+							  hint);
+	}
+	else if (req->outcome == WXPAY_TRANSPORT_FAILED)
 	{
 		char	   *detail;
 
@@ -397,106 +534,146 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 							  WXPAY_MAX_RESPONSE_BYTES);
 		else if (req->timed_out)
 			detail = psprintf("No complete answer arrived within wxpay.request_timeout (%d ms) after the request was sent, so the outcome is unknown: %s.",
-							  wxpay_request_timeout, req->errbuf);
+							  wxpay_request_timeout, errbuf);
 		else
 			detail = psprintf("The connection failed after the request was sent, so the outcome is unknown: %s.",
-							  req->errbuf);
-		CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail, retry_hint);
-		return false;
+							  errbuf);
+		wxpay_result_fail(res, ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail,
+						  AttemptUnknownHint(a));
 	}
-
-	/* an answer came */
-	if (req->status >= 200 && req->status < 300)
+	else if (req->status < 200 || req->status >= 300)
+		AttemptErrorAnswer(a, res);
+	else if (a->verify_cfg != NULL && !wxpay_answer_verify(a->verify_cfg, req, &why))
+		wxpay_result_fail(res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
+						  psprintf(as_stop_or_query ?
+								   "WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted, so the outcome is unknown." :
+								   "WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted.",
+								   req->status, why),
+						  AttemptUnknownHint(a));
+	else if (a->read != NULL)
 	{
-		Jsonb	   *jb;
-		JsonbValue *v;
-		Datum	   *values;
-		bool	   *nulls;
-
-		if (!wxpay_answer_verify(call->cfg, &call->req, &why))
-		{
-			CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
-					 psprintf("WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted, so the outcome is unknown.",
-							  req->status, why),
-					 retry_hint);
-			return false;
-		}
-
-		jb = wxpay_parse_jsonb(req->resp, req->resp_len, &why);
-		if (jb != NULL)
-		{
-			v = getKeyJsonValueFromContainer(&jb->root, "merchant_sign_plan_no",
-											 strlen("merchant_sign_plan_no"), NULL);
-			values = palloc(sizeof(Datum) * tupdesc->natts);
-			nulls = palloc(sizeof(bool) * tupdesc->natts);
-			if (!JsonContainerIsObject(&jb->root))
-				why = pstrdup("it is not a JSON object");
-			else if (v != NULL && (v->type != jbvString ||
-								   (size_t) v->val.string.len != strlen(call->plan_no) ||
-								   memcmp(v->val.string.val, call->plan_no, v->val.string.len) != 0))
-				why = pstrdup("it is about another sign plan");
-			else if (wxpay_container_to_tuple(&jb->root, tupdesc, values, nulls, &why))
-			{
-				res->ok = true;
-				res->tuple = heap_form_tuple(tupdesc, values, nulls);
-				res->request_id = CallRequestId(call);
-				return true;
-			}
-		}
-		CallFail(call, res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
-				 psprintf("WeChat Pay's verified answer (HTTP %ld) could not be read: %s.",
-						  req->status, why),
-				 retry_hint);
-		return false;
+		res->sqlstate = 0;
+		if (a->read(a->read_arg, req, res, &why))
+			res->ok = true;
+		else if (res->sqlstate == 0)
+			wxpay_result_fail(res, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
+							  psprintf("WeChat Pay's verified answer (HTTP %ld) could not be read: %s.",
+									   req->status, why),
+							  AttemptUnknownHint(a));
 	}
+	else
+		res->ok = true;
 
-	/* an error answer: report the platform's code and message */
-	{
-		StringInfoData detail;
-		bool		rejected = req->status >= 400 && req->status < 500;
-		const char *hint;
+	if (res->ok)
+		return true;
 
-		wxpay_error_body(req->resp, req->resp_len, &res->error_code, &res->error_message);
-
-		initStringInfo(&detail);
-		appendStringInfo(&detail, "WeChat Pay answered HTTP %ld", req->status);
-		if (res->error_code)
-			appendStringInfo(&detail, " with code \"%s\"", res->error_code);
-		if (res->error_message)
-			appendStringInfo(&detail, ": %s", res->error_message);
-		else if (req->resp_len == 0)
-			appendStringInfoString(&detail, " with an empty body");
-		else if (res->error_code == NULL)
-			appendStringInfoString(&detail, " with a body that is not a WeChat Pay error");
-		appendStringInfoChar(&detail, '.');
-
-		if (!rejected)
-		{
-			if (call->op == WXPAY_OP_STOP)
-				appendStringInfoString(&detail, " The outcome is unknown.");
-			hint = retry_hint;
-		}
-		else if (req->status == 429)
-			hint = "WeChat Pay limits the request rate; retry later with backoff.";
-		else if (res->error_code && strcmp(res->error_code, "SIGN_ERROR") == 0)
-			hint = "Check mchid, serial_no and private_key in wxpay_config, and the database server's clock.";
-		else if (call->op == WXPAY_OP_STOP)
-			hint = "The sign plan was not stopped by this call.";
-		else
-			hint = NULL;
-
-		CallFail(call, res, rejected ? ERRCODE_WXPAY_REQUEST_REJECTED :
-				 ERRCODE_WXPAY_OUTCOME_UNKNOWN, detail.data, hint);
-		return false;
-	}
+	/* complete the report: what failed, where it went, the Request-ID */
+	res->classified = true;
+	res->message = AttemptMessage(a);
+	if (req->failed_over && res->sqlstate != ERRCODE_WXPAY_REQUEST_NOT_SENT)
+		res->detail = psprintf("%s The request went to the backup domain %s because connecting to %s failed.",
+							   res->detail, a->backup_base_url, main_url);
+	if (res->request_id)
+		res->detail = psprintf("%s Request-ID: %s.", res->detail, res->request_id);
+	return false;
 }
 
+/*
+ * The one reporter: a failed result as an ereport at elevel (ERROR does
+ * not return).  Modelled on postgres_fdw's pgfdw_report_error: the
+ * classifier's words go out unchanged, only the level differs by door.
+ */
 void
-wxpay_call_raise(WxpayCallResult *res)
+wxpay_report(const WxpayCallResult *res, int elevel)
 {
-	ereport(ERROR,
+	Assert(!res->ok);
+	ereport(elevel,
 			(errcode(res->sqlstate),
 			 errmsg_internal("%s", res->message),
-			 errdetail_internal("%s", res->detail),
+			 res->detail ? errdetail_internal("%s", res->detail) : 0,
 			 res->hint ? errhint("%s", res->hint) : 0));
+}
+
+/*
+ * The same report as one text, for a row's error_message (batch rows, the
+ * queue).  A classified attempt's primary message only names the operation
+ * and the plan, which the row shows itself: its text is the detail.  Any
+ * other failure (an error caught while preparing) keeps its primary
+ * message in front of the detail.
+ */
+char *
+wxpay_report_text(const WxpayCallResult *res)
+{
+	if (res->classified && res->detail)
+		return pstrdup(res->detail);
+	if (res->detail)
+		return psprintf("%s: %s", res->message, res->detail);
+	return pstrdup(res->message);
+}
+
+/* Stop and query: the verified answer as a row of tupdesc. */
+typedef struct CallReadArg
+{
+	WxpayCall  *call;
+	TupleDesc	tupdesc;
+} CallReadArg;
+
+static bool
+CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res, char **why)
+{
+	CallReadArg *ca = (CallReadArg *) arg;
+	TupleDesc	tupdesc = ca->tupdesc;
+	const char *plan_no = ca->call->plan_no;
+	Jsonb	   *jb;
+	JsonbValue *v;
+	Datum	   *values;
+	bool	   *nulls;
+
+	jb = wxpay_parse_jsonb(req->resp, req->resp_len, why);
+	if (jb == NULL)
+		return false;
+	if (!JsonContainerIsObject(&jb->root))
+	{
+		*why = pstrdup("it is not a JSON object");
+		return false;
+	}
+	v = getKeyJsonValueFromContainer(&jb->root, "merchant_sign_plan_no",
+									 strlen("merchant_sign_plan_no"), NULL);
+	if (v != NULL && (v->type != jbvString ||
+					  (size_t) v->val.string.len != strlen(plan_no) ||
+					  memcmp(v->val.string.val, plan_no, v->val.string.len) != 0))
+	{
+		*why = pstrdup("it is about another sign plan");
+		return false;
+	}
+	values = palloc(sizeof(Datum) * tupdesc->natts);
+	nulls = palloc(sizeof(bool) * tupdesc->natts);
+	if (!wxpay_container_to_tuple(&jb->root, tupdesc, values, nulls, why))
+		return false;
+	res->tuple = heap_form_tuple(tupdesc, values, nulls);
+	return true;
+}
+
+/*
+ * Classify a finished stop or query.  Returns true with res->tuple built
+ * from the verified answer, or false with res describing the failure.
+ */
+bool
+wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
+{
+	WxpayAttempt a;
+	CallReadArg ca;
+
+	ca.call = call;
+	ca.tupdesc = tupdesc;
+	memset(&a, 0, sizeof(a));
+	a.op = call->op;
+	a.subject = call->plan_no;
+	a.base_url = call->cfg->base_url;
+	a.backup_base_url = call->cfg->backup_base_url;
+	a.req = &call->req;
+	a.verify_cfg = call->cfg;
+	a.read = CallRead;
+	a.read_arg = &ca;
+	return wxpay_classify_attempt(&a, res);
 }

@@ -249,7 +249,7 @@ BatchDone(WxpayHttpRequest *req, void *arg)
 				 NULL, NULL, res.request_id, res.tuple);
 	else
 		BatchPut(st, slot->ordinal, slot->call.plan_no, false, res.sqlstate,
-				 res.error_code, res.detail, res.request_id, NULL);
+				 res.error_code, wxpay_report_text(&res), res.request_id, NULL);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(slot->cxt);
 	slot->ordinal = -1;

@@ -50,7 +50,8 @@
 #include "wxpay_signplan.h"
 
 #define CERTS_PATH		"/v3/certificates"
-#define CERTS_SERIAL_MAX	128
+/* the end of every hint about a failed refresh */
+#define CERTS_HELD	"The certificates already held stay in use."
 
 /* One certificate held before the refresh, or one from the answer. */
 typedef struct CertsEntry
@@ -76,9 +77,10 @@ typedef struct CertsWork
 	bool		have_apiv3;
 } CertsWork;
 
-static char *CertsQualified(Oid nspoid);
 static void CertsFail(WxpayCertRefresh *r, int sqlstate, char *detail,
 					  const char *hint);
+static bool CertsRead(void *arg, WxpayHttpRequest *req,
+					  WxpayCallResult *res, char **why);
 static bool CertsReadState(WxpayCertRefresh *r, CertsWork *w);
 static bool CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w);
 static bool CertsString(JsonbContainer *obj, const char *key, char **out);
@@ -86,17 +88,6 @@ static bool CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w);
 static void CertsStore(WxpayCertRefresh *r, CertsWork *w);
 static void CertsFreeWork(CertsWork *w);
 static char *CertsTrim(char *s, size_t *len);
-
-/* "schema" of the extension, quoted for SQL text */
-static char *
-CertsQualified(Oid nspoid)
-{
-	char	   *nspname = get_namespace_name(nspoid);
-
-	if (nspname == NULL)
-		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
-	return pstrdup(quote_identifier(nspname));
-}
 
 /* Surrounding white space off (pg_read_file keeps a final newline). */
 static char *
@@ -130,9 +121,8 @@ wxpay_cert_refresh_configs(Oid nspoid)
 	int			rc;
 
 	sql = psprintf("SELECT name FROM %s.wxpay_config WHERE apiv3_key IS NOT NULL "
-				   "ORDER BY name", CertsQualified(nspoid));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+				   "ORDER BY name", wxpay_schema_quoted(nspoid));
+	wxpay_spi_connect();
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -173,12 +163,11 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 
 	/* what kind of merchant is this?  (no secret leaves SQL) */
 	arg[0] = CStringGetTextDatum(config_name);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 	rc = SPI_execute_with_args(psprintf("SELECT wechatpay_public_key_id IS NOT NULL, "
 										"pg_catalog.octet_length(pg_catalog.btrim(apiv3_key, E' \\t\\r\\n')) "
 										"FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
-										CertsQualified(nspoid)),
+										wxpay_schema_quoted(nspoid)),
 							   1, argtype, arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
@@ -215,6 +204,7 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 	old = MemoryContextSwitchTo(cxt);
 	r->config_name = pstrdup(config_name);
 	r->base_url = pstrdup(cfg->base_url);
+	r->backup_base_url = cfg->backup_base_url ? pstrdup(cfg->backup_base_url) : NULL;
 	wxpay_request_sign(cfg, "GET", CERTS_PATH, NULL, 0, &r->req);
 	/* the cache owns cfg->ca_cert; the request must not point into it */
 	if (cfg->ca_cert != NULL)
@@ -234,93 +224,41 @@ wxpay_cert_refresh_send(WxpayCertRefresh *r)
 	MemoryContextSwitchTo(old);
 }
 
-/* Fill r as a failure; detail gets the Request-ID appended. */
+/*
+ * Fill r->result as a failure (the classifier adds the primary message and
+ * the Request-ID), in r's context: the work context is gone by then.
+ */
 static void
 CertsFail(WxpayCertRefresh *r, int sqlstate, char *detail, const char *hint)
 {
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
-	WxpayHeaderValue *rid = &r->req.h_request_id;
 
-	r->ok = false;
-	r->sqlstate = sqlstate;
-	r->message = psprintf("could not refresh the platform certificates of wxpay configuration \"%s\"",
-						  r->config_name);
-	if (rid->count > 0 && !rid->overlong)
-		r->detail = psprintf("%s Request-ID: %s.", detail, rid->value);
-	else
-		r->detail = pstrdup(detail);
-	r->hint = hint ? pstrdup(hint) : NULL;
+	wxpay_result_fail(&r->result, sqlstate, detail, hint);
 	MemoryContextSwitchTo(old);
 }
 
 /*
- * Phase 3, in a transaction: judge the answer and, when it is good, store
- * the certificates.  Returns r->ok.
+ * The classifier's reader of a 2xx answer: check its headers, decrypt the
+ * certificates, check who signed it, store.  True when stored.
  */
-bool
-wxpay_cert_refresh_finish(WxpayCertRefresh *r)
+static bool
+CertsRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res, char **why)
 {
-	WxpayHttpRequest *req = &r->req;
+	WxpayCertRefresh *r = (WxpayCertRefresh *) arg;
 	MemoryContext work_cxt;
 	MemoryContext old;
 	CertsWork	w;
-	char	   *why;
+	volatile bool stored = false;
 
-	r->ok = false;
-	r->ncerts = 0;
-	r->certs = NULL;
-
-	if (req->outcome == WXPAY_TRANSPORT_NOT_SENT)
-	{
-		CertsFail(r, ERRCODE_WXPAY_REQUEST_NOT_SENT,
-				  psprintf("Nothing was sent to %s: %s.", r->base_url, req->errbuf),
-				  "Check base_url, ca_cert and the network. The certificates already held stay in use.");
-		return false;
-	}
-	if (req->outcome == WXPAY_TRANSPORT_FAILED)
-	{
-		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
-				  req->too_large ?
-				  psprintf("The answer exceeded the limit of %d bytes.", WXPAY_MAX_RESPONSE_BYTES) :
-				  psprintf("The connection failed after the request was sent: %s.", req->errbuf),
-				  "Retry later. The certificates already held stay in use.");
-		return false;
-	}
-	if (req->status < 200 || req->status >= 300)
-	{
-		char	   *code = NULL;
-		char	   *message = NULL;
-		StringInfoData detail;
-		const char *hint;
-
-		wxpay_error_body(req->resp, req->resp_len, &code, &message);
-		initStringInfo(&detail);
-		appendStringInfo(&detail, "WeChat Pay answered HTTP %ld", req->status);
-		if (code)
-			appendStringInfo(&detail, " with code \"%s\"", code);
-		if (message)
-			appendStringInfo(&detail, ": %s", message);
-		appendStringInfoChar(&detail, '.');
-		if (req->status == 404 && code &&
-			(strcmp(code, "RESOURCE_NOT_EXISTS") == 0 || strcmp(code, "NOT_FOUND") == 0))
-			hint = "WeChat Pay has no platform certificates for merchants in public-key mode: set wechatpay_public_key_id and wechatpay_public_key instead.";
-		else if (code && strcmp(code, "SIGN_ERROR") == 0)
-			hint = "Check mchid, serial_no and private_key in wxpay_config and the database server's clock; wxpay_check_config(live => true) tells which.";
-		else if (req->status >= 500 || req->status == 429)
-			hint = "Retry later. The certificates already held stay in use.";
-		else
-			hint = NULL;
-		CertsFail(r, req->status >= 400 && req->status < 500 ?
-				  ERRCODE_WXPAY_REQUEST_REJECTED : ERRCODE_WXPAY_OUTCOME_UNKNOWN,
-				  detail.data, hint);
-		return false;
-	}
-	if (!wxpay_answer_check_headers(req, &why))
+	Assert(res == &r->result);
+	(void) res;
+	(void) why;
+	if (!wxpay_answer_check_headers(req, why))
 	{
 		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 				  psprintf("WeChat Pay's answer (HTTP %ld) failed verification: %s. It was not trusted.",
-						   req->status, why),
-				  "The certificates already held stay in use.");
+						   req->status, *why),
+				  CERTS_HELD);
 		return false;
 	}
 
@@ -334,7 +272,10 @@ wxpay_cert_refresh_finish(WxpayCertRefresh *r)
 		if (CertsReadState(r, &w) &&
 			CertsParseAnswer(r, &w) &&
 			CertsCheckSigner(r, &w))
+		{
 			CertsStore(r, &w);
+			stored = true;
+		}
 	}
 	PG_FINALLY();
 	{
@@ -343,7 +284,36 @@ wxpay_cert_refresh_finish(WxpayCertRefresh *r)
 		MemoryContextDelete(work_cxt);
 	}
 	PG_END_TRY();
-	return r->ok;
+	return stored;
+}
+
+/*
+ * Phase 3, in a transaction: judge the answer (wxpay_classify_attempt)
+ * and, when it is good, store the certificates.  Returns r->result.ok.
+ */
+bool
+wxpay_cert_refresh_finish(WxpayCertRefresh *r)
+{
+	WxpayAttempt a;
+	MemoryContext old;
+	bool		ok;
+
+	r->ncerts = 0;
+	r->certs = NULL;
+	memset(&a, 0, sizeof(a));
+	a.op = WXPAY_OP_CERTIFICATES;
+	a.subject = r->config_name;
+	a.base_url = r->base_url;
+	a.backup_base_url = r->backup_base_url;
+	a.req = &r->req;
+	a.verify_cfg = NULL;		/* the signer may be in the answer */
+	a.read = CertsRead;
+	a.read_arg = r;
+
+	old = MemoryContextSwitchTo(r->cxt);
+	ok = wxpay_classify_attempt(&a, &r->result);
+	MemoryContextSwitchTo(old);
+	return ok;
 }
 
 static void
@@ -373,7 +343,7 @@ CertsFreeWork(CertsWork *w)
 static bool
 CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 {
-	char	   *qnsp = CertsQualified(r->nspoid);
+	char	   *qnsp = wxpay_schema_quoted(r->nspoid);
 	Datum		arg[1];
 	Oid			argtype[1] = {TEXTOID};
 	MemoryContext work = CurrentMemoryContext;
@@ -382,8 +352,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 	bool		ok = true;
 
 	arg[0] = CStringGetTextDatum(r->config_name);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 
 	rc = SPI_execute_with_args(psprintf("SELECT apiv3_key FROM %s.wxpay_config "
 										"WHERE name OPERATOR(pg_catalog.=) $1", qnsp),
@@ -440,7 +409,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 			CertsEntry *e = &w->held[w->nheld];
 			char	   *serial = SPI_getvalue(tup, desc, 1);
 			char	   *pem = SPI_getvalue(tup, desc, 2);
-			char		actual[CERTS_SERIAL_MAX];
+			char		actual[WXPAY_SERIAL_MAX + 1];
 			WxpayKeyError err;
 			Datum		d;
 
@@ -505,7 +474,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 				  psprintf("WeChat Pay's answer could not be read: %s.",
 						   why ? why : "it is not a JSON object"),
-				  "The certificates already held stay in use.");
+				  CERTS_HELD);
 		return false;
 	}
 	data = getKeyJsonValueFromContainer(&jb->root, "data", 4, NULL);
@@ -515,7 +484,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 	{
 		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 				  pstrdup("WeChat Pay's answer could not be read: \"data\" is not a non-empty array."),
-				  "The certificates already held stay in use.");
+				  CERTS_HELD);
 		return false;
 	}
 
@@ -536,15 +505,14 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		unsigned char *raw;
 		size_t		rawlen;
 		size_t		pemlen;
-		char		actual[CERTS_SERIAL_MAX];
+		char		actual[WXPAY_SERIAL_MAX + 1];
 		WxpayKeyError err;
 		char	   *bad = NULL;
 
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			bad = "it is not a JSON object";
 		else if (!CertsString(v->val.binary.data, "serial_no", &serial) ||
-				 serial[0] == '\0' || strlen(serial) >= CERTS_SERIAL_MAX ||
-				 !wxpay_is_hex(serial, strlen(serial)))
+				 !wxpay_check_serial(serial))
 			bad = "\"serial_no\" is not a hexadecimal string";
 		else if (!CertsString(v->val.binary.data, "effective_time", &eff) ||
 				 !wxpay_parse_rfc3339(eff, strlen(eff), &e->row_effective))
@@ -569,7 +537,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		{
 			CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					  psprintf("Element %d of WeChat Pay's answer could not be read: %s.", i + 1, bad),
-					  "The certificates already held stay in use.");
+					  CERTS_HELD);
 			return false;
 		}
 
@@ -578,7 +546,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		{
 			CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					  psprintf("The ciphertext of platform certificate \"%s\" is not Base64.", serial),
-					  "The certificates already held stay in use.");
+					  CERTS_HELD);
 			return false;
 		}
 		e->pem = wxpay_aes256gcm_decrypt(w->apiv3, sizeof(w->apiv3),
@@ -588,14 +556,14 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		{
 			CertsFail(r, ERRCODE_WXPAY_CONFIG_ERROR,
 					  psprintf("Platform certificate \"%s\" could not be decrypted: %s.", serial, err.msg),
-					  "Check that apiv3_key is the APIv3 key set on the merchant platform. The certificates already held stay in use.");
+					  "Check that apiv3_key is the APIv3 key set on the merchant platform. " CERTS_HELD);
 			return false;
 		}
 		if (strlen(e->pem) != pemlen)
 		{
 			CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					  psprintf("Platform certificate \"%s\" decrypted to text containing a NUL byte.", serial),
-					  "The certificates already held stay in use.");
+					  CERTS_HELD);
 			return false;
 		}
 
@@ -605,7 +573,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 		{
 			CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					  psprintf("Platform certificate \"%s\" decrypted to something unusable: %s.", serial, err.msg),
-					  "The certificates already held stay in use.");
+					  CERTS_HELD);
 			return false;
 		}
 		w->nfresh++;
@@ -614,7 +582,7 @@ CertsParseAnswer(WxpayCertRefresh *r, CertsWork *w)
 			CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 					  psprintf("The answer lists serial_no \"%s\" for the certificate with serial number \"%s\".",
 							   serial, actual),
-					  "The certificates already held stay in use.");
+					  CERTS_HELD);
 			return false;
 		}
 		e->serial = pstrdup(actual);
@@ -656,15 +624,15 @@ CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w)
 	{
 		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 				  psprintf("WeChat Pay's answer failed verification: it is signed under serial \"%s\", which is neither a certificate in the answer nor one already held, valid now. It was not trusted.",
-						   serial),
-				  "The certificates already held stay in use.");
+						   wxpay_from_utf8(serial, strlen(serial), false, NULL)),
+				  CERTS_HELD);
 		return false;
 	}
 	if (!wxpay_answer_check_signature(req, key))
 	{
 		CertsFail(r, ERRCODE_WXPAY_OUTCOME_UNKNOWN,
 				  pstrdup("WeChat Pay's answer failed verification: the signature does not match the answer. It was not trusted."),
-				  "The certificates already held stay in use.");
+				  CERTS_HELD);
 		return false;
 	}
 	return true;
@@ -674,7 +642,7 @@ CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w)
 static void
 CertsStore(WxpayCertRefresh *r, CertsWork *w)
 {
-	char	   *qnsp = CertsQualified(r->nspoid);
+	char	   *qnsp = wxpay_schema_quoted(r->nspoid);
 	char	   *upsert;
 	char	   *delete;
 	char	   *respell;
@@ -706,8 +674,7 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 
 	out = MemoryContextAllocZero(r->cxt, sizeof(WxpayCertInfo) * (w->nfresh + w->nheld + 1));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 
 	for (int i = 0; i < w->nfresh; i++)
 	{
@@ -782,7 +749,6 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 	}
 	SPI_finish();
 
-	r->ok = true;
 	r->ncerts = nout;
 	r->certs = out;
 }
@@ -810,11 +776,7 @@ wxpay_refresh_platform_certificates(PG_FUNCTION_ARGS)
 	wxpay_cert_refresh_prepare(&r, name, get_func_namespace(fcinfo->flinfo->fn_oid), cxt);
 	wxpay_cert_refresh_send(&r);
 	if (!wxpay_cert_refresh_finish(&r))
-		ereport(ERROR,
-				(errcode(r.sqlstate),
-				 errmsg_internal("%s", r.message),
-				 errdetail_internal("%s", r.detail),
-				 r.hint ? errhint("%s", r.hint) : 0));
+		wxpay_report(&r.result, ERROR);
 
 	for (int i = 0; i < r.ncerts; i++)
 	{

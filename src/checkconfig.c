@@ -29,6 +29,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -36,11 +37,11 @@
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "wxpay_signplan.h"
 
-#define CHECK_SERIAL_MAX	128
 #define CHECK_PROBE_PREFIX	"wxpay-check-"
 
 /* The row as read, copied out of SPI. */
@@ -52,6 +53,7 @@ typedef struct CheckRow
 	char	   *pubkey_id;
 	char	   *pubkey;
 	char	   *base_url;
+	char	   *backup_base_url;	/* NULL: no failover */
 	char	   *ca_cert;
 	char	   *apiv3_key;		/* secret: zeroed when done */
 	int			ncerts;
@@ -77,10 +79,12 @@ static bool CheckSerial(CheckOut *out, CheckRow *row);
 static bool CheckPublicKey(CheckOut *out, CheckRow *row, bool *usable);
 static bool CheckCertificates(CheckOut *out, CheckRow *row, int *usable);
 static bool CheckBaseUrl(CheckOut *out, CheckRow *row);
+static bool CheckBackupUrl(CheckOut *out, CheckRow *row);
 static bool CheckCaCert(CheckOut *out, CheckRow *row);
 static void CheckApiv3Key(CheckOut *out, CheckRow *row);
 static bool CheckStatic(CheckOut *out, CheckRow *row, const char *name);
 static void CheckLive(CheckOut *out, const char *name, Oid nspoid);
+static void CheckLiveGuarded(CheckOut *out, const char *name, Oid nspoid);
 static const char *CheckSignErrorAdvice(const char *message);
 
 #define CHECK_FAIL	0
@@ -124,23 +128,18 @@ static void
 CheckRead(const char *name, Oid nspoid, CheckRow *row)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	char	   *nspname = get_namespace_name(nspoid);
-	const char *qnsp;
+	const char *qnsp = wxpay_schema_quoted(nspoid);
 	Datum		arg[1];
 	Oid			argtype[1] = {TEXTOID};
 	int			rc;
 
-	if (nspname == NULL)
-		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
-	qnsp = quote_identifier(nspname);
 	arg[0] = CStringGetTextDatum(name);
 	memset(row, 0, sizeof(CheckRow));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 	rc = SPI_execute_with_args(psprintf("SELECT mchid, serial_no, private_key, "
 										"wechatpay_public_key_id, wechatpay_public_key, "
-										"base_url, ca_cert, apiv3_key "
+										"base_url, ca_cert, apiv3_key, backup_base_url "
 										"FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
 										qnsp),
 							   1, argtype, arg, NULL, false, 1);
@@ -161,6 +160,7 @@ CheckRead(const char *name, Oid nspoid, CheckRow *row)
 		row->base_url = wxpay_spi_text(tup, desc, 6);
 		row->ca_cert = wxpay_spi_text(tup, desc, 7);
 		row->apiv3_key = wxpay_spi_text(tup, desc, 8);
+		row->backup_base_url = wxpay_spi_text(tup, desc, 9);
 		MemoryContextSwitchTo(spi);
 	}
 
@@ -221,9 +221,7 @@ CheckPemLabel(const char *pem)
 static bool
 CheckMchid(CheckOut *out, CheckRow *row)
 {
-	size_t		len = strlen(row->mchid);
-
-	if (len == 0 || len > 32 || strspn(row->mchid, "0123456789") != len)
+	if (!wxpay_check_mchid(row->mchid))
 	{
 		CheckEmit(out, "mchid", CHECK_FAIL,
 				  "mchid \"%s\" is not a merchant number: use the 1 to 32 digits shown on the merchant platform.",
@@ -295,7 +293,7 @@ CheckSerial(CheckOut *out, CheckRow *row)
 	const char *s = row->serial_no;
 	size_t		len = strlen(s);
 
-	if (len > 0 && len <= CHECK_SERIAL_MAX && wxpay_is_hex(s, len))
+	if (wxpay_check_serial(s))
 	{
 		CheckEmit(out, "serial_no", CHECK_OK, "%zu hexadecimal digits.", len);
 		return true;
@@ -337,9 +335,7 @@ CheckPublicKey(CheckOut *out, CheckRow *row, bool *usable)
 				  id ? "wechatpay_public_key_id" : "wechatpay_public_key");
 		return false;
 	}
-	if (strncmp(id, "PUB_KEY_ID_", 11) != 0 || id[11] == '\0' ||
-		strspn(id + 11, "0123456789") != strlen(id + 11) ||
-		strlen(id) > CHECK_SERIAL_MAX)
+	if (!wxpay_check_pubkey_id(id))
 	{
 		CheckEmit(out, "wechatpay_public_key", CHECK_FAIL,
 				  "wechatpay_public_key_id \"%s\" is not a WeChat Pay public key ID (\"PUB_KEY_ID_\" followed by digits).",
@@ -387,7 +383,7 @@ CheckCertificates(CheckOut *out, CheckRow *row, int *usable)
 	initStringInfo(&bad);
 	for (int i = 0; i < row->ncerts; i++)
 	{
-		char		actual[CHECK_SERIAL_MAX];
+		char		actual[WXPAY_SERIAL_MAX + 1];
 		TimestampTz nb,
 					na;
 		WxpayKeyError err;
@@ -449,6 +445,33 @@ CheckBaseUrl(CheckOut *out, CheckRow *row)
 		return false;
 	}
 	CheckEmit(out, "base_url", CHECK_OK, "Requests go to %s.", url);
+	return true;
+}
+
+/* The backup domain, judged by the same parser that config.c uses. */
+static bool
+CheckBackupUrl(CheckOut *out, CheckRow *row)
+{
+	char		why[256];
+	char	   *url;
+
+	if (row->backup_base_url == NULL)
+	{
+		CheckEmit(out, "backup_base_url", CHECK_OK,
+				  "Not set: no failover; when base_url cannot be reached, nothing is sent.");
+		return true;
+	}
+	url = wxpay_validate_base_url(row->backup_base_url, why, sizeof(why));
+	if (url == NULL)
+	{
+		CheckEmit(out, "backup_base_url", CHECK_FAIL,
+				  "backup_base_url \"%s\" cannot be used, so every call fails. %s Set it to an https:// URL with a host and an optional port (WeChat Pay's backup domain is https://api2.mch.weixin.qq.com), or to NULL to disable failover.",
+				  row->backup_base_url, why);
+		return false;
+	}
+	CheckEmit(out, "backup_base_url", CHECK_OK,
+			  "When %s cannot be reached, requests go to %s.",
+			  row->base_url, url);
 	return true;
 }
 
@@ -531,20 +554,26 @@ CheckSignErrorAdvice(const char *message)
 	return "Check mchid, serial_no (the merchant API certificate's serial), private_key (that certificate's apiclient_key.pem) and the database server's clock.";
 }
 
-/* One signed query for a plan that does not exist, judged. */
+/*
+ * One signed query for a plan that does not exist, judged by the one
+ * classifier (api.c), so that its words are those of every other call;
+ * then read here: a 404 is what a correct configuration gets.
+ */
 static void
 CheckLive(CheckOut *out, const char *name, Oid nspoid)
 {
 	const WxpayConfig *cfg = wxpay_config_get_signing(name, nspoid);
 	WxpayHttpRequest req;
 	WxpayHttpRequest *reqp = &req;
+	WxpayAttempt a;
+	WxpayCallResult res;
 	char		probe[WXPAY_PLAN_NO_MAX + 1];
 	char		nonce[WXPAY_NONCE_LEN + 1];
 	char	   *path;
-	char	   *code = NULL;
-	char	   *message = NULL;
 	char	   *why = NULL;
+	char	   *serial;
 	const char *rid;
+	const char *code;
 
 	wxpay_make_nonce(nonce);
 	snprintf(probe, sizeof(probe), "%s%.*s", CHECK_PROBE_PREFIX,
@@ -553,38 +582,41 @@ CheckLive(CheckOut *out, const char *name, Oid nspoid)
 	wxpay_request_sign(cfg, "GET", path, NULL, 0, &req);
 	wxpay_http_perform(&reqp, 1, 1);
 
-	rid = req.h_request_id.count > 0 && !req.h_request_id.overlong ?
-		psprintf(" Request-ID: %s.", req.h_request_id.value) : "";
+	memset(&a, 0, sizeof(a));
+	a.op = WXPAY_OP_CHECK;
+	a.subject = name;
+	a.base_url = cfg->base_url;
+	a.backup_base_url = cfg->backup_base_url;
+	a.req = &req;
+	a.verify_cfg = NULL;		/* verified below, as its own row */
+	(void) wxpay_classify_attempt(&a, &res);
+	code = res.error_code;
+	rid = res.request_id ? psprintf(" Request-ID: %s.", res.request_id) : "";
 
 	if (req.outcome != WXPAY_TRANSPORT_ANSWERED)
 	{
 		CheckEmit(out, "live_request", CHECK_FAIL,
-				  "%s %s: %s. Check base_url, ca_cert (TLS) and the network path from the database server.",
-				  req.outcome == WXPAY_TRANSPORT_NOT_SENT ?
-				  "Could not reach" : "The connection failed after the request was sent to",
-				  cfg->base_url, req.errbuf);
+				  "%s Check base_url, backup_base_url, ca_cert (TLS) and the network path from the database server.",
+				  res.detail);
 		CheckEmit(out, "live_answer", CHECK_SKIP, "Not checked: no answer came.");
 		return;
 	}
 
-	wxpay_error_body(req.resp, req.resp_len, &code, &message);
 	if (req.status == 404 || (req.status >= 200 && req.status < 300))
 		CheckEmit(out, "live_request", CHECK_OK,
-				  "WeChat Pay accepted the request's signature (HTTP %ld%s%s for the test plan \"%s\"%s).%s",
-				  req.status, code ? " " : "", code ? code : "", probe,
+				  "WeChat Pay at %s accepted the request's signature (HTTP %ld%s%s for the test plan \"%s\"%s).%s",
+				  res.sent_to, req.status, code ? " " : "", code ? code : "", probe,
 				  req.status == 404 ? ", as expected" : ", which exists",
 				  rid);
 	else if (req.status == 401 && code && strcmp(code, "SIGN_ERROR") == 0)
 		CheckEmit(out, "live_request", CHECK_FAIL,
 				  "WeChat Pay refused the request's signature (SIGN_ERROR%s%s). %s%s",
-				  message ? ": " : "", message ? message : "",
-				  CheckSignErrorAdvice(message), rid);
+				  res.error_message ? ": " : "", res.error_message ? res.error_message : "",
+				  CheckSignErrorAdvice(res.error_message), rid);
 	else
 		CheckEmit(out, "live_request", CHECK_FAIL,
-				  "WeChat Pay answered HTTP %ld%s%s%s%s, not the expected 404.%s%s",
-				  req.status, code ? " with code " : "", code ? code : "",
-				  message ? ": " : "", message ? message : "",
-				  req.status >= 500 ? " Try again later." : "", rid);
+				  "%s The live check expects HTTP 404 for its test plan.%s",
+				  res.detail, req.status >= 500 ? " Try again later." : "");
 
 	if (req.h_timestamp.count == 0 && req.h_nonce.count == 0 &&
 		req.h_signature.count == 0 && req.h_serial.count == 0)
@@ -593,10 +625,11 @@ CheckLive(CheckOut *out, const char *name, Oid nspoid)
 				  "Not checked: WeChat Pay did not sign this answer (HTTP %ld).", req.status);
 		return;
 	}
+	serial = wxpay_from_utf8(req.h_serial.value, req.h_serial.len, false, NULL);
 	if (wxpay_answer_verify(cfg, &req, &why))
 	{
 		CheckEmit(out, "live_answer", CHECK_OK,
-				  "The answer's signature verified with key \"%s\".", req.h_serial.value);
+				  "The answer's signature verified with key \"%s\".", serial);
 		return;
 	}
 	if (req.h_serial.count == 1 && !req.h_serial.overlong &&
@@ -605,16 +638,60 @@ CheckLive(CheckOut *out, const char *name, Oid nspoid)
 		if (strncmp(req.h_serial.value, "PUB_KEY_ID_", 11) == 0)
 			CheckEmit(out, "live_answer", CHECK_FAIL,
 					  "WeChat Pay's answer cannot be verified: it is signed with public key \"%s\", which is not this configuration's wechatpay_public_key_id. Copy the public key ID and pub_key.pem from the merchant platform.",
-					  req.h_serial.value);
+					  serial);
 		else
 			CheckEmit(out, "live_answer", CHECK_FAIL,
 					  "WeChat Pay's answer cannot be verified: it is signed with platform certificate \"%s\", which is not stored or not valid now. Run wxpay_refresh_platform_certificates('%s') (needs apiv3_key), or store that certificate.",
-					  req.h_serial.value, name);
+					  serial, name);
 		return;
 	}
 	CheckEmit(out, "live_answer", CHECK_FAIL,
 			  "WeChat Pay's answer cannot be verified: %s. If the serial is right, the stored key under it is not the one WeChat Pay signs with.",
 			  why);
+}
+
+/*
+ * CheckLive, with a configuration error (class WX, or a config that
+ * disappeared meanwhile) turned into a failed row: live => true returns
+ * its rows.  The request runs in a subtransaction; every other error
+ * (cancel, out of memory) propagates.
+ */
+static void
+CheckLiveGuarded(CheckOut *out, const char *name, Oid nspoid)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		CheckLive(out, name, nspoid);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) !=
+			ERRCODE_TO_CATEGORY(ERRCODE_WXPAY_CONFIG_ERROR) &&
+			edata->sqlerrcode != ERRCODE_UNDEFINED_OBJECT)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		CheckEmit(out, "live_request", CHECK_FAIL, "Not sent: %s.%s%s",
+				  edata->message, edata->detail ? " " : "",
+				  edata->detail ? edata->detail : "");
+		CheckEmit(out, "live_answer", CHECK_SKIP, "Not checked: nothing was sent.");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -647,6 +724,7 @@ CheckStatic(CheckOut *out, CheckRow *row, const char *name)
 				  psprintf("Run SELECT * FROM wxpay_refresh_platform_certificates('%s'), or set wechatpay_public_key_id and wechatpay_public_key (pub_key.pem).", name) :
 				  "Set wechatpay_public_key_id and wechatpay_public_key (pub_key.pem), or store the current platform certificates (set apiv3_key to download them).");
 	request_ok &= CheckBaseUrl(out, row);
+	request_ok &= CheckBackupUrl(out, row);
 	request_ok &= CheckCaCert(out, row);
 	CheckApiv3Key(out, row);
 	return request_ok;
@@ -699,7 +777,7 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 		CheckEmit(&out, "live_answer", CHECK_SKIP, "Not checked: nothing was sent.");
 	}
 	else if (live)
-		CheckLive(&out, name, nspoid);
+		CheckLiveGuarded(&out, name, nspoid);
 
 	return (Datum) 0;
 }

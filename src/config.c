@@ -43,7 +43,6 @@
 
 #include "wxpay_signplan.h"
 
-#define SERIAL_MAX	128
 
 typedef struct CacheEntry
 {
@@ -219,6 +218,30 @@ wxpay_config_missing(const char *name)
 			 errhint("Add a row to wxpay_config, or pass the name of an existing one as config_name.")));
 }
 
+/*
+ * The extension's schema (nspoid), quoted for SQL text: every statement on
+ * our tables names them through it, never through search_path.
+ */
+char *
+wxpay_schema_quoted(Oid nspoid)
+{
+	char	   *nspname = get_namespace_name(nspoid);
+
+	if (nspname == NULL)
+		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
+	return pstrdup(quote_identifier(nspname));
+}
+
+/* SPI_connect, failing in one way everywhere. */
+void
+wxpay_spi_connect(void)
+{
+	int			rc = SPI_connect();
+
+	if (rc != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
+}
+
 /* A text column of an SPI row as a C string in the current context, or NULL. */
 char *
 wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno)
@@ -267,7 +290,6 @@ ConfigKeyFailed(const char *name, const char *what, WxpayKeyError *err)
 static CacheEntry *
 ConfigLoad(const char *name, Oid nspoid)
 {
-	char	   *nspname = get_namespace_name(nspoid);
 	const char *qnsp;
 	StringInfoData sql;
 	SPIPlanPtr	plan;
@@ -278,17 +300,14 @@ ConfigLoad(const char *name, Oid nspoid)
 	MemoryContext spicxt;
 	CacheEntry *volatile e;
 
-	if (nspname == NULL)
-		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
-	qnsp = quote_identifier(nspname);
+	qnsp = wxpay_schema_quoted(nspoid);
 
 	ConfigRelid = get_relname_relid("wxpay_config", nspoid);
 	CertRelid = get_relname_relid("wxpay_platform_certificate", nspoid);
 
 	arg[0] = CStringGetTextDatum(name);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	wxpay_spi_connect();
 	spicxt = CurrentMemoryContext;
 
 	initStringInfo(&sql);
@@ -365,20 +384,17 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 	char	   *backup_base_url = wxpay_spi_text(tup, desc, 8);
 	WxpayKeyError err;
 	char		why[256];
-	size_t		len;
 
 	cfg->name = pstrdup(name);
 
-	len = strlen(mchid);
-	if (len == 0 || len > 32 || strspn(mchid, "0123456789") != len)
+	if (!wxpay_check_mchid(mchid))
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("wxpay configuration \"%s\" has an invalid mchid", name),
 				 errdetail("A merchant number consists of 1 to 32 digits.")));
 	cfg->mchid = mchid;
 
-	len = strlen(serial);
-	if (len > SERIAL_MAX || !wxpay_is_hex(serial, len))
+	if (!wxpay_check_serial(serial))
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("wxpay configuration \"%s\" has an invalid serial_no", name),
@@ -424,9 +440,7 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 	{
 		WxpayVerifyKey *k = &cfg->keys[0];
 
-		if (strncmp(pubkey_id, "PUB_KEY_ID_", 11) != 0 ||
-			strspn(pubkey_id + 11, "0123456789") != strlen(pubkey_id + 11) ||
-			pubkey_id[11] == '\0' || strlen(pubkey_id) > SERIAL_MAX)
+		if (!wxpay_check_pubkey_id(pubkey_id))
 			ereport(ERROR,
 					(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 					 errmsg("wxpay configuration \"%s\" has an invalid wechatpay_public_key_id", name),
@@ -467,7 +481,7 @@ ConfigParseCertificates(const char *name, WxpayConfig *cfg,
 		bool		isnull;
 		Datum		d;
 		WxpayVerifyKey *k = &cfg->keys[cfg->nkeys];
-		char		actual[SERIAL_MAX];
+		char		actual[WXPAY_SERIAL_MAX + 1];
 		WxpayKeyError err;
 		TimestampTz nb,
 					na;

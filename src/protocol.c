@@ -15,7 +15,7 @@
 
 #include "datatype/timestamp.h"
 
-#include "wxpay_signplan.h"
+#include "protocol.h"
 
 static const char b64_alphabet[] =
 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -488,4 +488,33 @@ wxpay_is_hex(const char *s, size_t len)
 			return false;
 	}
 	return true;
+}
+
+/* A merchant number: 1 to WXPAY_MCHID_MAX digits. */
+bool
+wxpay_check_mchid(const char *s)
+{
+	size_t		len = strlen(s);
+
+	return len > 0 && len <= WXPAY_MCHID_MAX && strspn(s, "0123456789") == len;
+}
+
+/* A certificate serial number: 1 to WXPAY_SERIAL_MAX hexadecimal digits. */
+bool
+wxpay_check_serial(const char *s)
+{
+	size_t		len = strlen(s);
+
+	return len > 0 && len <= WXPAY_SERIAL_MAX && wxpay_is_hex(s, len);
+}
+
+/* A WeChat Pay public key ID: "PUB_KEY_ID_" and digits, at most WXPAY_SERIAL_MAX. */
+bool
+wxpay_check_pubkey_id(const char *s)
+{
+	size_t		len = strlen(s);
+
+	return len > 11 && len <= WXPAY_SERIAL_MAX &&
+		strncmp(s, "PUB_KEY_ID_", 11) == 0 &&
+		strspn(s + 11, "0123456789") == len - 11;
 }

@@ -119,8 +119,7 @@ QueueTable(FunctionCallInfo fcinfo)
 {
 	Oid			nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
 
-	return psprintf("%s.wxpay_stop_request",
-					quote_identifier(get_namespace_name(nspoid)));
+	return psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 }
 
 PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan_async);
@@ -151,8 +150,7 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason)"
 				   " VALUES ($1, $2, $3) RETURNING id", QueueTable(fcinfo));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	if (SPI_execute_with_args(sql, 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
 							  PG_GETARG_DATUM(1)},
@@ -203,8 +201,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 	sql = psprintf("SELECT q, q.xmin, q.state IN ('succeeded', 'failed')"
 				   " FROM %s q WHERE q.id = $1", QueueTable(fcinfo));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	plan = SPI_prepare(sql, 1, (Oid[]) {INT8OID});
 	if (plan == NULL)
 		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
@@ -223,11 +220,11 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		/* the latest committed state, whatever the isolation level */
 		if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
 								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read stop request " INT64_FORMAT, id);
+			elog(ERROR, "could not read stop request %lld", (long long) id);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("stop request " INT64_FORMAT " does not exist", id),
+					 errmsg("stop request %lld does not exist", (long long) id),
 					 errhint("A request queued by a transaction that has not committed is not visible yet.")));
 
 		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
@@ -235,7 +232,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		if (TransactionIdIsCurrentTransactionId(xmin))
 			ereport(ERROR,
 					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-					 errmsg("cannot wait for stop request " INT64_FORMAT " in the transaction that queued it", id),
+					 errmsg("cannot wait for stop request %lld in the transaction that queued it", (long long) id),
 					 errdetail("The request is sent only after this transaction commits."),
 					 errhint("Commit first, then wait in a new transaction.")));
 

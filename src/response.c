@@ -3,7 +3,9 @@
  * response.c
  *	  Turning WeChat Pay answer bodies into SQL values.
  *
- * JSON is parsed by PostgreSQL's own jsonb input function.  A body that is
+ * JSON is parsed by PostgreSQL's own jsonb input function, after the body
+ * is converted from UTF-8 to the database encoding (encoding.c: never an
+ * error; characters the database lacks become "\uXXXX" text).  A body that is
  * not JSON, or too deep, makes jsonb_in() raise an error; we catch only
  * those (data exceptions and program limits, which leave no state behind:
  * jsonb_in holds no locks, buffers or files), flush them, and hand the
@@ -55,7 +57,8 @@ wxpay_parse_jsonb(const char *body, size_t len, char **why)
 		*why = pstrdup("the body contains a NUL byte");
 		return NULL;
 	}
-	copy = pnstrdup(body, len);
+	/* WeChat Pay writes UTF-8; jsonb_in reads the database encoding */
+	copy = wxpay_from_utf8(body, len, true, NULL);
 
 	PG_TRY();
 	{

@@ -63,7 +63,7 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	wxpay_call_prepare(&call);
 	wxpay_http_perform(&req, 1, 1);
 	if (!wxpay_call_finish(&call, tupdesc, &res))
-		wxpay_call_raise(&res);
+		wxpay_report(&res, ERROR);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(res.tuple));
 }
@@ -113,10 +113,16 @@ DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list)
 
 		if (v->type != jbvBinary ||
 			!wxpay_container_to_tuple(v->val.binary.data, tupdesc, values, nulls, &why))
+		{
+			/* why is a lower-case clause; a detail is a sentence */
+			if (why == NULL)
+				why = pstrdup("it is not a JSON object");
+			why[0] = pg_toupper((unsigned char) why[0]);
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid element %d of signed_detail_list", i + 1),
-					 errdetail("%s.", why ? why : "it is not a JSON object")));
+					 errdetail("%s.", why)));
+		}
 		tuplestore_putvalues(rsinfo->setResult, tupdesc, values, nulls);
 	}
 }

@@ -113,6 +113,7 @@ static size_t HeaderCallback(char *ptr, size_t size, size_t nitems, void *userda
 static int	PrereqCallback(void *clientp, char *conn_primary_ip, char *conn_local_ip,
 						   int conn_primary_port, int conn_local_port);
 #endif
+static const char *UserAgentGet(void);
 static CURL *EasyGet(int i);
 static void RequestStart(CURL *easy, WxpayHttpRequest *req,
 						 struct curl_slist **headers);
@@ -137,8 +138,8 @@ TransportInit(void)
 }
 
 /* "wxpay_signplan/<v> libcurl/<v> PostgreSQL/<v>", built once */
-const char *
-wxpay_user_agent(void)
+static const char *
+UserAgentGet(void)
 {
 	if (UserAgent == NULL)
 	{
@@ -411,7 +412,7 @@ EasyGet(int i)
 		curl_easy_setopt(e, CURLOPT_PROXY, "");
 		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
 		curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-		curl_easy_setopt(e, CURLOPT_USERAGENT, wxpay_user_agent());
+		curl_easy_setopt(e, CURLOPT_USERAGENT, UserAgentGet());
 		curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
 						 (curl_off_t) WXPAY_MAX_RESPONSE_BYTES);
 		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCallback);

@@ -228,8 +228,6 @@ static long WorkerBackoff(int attempts);
 static bool WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms);
 static CertSchedule *CertScheduleFind(const char *name);
 static void WorkerCertPrepare(void *arg);
-static void CertRefreshWarn(const char *name, int sqlstate, const char *message,
-							const char *detail, const char *hint);
 static bool WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure);
 static void WorkerGetConfig(void *arg);
 static void WorkerSign(void *arg);
@@ -764,8 +762,7 @@ WorkerTxnBegin(MemoryContext cxt, const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	wxpay_spi_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 	MemoryContextSwitchTo(cxt);
@@ -802,8 +799,7 @@ WorkerCycle(MemoryContext cxt, long *sleep_ms)
 		WorkerTxnEnd(cxt);
 		return -1;
 	}
-	q = psprintf("%s.wxpay_stop_request",
-				 quote_identifier(get_namespace_name(nspoid)));
+	q = psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 
 	if (NeedOrphanScan)
 	{
@@ -1133,6 +1129,7 @@ WorkerTry(void (*fn) (void *), void *arg, WxpayCallResult *failure)
 		failure->sqlstate = edata->sqlerrcode;
 		failure->message = edata->message;
 		failure->detail = edata->detail;
+		failure->hint = edata->hint;
 		ok = false;
 	}
 	PG_END_TRY();
@@ -1179,10 +1176,7 @@ WorkerFail(QueueItem *it, WxpayCallResult *res)
 	it->http_status = res->http_status;
 	it->request_id = res->request_id;
 	it->error_code = res->error_code ? res->error_code : pstrdup(unpack_sql_state(s));
-	if (res->detail && res->message)
-		it->error_message = psprintf("%s: %s", res->message, res->detail);
-	else
-		it->error_message = res->message;
+	it->error_message = wxpay_report_text(res);
 
 	if (s == ERRCODE_WXPAY_REQUEST_REJECTED)
 		it->retry = (res->http_status == 429);
@@ -1419,19 +1413,6 @@ CertScheduleFind(const char *name)
 	return cs;
 }
 
-/* A failed refresh: logged (secret-free), the certificates held are kept. */
-static void
-CertRefreshWarn(const char *name, int sqlstate, const char *message,
-				const char *detail, const char *hint)
-{
-	ereport(WARNING,
-			(errcode(sqlstate),
-			 errmsg("could not refresh the platform certificates of wxpay configuration \"%s\"", name),
-			 errdetail_internal("%s%s%s", message ? message : "",
-								detail ? ": " : "", detail ? detail : ""),
-			 hint ? errhint("%s", hint) : 0));
-}
-
 typedef struct CertPrepareArg
 {
 	WxpayCertRefresh *r;
@@ -1506,8 +1487,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 	if (!WorkerTry(WorkerCertPrepare, &arg, &failure))
 	{
 		WorkerTxnEnd(cxt);
-		CertRefreshWarn(due->name, failure.sqlstate, failure.message,
-						failure.detail, NULL);
+		wxpay_report(&failure, WARNING);
 		return true;
 	}
 	WorkerTxnEnd(cxt);
@@ -1528,7 +1508,7 @@ WorkerRefreshCertificates(MemoryContext cxt, long *sleep_ms)
 						due->name, r->ncerts, nnew)));
 	}
 	else
-		CertRefreshWarn(due->name, r->sqlstate, r->message, r->detail, r->hint);
+		wxpay_report(&r->result, WARNING);
 	WorkerTxnEnd(cxt);
 	return true;
 }

@@ -6,12 +6,15 @@
  * The modules and their one job each:
  *	  wxpay_signplan.c	_PG_init and the GUCs
  *	  protocol.c		pure WeChat Pay syntax: input rules, RFC 3339, Base64,
- *						header lines (no palloc, no ereport: fuzzable alone)
+ *						header lines, mchid/serial/key ID rules (no palloc,
+ *						no ereport: fuzzable alone; declared in protocol.h)
  *	  sign.c			OpenSSL: keys, request signatures, answer verification
  *	  config.c			the protected config tables and the per-backend cache
  *	  transport.c		libcurl: one kept-alive multi handle, latch-aware waits
+ *	  encoding.c		what WeChat Pay sends (UTF-8) into the database encoding
  *	  response.c		answer bodies to SQL values (jsonb, composites)
- *	  api.c				one signed, sent, verified call, and its error reports
+ *	  api.c				one signed, sent, verified call: the one classifier of
+ *						an attempt's outcome and the one reporter of it
  *	  signplan.c		SQL-callable entry points
  *	  certs.c			platform certificates: download, decrypt, verify,
  *						store (SQL function and the worker's C API)
@@ -35,6 +38,8 @@
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
+
+#include "protocol.h"
 
 #ifndef WXPAY_VERSION
 #define WXPAY_VERSION "unknown"
@@ -68,58 +73,7 @@ extern int	wxpay_request_timeout;
 extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
 extern int	wxpay_batch_concurrency;
 
-/* ---------- protocol.c ---------- */
-
-#define WXPAY_PLAN_NO_MAX			32
-#define WXPAY_STOP_REASON_MAX		128
-#define WXPAY_NONCE_LEN				32
-
-typedef enum WxpayTextCheck
-{
-	WXPAY_TEXT_OK,
-	WXPAY_TEXT_EMPTY,
-	WXPAY_TEXT_TOO_LONG,
-	WXPAY_TEXT_BAD_CHAR,		/* a character outside the allowed set */
-	WXPAY_TEXT_FOUR_BYTE,		/* a 4-byte UTF-8 character */
-	WXPAY_TEXT_BAD_UTF8,		/* not valid UTF-8 at all */
-	WXPAY_TEXT_CONTROL			/* a NUL byte */
-} WxpayTextCheck;
-
-extern WxpayTextCheck wxpay_check_plan_no(const char *s, size_t len);
-extern WxpayTextCheck wxpay_check_stop_reason(const char *s, size_t len);
-extern bool wxpay_parse_rfc3339(const char *s, size_t len, TimestampTz *result);
-extern size_t wxpay_base64_encoded_len(size_t srclen);
-extern size_t wxpay_base64_encode(const unsigned char *src, size_t len, char *dst);
-extern bool wxpay_base64_decode(const char *src, size_t len,
-								unsigned char *dst, size_t dstcap, size_t *dstlen);
-extern bool wxpay_parse_header_line(const char *line, size_t len,
-									const char **name, size_t *namelen,
-									const char **value, size_t *valuelen);
-extern bool wxpay_parse_unix_seconds(const char *s, size_t len, int64 *result);
-extern bool wxpay_is_hex(const char *s, size_t len);
-
-/* The answer headers that verification needs (wxpay_answer_header()). */
-typedef enum WxpayAnswerHeader
-{
-	WXPAY_H_TIMESTAMP,
-	WXPAY_H_NONCE,
-	WXPAY_H_SIGNATURE,
-	WXPAY_H_SERIAL,
-	WXPAY_H_REQUEST_ID,
-	WXPAY_NUM_ANSWER_HEADERS
-} WxpayAnswerHeader;
-
-/* One answer header as it arrived. */
-typedef struct WxpayHeaderValue
-{
-	int			count;			/* how many times the header came */
-	bool		overlong;		/* a value did not fit or held a NUL byte */
-	size_t		len;
-	char		value[1024];
-} WxpayHeaderValue;
-
-extern int	wxpay_answer_header(const char *name, size_t len);
-extern void wxpay_store_header(WxpayHeaderValue *h, const char *v, size_t len);
+/* ---------- protocol.c: see protocol.h ---------- */
 
 /* ---------- sign.c ---------- */
 
@@ -182,6 +136,8 @@ typedef struct WxpayConfig
 
 extern void ConfigInit(void);
 extern void wxpay_config_missing(const char *name) WXPAY_NORETURN;
+extern char *wxpay_schema_quoted(Oid nspoid);
+extern void wxpay_spi_connect(void);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern const WxpayConfig *wxpay_config_get(const char *name, Oid nspoid);
@@ -236,7 +192,6 @@ typedef struct WxpayHttpRequest
 } WxpayHttpRequest;
 
 extern void TransportInit(void);
-extern const char *wxpay_user_agent(void);
 extern char *wxpay_validate_base_url(const char *url, char *why, size_t whylen);
 extern void wxpay_http_perform(WxpayHttpRequest **reqs, int nreqs,
 							   int concurrency);
@@ -247,6 +202,12 @@ typedef void (*WxpayHttpDone) (WxpayHttpRequest *req, void *arg);
 
 extern void wxpay_http_perform_stream(int concurrency, WxpayHttpNext next,
 									  WxpayHttpDone done, void *arg);
+
+/* ---------- encoding.c ---------- */
+
+extern void wxpay_encoding_prepare(void);
+extern char *wxpay_from_utf8(const char *s, size_t len, bool json,
+							 size_t *outlen);
 
 /* ---------- response.c ---------- */
 
@@ -260,26 +221,65 @@ extern void wxpay_error_body(const char *body, size_t len,
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
 
+/* What an attempt was for; messages and hints depend on it. */
 typedef enum WxpayOperation
 {
-	WXPAY_OP_STOP,
-	WXPAY_OP_QUERY
+	WXPAY_OP_STOP,				/* POST .../{no}/stop */
+	WXPAY_OP_QUERY,				/* GET .../{no} */
+	WXPAY_OP_CERTIFICATES,		/* GET /v3/certificates */
+	WXPAY_OP_CHECK				/* wxpay_check_config's live query */
 } WxpayOperation;
 
-/* How one call ended: a row, or everything an error report needs. */
+/*
+ * How one attempt ended: a row (ok), or everything a report needs.  The
+ * one type for every door: stop, query, batch, the queue worker, the
+ * certificate refresh and the live check.  Filled only by
+ * wxpay_classify_attempt() (and, for a verified answer that cannot be
+ * used, by its reader through wxpay_result_fail()); turned into an
+ * ereport or a row's text only by wxpay_report() / wxpay_report_text().
+ * All text is in the database encoding.
+ */
 typedef struct WxpayCallResult
 {
 	bool		ok;
-	HeapTuple	tuple;			/* when ok */
+	HeapTuple	tuple;			/* when ok, for stop and query */
 	int			sqlstate;		/* when not ok */
 	char	   *message;		/* primary message */
-	char	   *detail;			/* may quote libcurl's text */
+	char	   *detail;			/* complete sentences; may quote libcurl */
 	char	   *hint;
 	long		http_status;	/* 0 when no answer */
 	char	   *error_code;		/* platform's code, or NULL */
 	char	   *error_message;	/* platform's message, or NULL */
 	char	   *request_id;		/* Request-ID header, or NULL */
+	const char *sent_to;		/* base URL the request went to, or NULL
+								 * when nothing was sent */
+	bool		failed_over;	/* it went to the backup domain */
+	bool		classified;		/* filled by wxpay_classify_attempt (not
+								 * an error caught elsewhere) */
 } WxpayCallResult;
+
+/*
+ * Reads a verified 2xx answer (the signature checked when
+ * WxpayAttempt.verify_cfg is set).  Returns true when the answer is
+ * usable; otherwise false after wxpay_result_fail(res, ...), or with *why
+ * (a lower-case clause) for "the verified answer could not be read".
+ */
+typedef bool (*WxpayAnswerReader) (void *arg, WxpayHttpRequest *req,
+								   WxpayCallResult *res, char **why);
+
+/* One finished request, as the classifier needs it. */
+typedef struct WxpayAttempt
+{
+	WxpayOperation op;
+	const char *subject;		/* the plan number, or the config name */
+	const char *base_url;		/* where it was meant to go */
+	const char *backup_base_url;	/* or NULL */
+	WxpayHttpRequest *req;
+	const WxpayConfig *verify_cfg;	/* verify 2xx answers with its keys;
+									 * NULL: the reader verifies */
+	WxpayAnswerReader read;		/* or NULL: a verified 2xx is ok */
+	void	   *read_arg;
+} WxpayAttempt;
 
 typedef struct WxpayCall
 {
@@ -289,6 +289,12 @@ typedef struct WxpayCall
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
+
+extern bool wxpay_classify_attempt(const WxpayAttempt *a, WxpayCallResult *res);
+extern void wxpay_result_fail(WxpayCallResult *res, int sqlstate,
+							  const char *detail, const char *hint);
+extern void wxpay_report(const WxpayCallResult *res, int elevel);
+extern char *wxpay_report_text(const WxpayCallResult *res);
 
 extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
@@ -304,7 +310,6 @@ extern bool wxpay_answer_verify(const WxpayConfig *cfg, WxpayHttpRequest *req,
 extern void wxpay_call_prepare(WxpayCall *call);
 extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 							  WxpayCallResult *res);
-extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
 
 /* ---------- certs.c ---------- */
 
@@ -328,14 +333,14 @@ extern void wxpay_call_raise(WxpayCallResult *res) WXPAY_NORETURN;
  *	   One HTTPS request (wxpay_http_perform).  Honours cancel and
  *	   ProcDiePending like any request (may ereport for those only).
  *	 (3) in a new transaction:
- *		 if (!wxpay_cert_refresh_finish(&r)) ... r.message/detail/hint
+ *		 if (!wxpay_cert_refresh_finish(&r)) wxpay_report(&r.result, ...)
  *	   Verifies the answer, decrypts each certificate with the config's
  *	   apiv3_key (read now, zeroed after use), checks that the answer is
  *	   signed by a certificate it contains or one already held, then
  *	   upserts wxpay_platform_certificate and deletes the held ones that
  *	   have expired.  Any failure before the upsert changes nothing and is
- *	   returned in r (ok false, sqlstate, secret-free message, detail and
- *	   hint) rather than raised; SPI errors still raise.
+ *	   returned in r.result (classified by wxpay_classify_attempt, like any
+ *	   call) rather than raised; SPI errors still raise.
  *
  * wxpay_cert_refresh_configs() lists the configs the worker should refresh
  * (those with an apiv3_key), in a transaction.  The worker refreshes each
@@ -358,14 +363,11 @@ typedef struct WxpayCertRefresh
 	char	   *config_name;
 	Oid			nspoid;
 	char	   *base_url;		/* for messages */
+	char	   *backup_base_url;	/* or NULL */
 	WxpayHttpRequest req;		/* the signed GET; phase 2 fills the answer */
 
 	/* phase 3: the outcome */
-	bool		ok;
-	int			sqlstate;		/* when not ok */
-	char	   *message;		/* when not ok: primary, secret-free */
-	char	   *detail;
-	char	   *hint;
+	WxpayCallResult result;		/* ok, or the failure (wxpay_report) */
 	int			ncerts;			/* when ok: what is held now */
 	WxpayCertInfo *certs;
 } WxpayCertRefresh;

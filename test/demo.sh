@@ -12,29 +12,20 @@ WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
 wxpay.database_name = 'postgres'"
 wx_prepare
 
-# Keys are read from files by psql, never typed into SQL.
-wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
-    psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
-CREATE EXTENSION wxpay_signplan;
-\set key `cat "$WXPAY_PKI/merchant.key"`
-\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
-\set pubkey_id `cat "$WXPAY_PKI/pub_key_id.txt"`
-\set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
-\set ca `cat "$WXPAY_PKI/ca.crt"`
-\getenv sim_url WXPAY_SIM_URL
--- backup_base_url NULL: no failover to WeChat Pay's real backup domain
-INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca', NULL);
+# Keys are read from files by psql, never typed into SQL (lib.sh).
+wx_setup_config
+wx_as_pg psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
 SET TimeZone = 'Asia/Shanghai';
 
 \echo
 \echo '== SELECT * FROM wxpay_stop_sign_plan(''demo-plan-001'', ''subscription ended'');'
 CREATE TEMP TABLE stopped AS
     SELECT * FROM wxpay_stop_sign_plan('demo-plan-001', 'subscription ended');
-\x on
-SELECT * FROM stopped;
-\x off
+\echo '   the stopped plan at a glance (every column: SELECT * FROM stopped):'
+SELECT merchant_sign_plan_no, sign_state, cancel_sign_type, cancel_sign_time,
+       cancel_reason, total_origin_price, total_actual_price,
+       jsonb_array_length(signed_detail_list) AS details
+FROM stopped;
 \echo '== its signed_detail_list as rows:'
 \echo '   SELECT d.* FROM stopped p, LATERAL wxpay_sign_plan_details(p.signed_detail_list) d;'
 SELECT d.* FROM stopped p, LATERAL wxpay_sign_plan_details(p.signed_detail_list) d;

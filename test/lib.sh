@@ -115,6 +115,26 @@ wx_as_pg() {
     fi
 }
 
+# CREATE EXTENSION and the default wxpay_config row for the simulator's
+# public-key merchant, in database ${1:-postgres}.  psql reads the keys from
+# the PKI files, so they are never typed into SQL; backup_base_url is NULL,
+# so nothing ever fails over to WeChat Pay's real backup domain.
+wx_setup_config() {
+    wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
+        psql -X -q -v ON_ERROR_STOP=1 -d "${1:-postgres}" -f - <<'SQL'
+CREATE EXTENSION wxpay_signplan;
+\set key `cat "$WXPAY_PKI/merchant.key"`
+\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
+\set pubkey_id `cat "$WXPAY_PKI/pub_key_id.txt"`
+\set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
+\set ca `cat "$WXPAY_PKI/ca.crt"`
+\getenv sim_url WXPAY_SIM_URL
+INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
+                          wechatpay_public_key, base_url, ca_cert, backup_base_url)
+VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'sim_url', :'ca', NULL);
+SQL
+}
+
 # Scratch directory, test PKI and the simulator.  Exports WXPAY_PKI,
 # WXPAY_SIM_URL, WXPAY_SIM_CONTROL.
 wx_start_sim() {

@@ -41,17 +41,7 @@ gcc -O2 -Wall -o "$WX_WORK/floor" "$BENCH/floor.c" $(pkg-config --cflags --libs 
 
 psql_su() { wx_as_pg psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 
-psql_su -v pki="$WXPAY_PKI" -v url="$WXPAY_SIM_URL" -f - <<'SQL'
-CREATE EXTENSION wxpay_signplan;
-\set key `cat "$WXPAY_PKI/merchant.key"`
-\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
-\set pubkey_id `cat "$WXPAY_PKI/pub_key_id.txt"`
-\set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
-\set ca `cat "$WXPAY_PKI/ca.crt"`
-INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, backup_base_url, ca_cert)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'url', NULL, :'ca');
-SQL
+wx_setup_config
 
 sim_tls() { node "$WX_ROOT/test/sim/ctl.js" tls; }
 sim_latency() {

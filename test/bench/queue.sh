@@ -55,18 +55,7 @@ calc() { awk "BEGIN { print $1 }"; }
 psql_su() { wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d postgres "$@"; }
 sim_settings() { curl -sf -X POST -H 'Content-Type: application/json' -d "$2" "$1/settings" >/dev/null; }
 
-psql_su -f - <<'SQL'
-CREATE EXTENSION wxpay_signplan;
-\set key `cat "$WXPAY_PKI/merchant.key"`
-\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
-\set pubkey_id `cat "$WXPAY_PKI/pub_key_id.txt"`
-\set pubkey `cat "$WXPAY_PKI/platform_pub.pem"`
-\set ca `cat "$WXPAY_PKI/ca.crt"`
-\getenv url WXPAY_SIM_URL
-INSERT INTO wxpay_config (mchid, serial_no, private_key, wechatpay_public_key_id,
-                          wechatpay_public_key, base_url, backup_base_url, ca_cert)
-VALUES ('1900000001', :'serial', :'key', :'pubkey_id', :'pubkey', :'url', NULL, :'ca');
-SQL
+wx_setup_config
 
 worker_pid() {
     psql_su -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'"

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "wxpay_signplan.h"
+#include "protocol.h"
 
 /* port.h routes these to libpgport's versions; the targets use libc's */
 #undef fprintf

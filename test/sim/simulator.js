@@ -719,6 +719,19 @@ function doStop(no, plan, reason, ev) {
     return true;
 }
 
+/*
+ * Plans numbered zh*: text beyond ASCII, as WeChat Pay sends it in UTF-8
+ * (Chinese, a Latin-1 letter, a character beyond U+FFFF).  zhesc*: the same
+ * text with JSON \\u escapes instead of raw UTF-8.  zhbad*: "café" with
+ * the Latin-1 byte 0xE9, which is not UTF-8.
+ */
+const ZH_PLAN_NAME = '\u6708\u5ea6\u8ba1\u5212 caf\u00e9 \u{1F600}';
+const ZH_REJECT_MESSAGE = '\u7b7e\u7ea6\u8ba1\u5212\u72b6\u6001\u4e0d\u5141\u8bb8\u89e3\u7ea6';
+
+function escapeNonAscii(json) {
+    return json.replace(/[\u0080-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+}
+
 function planObject(no, plan, merchant) {
     const stopped = plan.stopped;
     const big = no.startsWith('big');
@@ -764,6 +777,8 @@ function planObject(no, plan, merchant) {
         deduction_quantity: 3,
         plan_over_time: '2027-01-15T10:20:30+08:00',
     };
+    if (no.startsWith('zh'))
+        o.plan_name = ZH_PLAN_NAME;
     if (no.startsWith('nodetails')) {
         delete o.signed_detail_list;
         delete o.openid;
@@ -818,12 +833,24 @@ function perform(ctx, r, fault) {
     const plan = getPlan(r.planNo);
     if (!plan)
         return { answer: errorAnswer(404, 'RESOURCE_NOT_EXISTS', 'sign plan does not exist') };
+    /* zhreject: a 4xx whose message is Chinese (database encodings) */
+    if (r.planNo.startsWith('zhreject'))
+        return { answer: errorAnswer(400, 'INVALID_REQUEST', ZH_REJECT_MESSAGE), plan };
     if (r.route === 'stop' && !doStop(r.planNo, plan, r.stopReason, ctx.event)) {
         bump(state.stats.already_stopped, r.planNo);
         return { answer: errorAnswer(400, 'INVALID_REQUEST', 'sign plan has already been stopped'), plan };
     }
     const obj = planObject(r.planNo, plan, ctx.merchant);
-    return { answer: jsonAnswer(200, obj), obj, plan };
+    const answer = jsonAnswer(200, obj);
+    if (r.planNo.startsWith('zhesc'))
+        answer.body = Buffer.from(escapeNonAscii(JSON.stringify(obj)), 'utf8');
+    if (r.planNo.startsWith('zhbad')) {
+        /* "café" with a Latin-1 byte: not valid UTF-8 (signed as sent) */
+        const i = answer.body.indexOf(Buffer.from('caf\u00e9', 'utf8'));
+        answer.body = Buffer.concat([answer.body.subarray(0, i + 3), Buffer.from([0xe9]),
+            answer.body.subarray(i + 5)]);
+    }
+    return { answer, obj, plan };
 }
 
 function nestedBody() {

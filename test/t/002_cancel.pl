@@ -20,7 +20,7 @@ use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use WxpayTest;
 
 # A port that refuses connections: bound, never listening (the port stays
@@ -47,8 +47,6 @@ $node->safe_psql('postgres',
 $node->safe_psql('postgres',
 	config_insert_sql(name => 'silent', base_url => "https://127.0.0.1:$silent_port"));
 
-my $deadline_secs = $PostgreSQL::Test::Utils::timeout_default;
-
 # the session under test (errors must not end psql) and a controller
 my $s = $node->background_psql('postgres', on_error_stop => 0);
 my $ctl = $node->background_psql('postgres');
@@ -61,72 +59,29 @@ sub send_sql { return bg_send($s, $_[0]); }
 # Wait for the statement sent as $token to end; returns its stderr output.
 sub finish { return (bg_finish($s, $_[0]))[1]; }
 
-# A query that must succeed in the session; returns its output.
-sub ok_query
-{
-	my ($sql, $expect, $name) = @_;
-	clear_session($s);
-	my ($out, $failed) = $s->query($sql);
-	is($failed ? "ERROR: $s->{stderr}" : $out, $expect, $name);
-	return;
-}
-
-sub stop_attempts
-{
-	my ($plan) = @_;
-	return sim_stats()->{stop_attempts}{$plan} // 0;
-}
-
-sub stops
-{
-	my ($plan) = @_;
-	return sim_stats()->{stops}{$plan} // 0;
-}
-
-# Poll until $cond returns true (pumping the session so that an early error
-# is seen), or fail.
-sub wait_until
-{
-	my ($what, $cond) = @_;
-	my $end = time() + $deadline_secs;
-	while (time() < $end)
-	{
-		return 1 if $cond->();
-		$s->{run}->pump_nb;
-		if ($s->{stderr} =~ /ERROR/)
-		{
-			diag("the session failed while waiting for $what: $s->{stderr}");
-			return 0;
-		}
-		usleep(20_000);
-	}
-	diag("timed out waiting for $what");
-	return 0;
-}
-
 # The session is healthy after an interrupted call: SELECT 1, then a
 # successful stop of a fresh plan.
 sub session_recovers
 {
 	my ($label, $fresh) = @_;
-	ok_query('SELECT 1', '1', "$label: the session then runs SELECT 1");
-	ok_query(
+	session_ok_query($s, 'SELECT 1', '1', "$label: the session then runs SELECT 1");
+	session_ok_query($s,
 		"SELECT merchant_sign_plan_no, sign_state FROM wxpay_stop_sign_plan('$fresh', 'after')",
 		"$fresh|SIGN_PLAN_CANCEL",
 		"$label: the session then stops a fresh plan");
-	is(stops($fresh), 1, "$label: the simulator stopped $fresh once");
+	is(sim_stops($fresh), 1, "$label: the simulator stopped $fresh once");
 	return;
 }
 
 # ---- 1. pg_cancel_backend() while waiting for the answer ----
 {
 	my $plan = 'fault-stall-t2a';
-	ok_query("SET wxpay.request_timeout = '60s'", '', 'cancel: set request_timeout 60s');
+	session_ok_query($s, "SET wxpay.request_timeout = '60s'", '', 'cancel: set request_timeout 60s');
 	my $tok = send_sql(
 		"SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan('$plan', 'cancel me');");
 
 	# the request reached the simulator (so we are past sending) ...
-	ok(wait_until("the request for $plan", sub { stop_attempts($plan) == 1 }),
+	ok(session_wait_until($s, "the request for $plan", sub { sim_stop_attempts($plan) == 1 }),
 		'cancel: the stalled request reached the simulator');
 	# ... and the backend waits in the extension's wait loop
 	ok( $node->poll_query_until(
@@ -147,14 +102,14 @@ sub session_recovers
 		qr/^(?:psql:<stdin>:\d+: )?ERROR:  57014: canceling statement due to user request$/m,
 		'cancel: the call ended with 57014 canceling statement due to user request');
 	cmp_ok($elapsed, '<', 1.0, 'cancel: the error came within 1 s of the cancel');
-	is(stops($plan), 0, 'cancel: the stalled plan was not stopped');
+	is(sim_stops($plan), 0, 'cancel: the stalled plan was not stopped');
 	session_recovers('cancel', 't2-after-cancel');
 }
 
 # ---- 2. statement_timeout while waiting for the answer ----
 {
 	my $plan = 'fault-stall-t2b';
-	ok_query("SET statement_timeout = '300ms'", '', 'statement_timeout: set 300ms');
+	session_ok_query($s, "SET statement_timeout = '300ms'", '', 'statement_timeout: set 300ms');
 	my $t0 = time();
 	my $tok = send_sql(
 		"SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan('$plan', 'time me out');");
@@ -168,17 +123,17 @@ sub session_recovers
 		'statement_timeout: the call ended with 57014 canceling statement due to statement timeout');
 	cmp_ok($elapsed, '<', 0.3 + 1.0,
 		'statement_timeout: the error came within 1 s of the timeout');
-	is(stop_attempts($plan), 1,
+	is(sim_stop_attempts($plan), 1,
 		'statement_timeout: the request had reached the simulator');
-	is(stops($plan), 0, 'statement_timeout: the stalled plan was not stopped');
-	ok_query('RESET statement_timeout', '', 'statement_timeout: reset');
+	is(sim_stops($plan), 0, 'statement_timeout: the stalled plan was not stopped');
+	session_ok_query($s, 'RESET statement_timeout', '', 'statement_timeout: reset');
 	session_recovers('statement_timeout', 't2-after-stmt-timeout');
 }
 
 # ---- 3. wxpay.request_timeout: sent, no answer: WX003 ----
 {
 	my $plan = 'fault-stall-t2c';
-	ok_query("SET wxpay.request_timeout = '300ms'", '',
+	session_ok_query($s, "SET wxpay.request_timeout = '300ms'", '',
 		'request_timeout: set 300ms');
 	my $tok = send_sql(
 		"SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan('$plan', 'time me out');");
@@ -192,8 +147,8 @@ sub session_recovers
 		'request_timeout: the detail names wxpay.request_timeout');
 	like($err, qr/^HINT:  Query the sign plan/m,
 		'request_timeout: the hint says to query before retrying');
-	is(stop_attempts($plan), 1, 'request_timeout: the request was sent once');
-	ok_query('RESET wxpay.request_timeout', '', 'request_timeout: reset');
+	is(sim_stop_attempts($plan), 1, 'request_timeout: the request was sent once');
+	session_ok_query($s, 'RESET wxpay.request_timeout', '', 'request_timeout: reset');
 	session_recovers('request_timeout', 't2-after-req-timeout');
 }
 
@@ -201,7 +156,7 @@ sub session_recovers
 {
 	# statement_timeout as the bound: were the failure not prompt, the
 	# error would be 57014 instead of WX004.
-	ok_query(
+	session_ok_query($s,
 		"SET statement_timeout = '5s'; SET wxpay.connect_timeout = '60s'; SET wxpay.request_timeout = '60s'",
 		'', 'refused: set timeouts');
 	my $tok = send_sql(
@@ -220,7 +175,7 @@ sub session_recovers
 
 # ---- 5. a TLS handshake that never completes: wxpay.connect_timeout ----
 {
-	ok_query("SET wxpay.connect_timeout = '300ms'", '',
+	session_ok_query($s, "SET wxpay.connect_timeout = '300ms'", '',
 		'connect_timeout: set 300ms');
 	my $tok = send_sql(
 		"SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan('t2-silent', 'x', 'silent');");
@@ -232,7 +187,7 @@ sub session_recovers
 	like($err,
 		qr/^DETAIL:  Nothing was sent to https:\/\/127\.0\.0\.1:$silent_port: .*time/mi,
 		'connect_timeout: the detail says nothing was sent, and that it timed out');
-	ok_query(
+	session_ok_query($s,
 		'RESET statement_timeout; RESET wxpay.connect_timeout; RESET wxpay.request_timeout',
 		'', 'connect_timeout: reset');
 	session_recovers('connect_timeout', 't2-after-connect-timeout');

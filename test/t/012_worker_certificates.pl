@@ -87,6 +87,16 @@ ok( $node->wait_for_log(
 		qr/WARNING:  could not refresh the platform certificates of wxpay configuration "certmode"/,
 		$offset),
 	'a failed refresh is logged');
+# the same words as wxpay_refresh_platform_certificates() raises: the
+# detail once (not the primary again), and the hint
+{
+	my $tail = substr(slurp_file($node->logfile), $offset);
+	like(
+		$tail,
+		qr/WARNING:  could not refresh the platform certificates of wxpay configuration "certmode"\n[^\n]*DETAIL:  Platform certificate "[0-9A-F]+" could not be decrypted: [^\n]*\n[^\n]*HINT:  Check that apiv3_key is the APIv3 key set on the merchant platform\. The certificates already held stay in use\./,
+		'the warning has the detail and the hint of the SQL function\'s error');
+	unlike($tail, qr/DETAIL:  could not refresh/, 'the detail does not repeat the primary message');
+}
 is(held(), join(' ', sort values %serial), 'the certificates held are kept');
 is($node->safe_psql('postgres',
 	"SELECT sign_state FROM wxpay_query_sign_plan('q12-plan', 'certmode')"),

@@ -27,11 +27,10 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use WxpayTest;
 
 my $node = new_node('batch');
-my $deadline_secs = $PostgreSQL::Test::Utils::timeout_default;
 
 my $s = $node->background_psql('postgres', on_error_stop => 0);
 my $ctl = $node->background_psql('postgres');
@@ -40,49 +39,6 @@ my $pid = $s->query_safe('SELECT pg_backend_pid()');
 like($pid, qr/^\d+$/, "backend pid $pid");
 
 my $E = qr/^(?:psql:<stdin>:\d+: )?ERROR:  /m;
-
-sub attempts
-{
-	my ($plan) = @_;
-	return sim_stats()->{stop_attempts}{$plan} // 0;
-}
-
-sub stops
-{
-	my ($plan) = @_;
-	return sim_stats()->{stops}{$plan} // 0;
-}
-
-# A query that must succeed in the session; returns its output.
-sub ok_query
-{
-	my ($sql, $expect, $name) = @_;
-	clear_session($s);
-	my ($out, $failed) = $s->query($sql);
-	is($failed ? "ERROR: $s->{stderr}" : $out, $expect, $name);
-	return;
-}
-
-# Poll until $cond is true (pumping the session so that an early error is
-# seen), or fail.
-sub wait_until
-{
-	my ($what, $cond) = @_;
-	my $end = time() + $deadline_secs;
-	while (time() < $end)
-	{
-		return 1 if $cond->();
-		$s->{run}->pump_nb;
-		if ($s->{stderr} =~ /ERROR/)
-		{
-			diag("the session failed while waiting for $what: $s->{stderr}");
-			return 0;
-		}
-		usleep(20_000);
-	}
-	diag("timed out waiting for $what");
-	return 0;
-}
 
 # SQL for a batch stop of @plans, one line per row: no|ok|sqlstate
 sub batch_sql
@@ -97,8 +53,8 @@ sub batch_sql
 sub session_recovers
 {
 	my ($label, @fresh) = @_;
-	ok_query('SELECT 1', '1', "$label: the session then runs SELECT 1");
-	ok_query(batch_sql('after', @fresh),
+	session_ok_query($s, 'SELECT 1', '1', "$label: the session then runs SELECT 1");
+	session_ok_query($s, batch_sql('after', @fresh),
 		join("\n", map { "$_|t|" } @fresh),
 		"$label: the session then stops fresh plans in a batch");
 	return;
@@ -108,15 +64,15 @@ sub session_recovers
 {
 	my @stall = map { "fault-stall-t30a$_" } 1 .. 4;
 	my $fifth = 't30a-fifth';
-	ok_query("SET wxpay.batch_concurrency = 4; SET wxpay.request_timeout = '60s'",
+	session_ok_query($s, "SET wxpay.batch_concurrency = 4; SET wxpay.request_timeout = '60s'",
 		'', 'concurrency: set 4 and a long request timeout');
 	my $tok = bg_send($s, batch_sql('stall', @stall, $fifth));
 
-	ok( wait_until(
+	ok( session_wait_until($s,
 			'four stalled requests at the simulator',
-			sub { (grep { attempts($_) == 1 } @stall) == 4 }),
+			sub { (grep { sim_stop_attempts($_) == 1 } @stall) == 4 }),
 		'concurrency: four requests are at the simulator at the same time');
-	is(attempts($fifth), 0,
+	is(sim_stop_attempts($fifth), 0,
 		'concurrency: the fifth is not started while four are in flight');
 	ok( $node->poll_query_until(
 			'postgres',
@@ -133,16 +89,16 @@ sub session_recovers
 	like($err, qr/${E}57014: canceling statement due to user request$/m,
 		'cancel: the batch ended with 57014');
 	cmp_ok($elapsed, '<', 1.0, 'cancel: within 1 s of the cancel');
-	is(scalar(grep { stops($_) == 0 } @stall),
+	is(scalar(grep { sim_stops($_) == 0 } @stall),
 		4, 'cancel: no stalled plan was stopped');
-	is(attempts($fifth), 0, 'cancel: the fifth was never sent');
+	is(sim_stop_attempts($fifth), 0, 'cancel: the fifth was never sent');
 	session_recovers('cancel', 't30a-after-1', 't30a-after-2');
 }
 
 # ---- (b) statement_timeout ----
 {
 	my @stall = map { "fault-stall-t30b$_" } 1 .. 6;
-	ok_query("SET statement_timeout = '300ms'", '', 'statement_timeout: set 300ms');
+	session_ok_query($s, "SET statement_timeout = '300ms'", '', 'statement_timeout: set 300ms');
 	my $t0 = time();
 	my $tok = bg_send($s, batch_sql('timeout', @stall));
 	my (undef, $err) = bg_finish($s, $tok);
@@ -152,7 +108,7 @@ sub session_recovers
 		'statement_timeout: the batch ended with 57014');
 	cmp_ok($elapsed, '<', 0.3 + 1.0,
 		'statement_timeout: within 1 s of the timeout');
-	ok_query('RESET statement_timeout', '', 'statement_timeout: reset');
+	session_ok_query($s, 'RESET statement_timeout', '', 'statement_timeout: reset');
 	session_recovers('statement_timeout', 't30b-after-1');
 }
 
@@ -160,12 +116,12 @@ sub session_recovers
 {
 	# 4 stalled requests occupy the slots; 20000 more wait to be signed.
 	# The cancel comes while the loop waits; it must not sign the rest.
-	ok_query("SET wxpay.batch_concurrency = 4", '', 'long batch: concurrency 4');
+	session_ok_query($s, "SET wxpay.batch_concurrency = 4", '', 'long batch: concurrency 4');
 	my $tok = bg_send($s,
 		    "SELECT count(*) FROM wxpay_stop_sign_plans("
 		  . "ARRAY['fault-stall-t30c1','fault-stall-t30c2','fault-stall-t30c3','fault-stall-t30c4']"
 		  . " || ARRAY(SELECT 't30c-' || i FROM generate_series(1, 20000) i), 'long')");
-	ok(wait_until('the stalled requests', sub { attempts('fault-stall-t30c4') == 1 }),
+	ok(session_wait_until($s, 'the stalled requests', sub { sim_stop_attempts('fault-stall-t30c4') == 1 }),
 		'long batch: the first four requests are in flight');
 	my $t0 = time();
 	$ctl->query_safe("SELECT pg_cancel_backend($pid)");
@@ -174,8 +130,8 @@ sub session_recovers
 	like($err, qr/${E}57014: canceling statement due to user request$/m,
 		'long batch: ended with 57014');
 	cmp_ok($elapsed, '<', 1.0, 'long batch: within 1 s of the cancel');
-	is(attempts('t30c-1'), 0, 'long batch: nothing after the stalled four was sent');
-	ok_query('RESET wxpay.batch_concurrency; RESET wxpay.request_timeout',
+	is(sim_stop_attempts('t30c-1'), 0, 'long batch: nothing after the stalled four was sent');
+	session_ok_query($s, 'RESET wxpay.batch_concurrency; RESET wxpay.request_timeout',
 		'', 'long batch: reset');
 }
 

@@ -171,6 +171,50 @@ for my $f (
 	unlike($err, qr/backup/, 'no backup: no word of a backup');
 }
 
+# ---- each URL with its own error; refresh and check fail over too ----
+{
+	my ($p1, $p2) = ($closed->sockport, $closed2->sockport);
+	my $both = qr/Nothing was sent to \Q$closed_url\E: [^\n]*?port $p1\b[^\n]*?\. Nothing was sent to the backup domain \Q$closed2_url\E either: [^\n]*?port $p2\b[^\n]*?\./;
+	my ($out, $err) = run_sql(stop_sql('t41-both2', 'fo_both'));
+	like($err, qr/^DETAIL:  $both$/m, 'both down: each URL with its own error');
+
+	$node->safe_psql('postgres',
+		config_insert_sql(
+			name => $_->[0],
+			mchid => '1900000002',
+			wechatpay_public_key_id => undef,
+			wechatpay_public_key => undef,
+			apiv3_key => pki_file('apiv3_key.txt', chomp => 1),
+			base_url => $closed_url,
+			backup_base_url => $_->[1]))
+	  for ([ 'fo_certs', $backup->{url} ], [ 'fo_certs_both', $closed2_url ]);
+
+	($out, $err) = run_sql(
+		"SELECT count(*) > 0 FROM wxpay_refresh_platform_certificates('fo_certs')");
+	is("$out$err", 't', 'refresh: the certificates come from the backup');
+	ok($node->log_contains(
+			qr/LOG:  sent the platform certificate download of wxpay configuration "fo_certs" to the backup domain \Q$backup->{url}\E because \Q$closed_url\E could not be reached/),
+		'refresh: the server log tells the failover');
+
+	($out, $err) = run_sql(
+		"SELECT count(*) FROM wxpay_refresh_platform_certificates('fo_certs_both')");
+	like($err, qr/${E}WX004: could not refresh the platform certificates of wxpay configuration "fo_certs_both"$/m,
+		'refresh, both down: WX004');
+	like($err, qr/^DETAIL:  $both$/m, 'refresh, both down: each URL with its own error');
+
+	($out, $err) = run_sql(
+		"SELECT ok, detail FROM wxpay_check_config('fo_refused', true) WHERE check_name = 'live_request'");
+	like($out, qr/^t\|WeChat Pay at \Q$backup->{url}\E accepted the request's signature/,
+		'check: the live row names the backup it went to');
+	ok($node->log_contains(
+			qr/LOG:  sent the live check of wxpay configuration "fo_refused" to the backup domain \Q$backup->{url}\E because \Q$closed_url\E could not be reached/),
+		'check: the server log tells the failover');
+
+	($out, $err) = run_sql(
+		"SELECT ok, detail FROM wxpay_check_config('fo_both', true) WHERE check_name = 'live_request'");
+	like($out, qr/^f\|$both Check base_url/, 'check, both down: each URL with its own error');
+}
+
 # ---- a cancel while the backup is being asked ----
 {
 	my $plan = 'fault-stall-t41-cancel';

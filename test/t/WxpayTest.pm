@@ -18,6 +18,7 @@ use Exporter 'import';
 use File::Basename qw(dirname);
 use File::Spec;
 use HTTP::Tiny;
+use Time::HiRes ();
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -27,7 +28,8 @@ use Test::More;
 our @EXPORT = qw(
   pki_file sim_url new_node config_insert_sql config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
-  clear_session bg_send bg_finish
+  clear_session bg_send bg_finish session_ok_query session_wait_until
+  sim_stop_attempts sim_stops
   start_sim stop_sim ctl_get_at
 );
 
@@ -172,6 +174,11 @@ sub ctl_post
 
 sub sim_stats { return ctl_get('/stats'); }
 
+# How many stop requests for $plan reached the shared simulator, and how
+# many of them stopped it.
+sub sim_stop_attempts { return sim_stats()->{stop_attempts}{ $_[0] } // 0; }
+sub sim_stops { return sim_stats()->{stops}{ $_[0] } // 0; }
+
 # GET from the control server of another simulator instance (start_sim).
 sub ctl_get_at
 {
@@ -237,6 +244,37 @@ sub clear_session
 	$s->{stdout} = '';
 	$s->{stderr} = '';
 	return;
+}
+
+# A query that must succeed in background session $s: is() its output.
+sub session_ok_query
+{
+	my ($s, $sql, $expect, $name) = @_;
+	clear_session($s);
+	my ($out, $failed) = $s->query($sql);
+	is($failed ? "ERROR: $s->{stderr}" : $out, $expect, $name);
+	return;
+}
+
+# Poll until $cond returns true, pumping background session $s so that an
+# early error in it is seen; false (with a diag) on error or timeout.
+sub session_wait_until
+{
+	my ($s, $what, $cond) = @_;
+	my $end = Time::HiRes::time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (Time::HiRes::time() < $end)
+	{
+		return 1 if $cond->();
+		$s->{run}->pump_nb;
+		if ($s->{stderr} =~ /ERROR/)
+		{
+			diag("the session failed while waiting for $what: $s->{stderr}");
+			return 0;
+		}
+		Time::HiRes::usleep(20_000);
+	}
+	diag("timed out waiting for $what");
+	return 0;
 }
 
 # Send $sql to a background session without waiting for it; returns a
