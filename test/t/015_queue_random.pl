@@ -444,6 +444,7 @@ sub enqueue_sql
 }
 
 my %key_now = %good_key;
+my $drop_probes = 0;
 
 sub set_key
 {
@@ -559,7 +560,7 @@ sub run_step
 		  unless !$ok && $err =~ /must be owner of database postgres/;
 		# a request enqueued after it finishes: had the worker been told to
 		# leave, another worker (a new pid) would serve it
-		my $probe = sprintf('t15-%d-drop%d', $cur_sched, ++$s->{n});
+		my $probe = sprintf('t15-%d-drop%d', $cur_sched, ++$drop_probes);
 		$plans_by_no->{$probe} = { plan => $probe, config => 'pk', committed => 1, probe => 1,
 			script => { stop => [], query => [] } };
 		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', 'pk')");
@@ -625,75 +626,76 @@ sub check_schedule
 
 	for my $p (sort keys %$plans_by_no)
 	{
-		my $req = $plans_by_no->{$p};
-		my $events = $all_events->{$p} // [];
-		my $rs = $rows{$p} // [];
-
-		# I1
-		if (!$req->{committed})
-		{
-			violation('I1', $p, scalar(@$events) . ' request(s) of a rolled-back enqueue reached WeChat Pay')
-			  if @$events;
-			violation('I1', $p, 'a rolled-back enqueue left a row', $rs->[0]{line}) if @$rs;
-			next;
-		}
-
-		# I5
-		if (@$rs != 1)
-		{
-			violation('I5', $p, 'a committed enqueue has ' . scalar(@$rs) . ' rows');
-			next;
-		}
-		my $row = $rs->[0];
-		violation('I5', $p, "not finished after draining (state $row->{state})", $row->{line})
-		  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
-		violation('I5', $p, "$row->{attempts} attempts, more than wxpay.max_attempts = $MAX_ATTEMPTS",
-			$row->{line})
-		  if $row->{attempts} > $MAX_ATTEMPTS;
-
-		# I2: walk the record; after an unknown stop only a query that
-		# came back intact with 200 settles the plan
-		my $unknown;
-		my $stopped = 0;
-		for my $e (@$events)
-		{
-			if ($e->{op} eq 'stop')
-			{
-				violation('I2', $p, "stop #$e->{seq} sent while the outcome of stop #$unknown was unknown, with no settling query between",
-					$row->{line})
-				  if defined $unknown;
-				violation('I2', $p, "stop #$e->{seq} found the plan already stopped (a blind second stop)",
-					$row->{line})
-				  if $e->{already_stopped};
-				$stopped = 1 if $e->{applied};
-				# a verified, intact, definitive answer leaves it known
-				my $known = $e->{delivered_intact} && defined $e->{status} && $e->{status} < 500;
-				$unknown = $known ? undef : $e->{seq};
-			}
-			elsif ($e->{op} eq 'query')
-			{
-				$unknown = undef
-				  if $e->{delivered_intact} && defined $e->{status} && $e->{status} == 200;
-			}
-		}
-
-		# I3
-		if ($row->{state} eq 'succeeded')
-		{
-			violation('I3', $p, 'succeeded, but WeChat Pay never stopped the plan', $row->{line})
-			  unless $stopped;
-		}
-		elsif ($row->{state} eq 'failed')
-		{
-			violation('I3', $p, "failed with WeChat Pay's code $row->{error_code}, but this request stopped the plan",
-				$row->{line})
-			  if $stopped && is_wechat_code($row->{error_code});
-			violation('I3', $p, "the plan was stopped, but the request failed with $row->{error_code}, not WX003",
-				$row->{line})
-			  if $stopped && $row->{error_code} ne 'WX003' && !is_wechat_code($row->{error_code});
-		}
+		violation($_->[0], $p, $_->[1], $_->[2])
+		  for judge_plan($plans_by_no->{$p}, $rows{$p} // [], $all_events->{$p} // []);
 	}
 	return;
+}
+
+# The invariants I1, I2, I3 and I5 for one plan: its request ($req:
+# committed or not), its rows and the simulator's events.  Returns
+# [invariant, message, row] for each violation.
+sub judge_plan
+{
+	my ($req, $rs, $events) = @_;
+	my @v;
+
+	# I1
+	if (!$req->{committed})
+	{
+		push @v, [ 'I1', scalar(@$events) . ' request(s) of a rolled-back enqueue reached WeChat Pay' ]
+		  if @$events;
+		push @v, [ 'I1', 'a rolled-back enqueue left a row', $rs->[0]{line} ] if @$rs;
+		return @v;
+	}
+
+	# I5
+	return ([ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
+	my $row = $rs->[0];
+	push @v, [ 'I5', "not finished after draining (state $row->{state})", $row->{line} ]
+	  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
+	push @v, [ 'I5', "$row->{attempts} attempts, more than wxpay.max_attempts = $MAX_ATTEMPTS", $row->{line} ]
+	  if $row->{attempts} > $MAX_ATTEMPTS;
+
+	# I2: walk the record; after a stop whose answer the client could not
+	# trust (not delivered intact, or 5xx) only a query answered 200 intact
+	# settles the plan
+	my $unknown;
+	my $stopped = 0;
+	for my $e (@$events)
+	{
+		if ($e->{op} eq 'stop')
+		{
+			push @v,
+			  [ 'I2', "stop #$e->{seq} sent while the outcome of stop #$unknown was unknown, with no settling query between",
+				$row->{line} ]
+			  if defined $unknown;
+			push @v, [ 'I2', "stop #$e->{seq} found the plan already stopped (a blind second stop)", $row->{line} ]
+			  if $e->{already_stopped};
+			$stopped = 1 if $e->{applied};
+			my $known = $e->{delivered_intact} && defined $e->{status} && $e->{status} < 500;
+			$unknown = $known ? undef : $e->{seq};
+		}
+		elsif ($e->{op} eq 'query')
+		{
+			$unknown = undef
+			  if $e->{delivered_intact} && defined $e->{status} && $e->{status} == 200;
+		}
+	}
+
+	# I3
+	if ($row->{state} eq 'succeeded')
+	{
+		push @v, [ 'I3', 'succeeded, but WeChat Pay never stopped the plan', $row->{line} ] unless $stopped;
+	}
+	elsif ($row->{state} eq 'failed' && $stopped)
+	{
+		push @v, [ 'I3', "failed with WeChat Pay's code $row->{error_code}, but this request stopped the plan", $row->{line} ]
+		  if is_wechat_code($row->{error_code});
+		push @v, [ 'I3', "the plan was stopped, but the request failed with $row->{error_code}, not WX003", $row->{line} ]
+		  if $row->{error_code} ne 'WX003' && !is_wechat_code($row->{error_code});
+	}
+	return @v;
 }
 
 # I4 from the server log, when the worker writes "queue worker started" and
@@ -733,6 +735,52 @@ sub check_log
 		}
 	}
 	return;
+}
+
+# ---------------------------------------------------------------------------
+# The judge itself must be able to fail: synthetic records, each with the
+# invariants it breaks
+
+{
+	my $ev = sub {
+		my ($seq, $op, %o) = @_;
+		return { seq => $seq, op => $op, applied => 0, already_stopped => 0,
+			status => 200, delivered_intact => 1, %o };
+	};
+	my $row = sub {
+		my ($state, $attempts, $code) = @_;
+		return [ { line => "synthetic|$state|$attempts|$code", state => $state,
+			attempts => $attempts, error_code => $code } ];
+	};
+	my @cases = (
+		[ 'clean: answer lost, settled by a query',
+			1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0), $ev->(2, 'query') ], '' ],
+		[ 'clean: 429, then the stop again', 1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', status => 429), $ev->(2, 'stop', applied => 1) ], '' ],
+		[ 'rolled back, yet sent', 0, [], [ $ev->(1, 'stop', applied => 1) ], 'I1' ],
+		[ 'blind stop after a 500', 1, $row->('failed', 2, 'INVALID_REQUEST'),
+			[ $ev->(1, 'stop', applied => 1, status => 500), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
+			'I2 I2 I3' ],
+		[ 'blind stop after a query answered 429', 1, $row->('succeeded', 3, ''),
+			[ $ev->(1, 'stop', status => undef, delivered_intact => 0), $ev->(2, 'query', status => 429),
+			  $ev->(3, 'stop', applied => 1) ], 'I2' ],
+		[ 'bad signature, then a stop', 1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', applied => 1, delivered_intact => 0), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
+			'I2 I2' ],
+		[ 'succeeded, never stopped', 1, $row->('succeeded', 1, ''), [ $ev->(1, 'query') ], 'I3' ],
+		[ 'stopped, failed with WX001', 1, $row->('failed', 10, 'WX001'),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0), $ev->(2, 'query', status => 429) ],
+			'I3' ],
+		[ 'unfinished, too many attempts', 1, $row->('queued', $MAX_ATTEMPTS + 1, ''), [], 'I5 I5' ],
+		[ 'committed, no row', 1, [], [], 'I5' ],
+	);
+	for my $c (@cases)
+	{
+		my ($name, $committed, $rows, $events, $want) = @$c;
+		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed }, $rows, $events);
+		is($got, $want, "the judge on a synthetic record: $name");
+	}
 }
 
 # ---------------------------------------------------------------------------
