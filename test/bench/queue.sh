@@ -22,7 +22,7 @@
 #
 #   bash test/bench/queue.sh            # a few minutes
 #   bash test/bench/queue.sh --smoke    # tiny sizes: checks that it works
-# Environment: WX_QUEUE_N (backlog, default 20000), WX_QUEUE_CONCURRENCY
+# Environment: WX_QUEUE_N (backlog, default 10000), WX_QUEUE_CONCURRENCY
 # (both concurrencies, default 8), WX_QUEUE_RATE (wxpay.rate_limit, default
 # 0 = none), WX_QUEUE_NB (requests per queue/batch comparison, default
 # 2000), WX_QUEUE_LATENCY_MS (20), WX_QUEUE_STREAM (fast requests in the
@@ -36,7 +36,7 @@ WX_PRIVATE_PG=1
 SMOKE=
 [ "${1:-}" = --smoke ] && SMOKE=1
 CONC=${WX_QUEUE_CONCURRENCY:-8}
-N=${WX_QUEUE_N:-$([ -n "$SMOKE" ] && echo 200 || echo 20000)}
+N=${WX_QUEUE_N:-$([ -n "$SMOKE" ] && echo 200 || echo 10000)}
 NB=${WX_QUEUE_NB:-$([ -n "$SMOKE" ] && echo 100 || echo 2000)}
 LAT=${WX_QUEUE_LATENCY_MS:-20}
 STREAM=${WX_QUEUE_STREAM:-$([ -n "$SMOKE" ] && echo 20 || echo 300)}
