@@ -698,8 +698,13 @@ sub judge_plan
 	return @v;
 }
 
-# I4 from the server log, when the worker writes "queue worker started" and
-# "queue worker stopped" lines (pid in the message, else the line prefix)
+# I4 from the server log, when the worker writes LOG lines matching
+# /queue worker .* started/ and /queue worker .* stopped/ (case ignored),
+# e.g. "wxpay_signplan queue worker started (pid 1234)": the pid is taken
+# from "pid N" in the message, else from the line prefix (%p).  A worker that
+# died without its "stopped" line is over when the postmaster logs its exit,
+# a crash restart or a shutdown.  Without such lines only pg_stat_activity
+# is sampled.
 my $log_offset = 0;
 my %log_live;
 
@@ -710,7 +715,7 @@ sub check_log
 	for my $line (split /\n/, $log)
 	{
 		my ($ppid) = $line =~ /^\S+ \S+ \S+ \[(\d+)\]/;
-		if ($line =~ /queue worker (started|stopped)/i)
+		if ($line =~ /queue worker\b[^"]*?\b(started|stopped)\b/i)
 		{
 			my $what = lc $1;
 			my ($pid) = $line =~ /\bpid[ =:]*(\d+)/i;
