@@ -17,7 +17,7 @@ SET wxpay.no_such_setting = 1;
 -- PUBLIC gets nothing that touches secrets or the network
 SELECT has_table_privilege('public', 'wxpay_config', 'SELECT') AS config_select,
        has_table_privilege('public', 'wxpay_platform_certificate', 'SELECT') AS cert_select,
-       has_function_privilege('public', 'wxpay_stop_sign_plan(text,text,text)', 'EXECUTE') AS stop_execute,
+       has_function_privilege('public', 'wxpay_stop_sign_plan(text,text,text,text)', 'EXECUTE') AS stop_execute,
        has_function_privilege('public', 'wxpay_config_changed()', 'EXECUTE') AS trigger_execute,
        has_function_privilege('public', 'wxpay_sign_plan_details(jsonb)', 'EXECUTE') AS details_execute;
 

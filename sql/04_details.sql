@@ -22,7 +22,7 @@ SELECT count(*) FROM wxpay_sign_plan_details(NULL::wxpay_sign_plan);
 SELECT plan_detail_no, plan_detail_state
 FROM wxpay_sign_plan_details(ROW('id', NULL, NULL, NULL, NULL, 'p', NULL, NULL, 1, NULL, NULL,
     NULL, NULL, NULL, NULL, 1, 1, 1,
-    '[{"plan_detail_no": 7, "plan_detail_state": "USING"}]', NULL)::wxpay_sign_plan);
+    '[{"plan_detail_no": 7, "plan_detail_state": "USING"}]', NULL, NULL, NULL, NULL)::wxpay_sign_plan);
 
 -- strict types and times
 SELECT * FROM wxpay_sign_plan_details('{"plan_detail_no": 1}'::jsonb);

@@ -3,7 +3,7 @@
 --
 CREATE ROLE regress_app;
 CREATE ROLE regress_nobody;
-GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) TO regress_app;
+GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) TO regress_app;
 GRANT CREATE ON DATABASE contrib_regression TO regress_app;
 
 SET ROLE regress_app;
@@ -44,6 +44,6 @@ RESET ROLE;
 \! node test/sim/ctl.js attempts sec-3
 
 REVOKE CREATE ON DATABASE contrib_regression FROM regress_app;
-REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) FROM regress_app;
+REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) FROM regress_app;
 DROP ROLE regress_app;
 DROP ROLE regress_nobody;

@@ -118,10 +118,10 @@ CREATE ROLE regress_batch;
 SET ROLE regress_batch;
 SELECT * FROM wxpay_stop_sign_plans(ARRAY['b20-r-1'], 'no grant');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plans(text[], text, text) TO regress_batch;
+GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plans(text[], text, text, text) TO regress_batch;
 SET ROLE regress_batch;
 SELECT merchant_sign_plan_no, ok, (plan).sign_state
 FROM wxpay_stop_sign_plans(ARRAY['b20-r-1'], 'granted');
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plans(text[], text, text) FROM regress_batch;
+REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plans(text[], text, text, text) FROM regress_batch;
 DROP ROLE regress_batch;

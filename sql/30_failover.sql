@@ -78,4 +78,17 @@ UPDATE wxpay_config SET backup_base_url = 'https://api2.mch.weixin.qq.com/v3' WH
 SELECT check_name, ok, detail FROM wxpay_check_config('fo', true)
 WHERE ok IS DISTINCT FROM true;
 
+-- a sub-merchant's stop and query (partner mode) fail over the same way,
+-- the signed path and query string unchanged
+UPDATE wxpay_config SET backup_base_url = :'sim_url' WHERE name = 'fo';
+SELECT merchant_sign_plan_no, sign_state, sub_mchid
+FROM wxpay_stop_sign_plan('t30-5', 'r', 'fo', '1230000130');
+\! node test/sim/ctl.js last
+\! node test/sim/ctl.js stops 1230000130:t30-5
+SELECT merchant_sign_plan_no, cancel_sign_type, sub_mchid
+FROM wxpay_query_sign_plan('t30-5', 'fo', '1230000130');
+\! node test/sim/ctl.js last
+SELECT merchant_sign_plan_no, ok, (plan).sub_mchid
+FROM wxpay_stop_sign_plans(ARRAY['t30-6'], 'r', 'fo', '1230000130');
+
 DELETE FROM wxpay_config WHERE name = 'fo';

@@ -4,8 +4,8 @@
 -- pg_catalog, change nothing the extension does
 --
 CREATE ROLE regress_hijack_app;
-GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) TO regress_hijack_app;
-GRANT EXECUTE ON FUNCTION wxpay_query_sign_plan(text, text) TO regress_hijack_app;
+GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) TO regress_hijack_app;
+GRANT EXECUTE ON FUNCTION wxpay_query_sign_plan(text, text, text) TO regress_hijack_app;
 GRANT CREATE ON DATABASE contrib_regression TO regress_hijack_app;
 
 -- errors as text, built without operators (the trap below replaces them)
@@ -93,7 +93,7 @@ DROP SCHEMA regress_trap CASCADE;
 \set VERBOSITY default
 DISCARD TEMP;
 REVOKE CREATE ON DATABASE contrib_regression FROM regress_hijack_app;
-REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) FROM regress_hijack_app;
-REVOKE EXECUTE ON FUNCTION wxpay_query_sign_plan(text, text) FROM regress_hijack_app;
+REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) FROM regress_hijack_app;
+REVOKE EXECUTE ON FUNCTION wxpay_query_sign_plan(text, text, text) FROM regress_hijack_app;
 DROP ROLE regress_hijack_app;
 DROP FUNCTION regress_trapped_error(text);

@@ -28,7 +28,7 @@ ORDER BY 1;
 
 CREATE ROLE regress_priv_app;
 CREATE ROLE regress_priv_nobody;
-GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) TO regress_priv_app;
+GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) TO regress_priv_app;
 
 -- statistics would show column values; they are hidden from non-owners
 ANALYZE wxpay_config;
@@ -56,9 +56,9 @@ ALTER TABLE wxpay_config DISABLE TRIGGER wxpay_config_check;
 ALTER TABLE wxpay_config ENABLE ROW LEVEL SECURITY;
 CREATE POLICY regress_p ON wxpay_config USING (true);
 GRANT SELECT ON wxpay_config TO regress_priv_app;
-ALTER FUNCTION wxpay_stop_sign_plan(text, text, text) SECURITY INVOKER;
-ALTER FUNCTION wxpay_stop_sign_plan(text, text, text) RESET search_path;
-CREATE OR REPLACE FUNCTION wxpay_stop_sign_plan(text, text, text) RETURNS wxpay_sign_plan
+ALTER FUNCTION wxpay_stop_sign_plan(text, text, text, text) SECURITY INVOKER;
+ALTER FUNCTION wxpay_stop_sign_plan(text, text, text, text) RESET search_path;
+CREATE OR REPLACE FUNCTION wxpay_stop_sign_plan(text, text, text, text) RETURNS wxpay_sign_plan
     LANGUAGE sql AS 'SELECT NULL::wxpay_sign_plan';
 ALTER EXTENSION wxpay_signplan UPDATE;
 DROP EXTENSION wxpay_signplan;
@@ -67,7 +67,7 @@ RESET ROLE;
 -- the secret tables are unchanged and the stop function still the same
 \getenv sim_url WXPAY_SIM_URL
 SELECT name, base_url = :'sim_url' AS base_url_is_sim FROM wxpay_config ORDER BY name;
-SELECT prosecdef, proconfig FROM pg_proc WHERE oid = 'wxpay_stop_sign_plan(text,text,text)'::regprocedure;
+SELECT prosecdef, proconfig FROM pg_proc WHERE oid = 'wxpay_stop_sign_plan(text,text,text,text)'::regprocedure;
 
 -- a role without EXECUTE cannot make any request, through any function
 \set attempts_before `node test/sim/ctl.js requests`
@@ -87,6 +87,6 @@ RESET ROLE;
 \set attempts_after `node test/sim/ctl.js requests`
 SELECT :attempts_after - :attempts_before AS requests_made;
 
-REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) FROM regress_priv_app;
+REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) FROM regress_priv_app;
 DROP ROLE regress_priv_app;
 DROP ROLE regress_priv_nobody;

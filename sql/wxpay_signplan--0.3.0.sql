@@ -138,7 +138,13 @@ CREATE TYPE @extschema@.wxpay_sign_plan AS (
     deduction_quantity integer,
     total_actual_price bigint,
     signed_detail_list jsonb,
-    sign_time timestamptz
+    sign_time timestamptz,
+    -- ===== 0.3.0: partner mode (issue 12) =====
+    -- a service provider's answers about a sub-merchant's plan; NULL for
+    -- direct merchants
+    sub_openid text,
+    sub_mchid text,
+    sub_appid text
 );
 
 CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
@@ -160,17 +166,21 @@ CREATE TYPE @extschema@.wxpay_sign_plan_detail AS (
 -- Stop a sign plan.  SECURITY DEFINER so that it can read the keys its
 -- caller may not; the pinned search_path makes it immune to objects the
 -- caller plants.  Not STRICT: a NULL argument is an error, not a silent NULL.
+-- 0.3.0 (issue 12): sub_mchid, on this function, the query, the batch and
+-- the async one, makes a service provider's call for that sub-merchant
+-- (the partner endpoint, the config's keys); NULL: the config's own plan.
 --
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plan(
     merchant_sign_plan_no text,
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS @extschema@.wxpay_sign_plan
 AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plan'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text, text) FROM PUBLIC;
 
 --
 -- Query a sign plan: the signed, verified GET.  How to learn the truth
@@ -178,13 +188,14 @@ REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan(text, text, text) FROM P
 --
 CREATE FUNCTION @extschema@.wxpay_query_sign_plan(
     merchant_sign_plan_no text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS @extschema@.wxpay_sign_plan
 AS 'MODULE_PATHNAME', 'wxpay_query_sign_plan'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_query_sign_plan(text, text, text) FROM PUBLIC;
 
 --
 -- Expand a plan's signed_detail_list into rows.  Pure functions of their
@@ -242,7 +253,8 @@ REVOKE ALL ON FUNCTION @extschema@.wxpay_check_config(text, boolean) FROM PUBLIC
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plans(
     merchant_sign_plan_nos text[],
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS TABLE (
     merchant_sign_plan_no text,
     ok boolean,
@@ -255,7 +267,7 @@ AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plans'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE ROWS 100
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plans(text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plans(text[], text, text, text) FROM PUBLIC;
 
 
 
@@ -284,6 +296,10 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     error_message text,
     request_id text,
     result @extschema@.wxpay_sign_plan,
+    -- ===== 0.3.0: partner mode (issue 12) =====
+    -- the sub-merchant a service provider stops the plan for; NULL: the
+    -- config's own plan (direct merchant)
+    sub_mchid text,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );
@@ -325,13 +341,14 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_stop_request_id_se
 CREATE FUNCTION @extschema@.wxpay_stop_sign_plan_async(
     merchant_sign_plan_no text,
     stop_reason text,
-    config_name text DEFAULT 'default')
+    config_name text DEFAULT 'default',
+    sub_mchid text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'wxpay_stop_sign_plan_async'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan_async(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan_async(text, text, text, text) FROM PUBLIC;
 
 --
 -- Wait for a queued stop to finish; returns its row either way.

@@ -27,6 +27,14 @@
  * "timestamp\nnonce\nbody\n".  Error answers are not signed reliably by the
  * platform and are only reported, never trusted to mean success.
  *
+ * Partner mode.  A call with sub_mchid set goes to the partner endpoint for
+ * that sub-merchant (POST .../partner/.../{no}/stop with sub_mchid in the
+ * body; GET .../partner/.../{no}?sub_mchid=... with the query string part of
+ * the signed URL), signed with the config's own (the service provider's)
+ * mchid, key and serial, and verified like any answer.  A verified answer
+ * naming another plan number, or another sub_mchid than the one requested,
+ * is not accepted: it is about a plan we did not ask about.
+ *
  * Neither the Authorization header nor the signature is ever put into a
  * message.
  *
@@ -52,6 +60,8 @@ static const char *AttemptUnknownHint(const WxpayAttempt *a);
 static void AttemptErrorAnswer(const WxpayAttempt *a, WxpayCallResult *res);
 static bool CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res,
 					 char **why);
+static bool CallAnswerField(JsonbContainer *obj, const char *key,
+							const char *want);
 
 /*
  * The config named by argument argno, looked up in the schema of the called
@@ -80,6 +90,34 @@ wxpay_check_plan_no_arg(const char *plan_no)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid merchant_sign_plan_no \"%s\"", plan_no),
 				 errdetail("A merchant sign plan number is 1 to 32 characters from ASCII letters, digits, \"_\", \"-\" and \"*\".")));
+}
+
+void
+wxpay_check_sub_mchid_arg(const char *sub_mchid)
+{
+	if (wxpay_check_sub_mchid(sub_mchid, strlen(sub_mchid)) != WXPAY_TEXT_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid sub_mchid \"%s\"", sub_mchid),
+				 errdetail("A sub-merchant number is 1 to %d ASCII digits.",
+						   WXPAY_SUB_MCHID_MAX)));
+}
+
+/*
+ * The checked sub_mchid of argument argno, or NULL (a direct merchant's
+ * call) when it is NULL or absent: a function created by an older install
+ * script passes fewer arguments.
+ */
+char *
+wxpay_sub_mchid_arg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *sub_mchid;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	sub_mchid = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	wxpay_check_sub_mchid_arg(sub_mchid);
+	return sub_mchid;
 }
 
 /* Check a stop reason and return it in UTF-8, as it will be sent. */
@@ -205,22 +243,41 @@ wxpay_call_prepare(WxpayCall *call)
 				 errdetail("No configured platform certificate is in its validity period now."),
 				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
 
+	/*
+	 * The plan number is checked by every caller; the sub-merchant here, for
+	 * all of them (22023).  Neither then needs escaping in a path or query
+	 * string.
+	 */
+	if (call->sub_mchid)
+		wxpay_check_sub_mchid_arg(call->sub_mchid);
 	initStringInfo(&path);
-	appendStringInfoString(&path, WXPAY_PLAN_PATH);
+	appendStringInfoString(&path, call->sub_mchid ?
+						   WXPAY_PARTNER_PLAN_PATH : WXPAY_PLAN_PATH);
 	appendStringInfoString(&path, call->plan_no);
 
 	if (call->op == WXPAY_OP_STOP)
 	{
 		appendStringInfoString(&path, "/stop");
 		initStringInfo(&body);
-		appendStringInfoString(&body, "{\"stop_reason\":");
+		appendStringInfoChar(&body, '{');
+		if (call->sub_mchid)
+		{
+			appendStringInfoString(&body, "\"sub_mchid\":");
+			escape_json(&body, call->sub_mchid);
+			appendStringInfoChar(&body, ',');
+		}
+		appendStringInfoString(&body, "\"stop_reason\":");
 		escape_json(&body, call->stop_reason);
 		appendStringInfoChar(&body, '}');
 		wxpay_request_sign(cfg, "POST", path.data, body.data, body.len,
 						   &call->req);
 	}
 	else
+	{
+		if (call->sub_mchid)
+			appendStringInfo(&path, "?sub_mchid=%s", call->sub_mchid);
 		wxpay_request_sign(cfg, "GET", path.data, NULL, 0, &call->req);
+	}
 
 	pfree(path.data);
 }
@@ -339,8 +396,14 @@ AttemptMessage(const WxpayAttempt *a)
 	switch (a->op)
 	{
 		case WXPAY_OP_STOP:
+			if (a->sub_mchid)
+				return psprintf("could not stop sign plan \"%s\" of sub-merchant \"%s\"",
+								a->subject, a->sub_mchid);
 			return psprintf("could not stop sign plan \"%s\"", a->subject);
 		case WXPAY_OP_QUERY:
+			if (a->sub_mchid)
+				return psprintf("could not query sign plan \"%s\" of sub-merchant \"%s\"",
+								a->subject, a->sub_mchid);
 			return psprintf("could not query sign plan \"%s\"", a->subject);
 		case WXPAY_OP_CERTIFICATES:
 			return psprintf("could not refresh the platform certificates of wxpay configuration \"%s\"",
@@ -367,13 +430,25 @@ AttemptLogFailover(const WxpayAttempt *a)
 	switch (a->op)
 	{
 		case WXPAY_OP_STOP:
-			ereport(LOG,
-					(errmsg("sent the stop of sign plan \"%s\" to the backup domain %s because %s could not be reached",
-							a->subject, a->backup_base_url, a->base_url),
-					 FAILOVER_DETAIL));
+			if (a->sub_mchid)
+				ereport(LOG,
+						(errmsg("sent the stop of sign plan \"%s\" of sub-merchant \"%s\" to the backup domain %s because %s could not be reached",
+								a->subject, a->sub_mchid, a->backup_base_url, a->base_url),
+						 FAILOVER_DETAIL));
+			else
+				ereport(LOG,
+						(errmsg("sent the stop of sign plan \"%s\" to the backup domain %s because %s could not be reached",
+								a->subject, a->backup_base_url, a->base_url),
+						 FAILOVER_DETAIL));
 			break;
 		case WXPAY_OP_QUERY:
-			ereport(LOG,
+			if (a->sub_mchid)
+				ereport(LOG,
+						(errmsg("sent the query of sign plan \"%s\" of sub-merchant \"%s\" to the backup domain %s because %s could not be reached",
+								a->subject, a->sub_mchid, a->backup_base_url, a->base_url),
+						 FAILOVER_DETAIL));
+			else
+				ereport(LOG,
 					(errmsg("sent the query of sign plan \"%s\" to the backup domain %s because %s could not be reached",
 							a->subject, a->backup_base_url, a->base_url),
 					 FAILOVER_DETAIL));
@@ -623,9 +698,8 @@ CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res, char **why)
 {
 	CallReadArg *ca = (CallReadArg *) arg;
 	TupleDesc	tupdesc = ca->tupdesc;
-	const char *plan_no = ca->call->plan_no;
+	WxpayCall  *call = ca->call;
 	Jsonb	   *jb;
-	JsonbValue *v;
 	Datum	   *values;
 	bool	   *nulls;
 
@@ -637,13 +711,16 @@ CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res, char **why)
 		*why = pstrdup("it is not a JSON object");
 		return false;
 	}
-	v = getKeyJsonValueFromContainer(&jb->root, "merchant_sign_plan_no",
-									 strlen("merchant_sign_plan_no"), NULL);
-	if (v != NULL && (v->type != jbvString ||
-					  (size_t) v->val.string.len != strlen(plan_no) ||
-					  memcmp(v->val.string.val, plan_no, v->val.string.len) != 0))
+	if (!CallAnswerField(&jb->root, "merchant_sign_plan_no", call->plan_no))
 	{
 		*why = pstrdup("it is about another sign plan");
+		return false;
+	}
+	if (call->sub_mchid &&
+		!CallAnswerField(&jb->root, "sub_mchid", call->sub_mchid))
+	{
+		*why = psprintf("it is about a sign plan of another sub-merchant than \"%s\"",
+						call->sub_mchid);
 		return false;
 	}
 	values = palloc(sizeof(Datum) * tupdesc->natts);
@@ -652,6 +729,22 @@ CallRead(void *arg, WxpayHttpRequest *req, WxpayCallResult *res, char **why)
 		return false;
 	res->tuple = heap_form_tuple(tupdesc, values, nulls);
 	return true;
+}
+
+/*
+ * Whether the answer object's key, when present, is the string want.  An
+ * absent key passes (the platform leaves fields out); anything else fails.
+ */
+static bool
+CallAnswerField(JsonbContainer *obj, const char *key, const char *want)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
+
+	if (v == NULL)
+		return true;
+	return v->type == jbvString &&
+		(size_t) v->val.string.len == strlen(want) &&
+		memcmp(v->val.string.val, want, v->val.string.len) == 0;
 }
 
 /*
@@ -669,6 +762,7 @@ wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc, WxpayCallResult *res)
 	memset(&a, 0, sizeof(a));
 	a.op = call->op;
 	a.subject = call->plan_no;
+	a.sub_mchid = call->sub_mchid;
 	a.base_url = call->cfg->base_url;
 	a.backup_base_url = call->cfg->backup_base_url;
 	a.req = &call->req;

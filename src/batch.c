@@ -9,8 +9,8 @@
  * duplicate, a 4xx, a timeout, an answer that fails verification) is a row
  * with ok = false and the SQLSTATE the synchronous function would have
  * raised; it never ends the statement.  What concerns the whole call (a
- * NULL or invalid stop reason, an unknown or unusable config) is an error
- * raised before anything is sent; a cancel or statement_timeout ends the
+ * NULL or invalid stop reason or sub_mchid, an unknown or unusable config)
+ * is an error raised before anything is sent; a cancel or statement_timeout ends the
  * statement as usual.
  *
  * Duplicates.  A plan number that occurs again in the same array is not
@@ -84,6 +84,7 @@ typedef struct BatchState
 {
 	const WxpayConfig *cfg;
 	const char *stop_reason;	/* UTF-8 */
+	const char *sub_mchid;		/* every plan's sub-merchant, or NULL */
 	Datum	   *elems;
 	bool	   *elem_nulls;
 	int			nelems;
@@ -223,6 +224,7 @@ BatchNext(void *arg)
 		slot->call.op = WXPAY_OP_STOP;
 		slot->call.plan_no = plan_no;
 		slot->call.stop_reason = st->stop_reason;
+		slot->call.sub_mchid = st->sub_mchid;
 		slot->call.cfg = st->cfg;
 		wxpay_call_prepare(&slot->call);
 		slot->call.req.resp_cxt = slot->cxt;
@@ -277,6 +279,7 @@ wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 				 errmsg("stop_reason must not be null")));
 	memset(&st, 0, sizeof(st));
 	st.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	st.sub_mchid = wxpay_sub_mchid_arg(fcinfo, 3);
 	st.cfg = wxpay_resolve_config(fcinfo, 2);
 
 	InitMaterializedSRF(fcinfo, 0);

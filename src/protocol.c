@@ -80,6 +80,24 @@ wxpay_check_plan_no(const char *s, size_t len)
 }
 
 /*
+ * Sub-merchant numbers (a service provider's sub_mchid): 1 to 32 ASCII
+ * digits.  They go into a JSON body and a query string unescaped, so
+ * nothing else may pass.
+ */
+WxpayTextCheck
+wxpay_check_sub_mchid(const char *s, size_t len)
+{
+	if (len == 0)
+		return WXPAY_TEXT_EMPTY;
+	if (len > WXPAY_SUB_MCHID_MAX)
+		return WXPAY_TEXT_TOO_LONG;
+	for (size_t i = 0; i < len; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return WXPAY_TEXT_BAD_CHAR;
+	return WXPAY_TEXT_OK;
+}
+
+/*
  * Stop reasons: UTF-8, 1 to 128 characters, none of 4 bytes (APIv3 refuses
  * them).  Validates UTF-8 strictly: no overlong forms, no surrogates.
  */

@@ -15,6 +15,7 @@
 
 #define WXPAY_PLAN_NO_MAX			32
 #define WXPAY_STOP_REASON_MAX		128
+#define WXPAY_SUB_MCHID_MAX			32
 #define WXPAY_NONCE_LEN				32
 #define WXPAY_MCHID_MAX				32
 /* the longest certificate serial or public key ID, in characters */
@@ -33,6 +34,7 @@ typedef enum WxpayTextCheck
 
 extern WxpayTextCheck wxpay_check_plan_no(const char *s, size_t len);
 extern WxpayTextCheck wxpay_check_stop_reason(const char *s, size_t len);
+extern WxpayTextCheck wxpay_check_sub_mchid(const char *s, size_t len);
 extern bool wxpay_parse_rfc3339(const char *s, size_t len, TimestampTz *result);
 extern size_t wxpay_base64_encoded_len(size_t srclen);
 extern size_t wxpay_base64_encode(const unsigned char *src, size_t len, char *dst);

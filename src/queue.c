@@ -127,6 +127,7 @@ Datum
 wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 {
 	char	   *plan_no;
+	char	   *sub_mchid;
 	char	   *sql;
 	bool		isnull;
 	Datum		id;
@@ -145,15 +146,23 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	plan_no = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	wxpay_check_plan_no_arg(plan_no);
 	(void) wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	sub_mchid = wxpay_sub_mchid_arg(fcinfo, 3);
 	(void) wxpay_resolve_config(fcinfo, 2);
 
-	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason)"
-				   " VALUES ($1, $2, $3) RETURNING id", QueueTable(fcinfo));
+	/*
+	 * sub_mchid is named only when set: an install not yet updated to 0.3.0
+	 * (no such column) keeps queueing direct-merchant stops.
+	 */
+	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s)"
+				   " VALUES ($1, $2, $3%s) RETURNING id", QueueTable(fcinfo),
+				   sub_mchid ? ", sub_mchid" : "", sub_mchid ? ", $4" : "");
 
 	wxpay_spi_connect();
-	if (SPI_execute_with_args(sql, 3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID},
+	if (SPI_execute_with_args(sql, sub_mchid ? 4 : 3,
+							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
-							  PG_GETARG_DATUM(1)},
+							  PG_GETARG_DATUM(1),
+							  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0},
 							  NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not queue the stop request");

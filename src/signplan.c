@@ -29,7 +29,8 @@ static void DetailsExpand(FunctionCallInfo fcinfo, Jsonb *list);
 
 /*
  * One call of op for the plan in argument 0; the stop reason (for a stop)
- * in argument 1; the config name in argument config_arg.
+ * in argument 1; the config name in argument config_arg and the sub-merchant
+ * (partner mode, may be NULL) in the one after it.
  */
 static Datum
 SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
@@ -54,6 +55,7 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	wxpay_check_plan_no_arg(call.plan_no);
 	if (op == WXPAY_OP_STOP)
 		call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
+	call.sub_mchid = wxpay_sub_mchid_arg(fcinfo, config_arg + 1);
 	call.cfg = wxpay_resolve_config(fcinfo, config_arg);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)

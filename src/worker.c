@@ -156,6 +156,7 @@ typedef struct QueueItem
 {
 	int64		id;
 	char	   *plan_no;
+	char	   *sub_mchid;		/* partner mode's sub-merchant, or NULL */
 	text	   *stop_reason;
 	int			attempts;		/* including this one */
 	bool		needs_query;
@@ -988,12 +989,15 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 	/*
 	 * Due requests of that config, one per plan: a plan with a request in
 	 * flight, or two due requests, never has two stops on the wire at once.
+	 * Plans of different sub-merchants (partner mode) with one number count
+	 * as one here: they only wait for each other.
 	 */
 	sql = psprintf("SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
 				   " attempts > 0 AND error_code IS DISTINCT FROM 'WX004'"
 				   "  AND error_code IS DISTINCT FROM 'WX001'"
 				   "  AND error_code IS DISTINCT FROM '42704'"
-				   "  AND http_status IS DISTINCT FROM 429 AS needs_query"
+				   "  AND http_status IS DISTINCT FROM 429 AS needs_query,"
+				   " sub_mchid"
 				   " FROM %s r"
 				   " WHERE state = 'queued' AND config_name = $1"
 				   " AND next_attempt_at <= pg_catalog.now()"
@@ -1027,6 +1031,7 @@ WorkerClaim(const char *q, Oid nspoid, QueueItem **items_out,
 		it->stop_reason = DatumGetTextPCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		it->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)) + 1;
 		it->needs_query = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		it->sub_mchid = SPI_getvalue(tup, desc, 6);	/* NULL when NULL */
 		if (!cfg_failed)
 		{
 			int			cost = it->needs_query ? 2 : 1;
@@ -1155,12 +1160,14 @@ WorkerSign(void *arg)
 	wxpay_check_plan_no_arg(it->plan_no);
 	it->stop.op = WXPAY_OP_STOP;
 	it->stop.plan_no = it->plan_no;
+	it->stop.sub_mchid = it->sub_mchid;
 	it->stop.stop_reason = wxpay_check_stop_reason_arg(it->stop_reason);
 	wxpay_call_prepare(&it->stop);
 	if (it->needs_query)
 	{
 		it->query.op = WXPAY_OP_QUERY;
 		it->query.plan_no = it->plan_no;
+		it->query.sub_mchid = it->sub_mchid;	/* the partner query */
 		wxpay_call_prepare(&it->query);
 	}
 }

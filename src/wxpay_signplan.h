@@ -220,6 +220,8 @@ extern void wxpay_error_body(const char *body, size_t len,
 /* ---------- api.c ---------- */
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
+/* a service provider's calls for a sub-merchant (partner mode) */
+#define WXPAY_PARTNER_PLAN_PATH	"/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/"
 
 /* What an attempt was for; messages and hints depend on it. */
 typedef enum WxpayOperation
@@ -272,6 +274,8 @@ typedef struct WxpayAttempt
 {
 	WxpayOperation op;
 	const char *subject;		/* the plan number, or the config name */
+	const char *sub_mchid;		/* stop, query: a sub-merchant's plan, or
+								 * NULL */
 	const char *base_url;		/* where it was meant to go */
 	const char *backup_base_url;	/* or NULL */
 	WxpayHttpRequest *req;
@@ -286,6 +290,9 @@ typedef struct WxpayCall
 	WxpayOperation op;
 	const char *plan_no;
 	const char *stop_reason;	/* UTF-8, for WXPAY_OP_STOP */
+	const char *sub_mchid;		/* NULL: the config's own plan; else the
+								 * partner endpoint for this sub-merchant
+								 * (wxpay_call_prepare checks it: 22023) */
 	const WxpayConfig *cfg;
 	WxpayHttpRequest req;
 } WxpayCall;
@@ -300,6 +307,8 @@ extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
 extern void wxpay_check_plan_no_arg(const char *plan_no);
 extern char *wxpay_check_stop_reason_arg(text *reason);
+extern char *wxpay_sub_mchid_arg(FunctionCallInfo fcinfo, int argno);
+extern void wxpay_check_sub_mchid_arg(const char *sub_mchid);
 extern void wxpay_request_sign(const WxpayConfig *cfg, const char *method,
 							   const char *path, const char *body,
 							   size_t body_len, WxpayHttpRequest *req);

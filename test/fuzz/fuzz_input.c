@@ -72,6 +72,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(s[i] >= 'A' && s[i] <= 'Z') || s[i] == '_' || s[i] == '-' || s[i] == '*';
 	FUZZ_CHECK((wxpay_check_plan_no(s, size) == WXPAY_TEXT_OK) == naive);
 
+	/* sub-merchant numbers (partner mode): ASCII digits only */
+	naive = size >= 1 && size <= WXPAY_SUB_MCHID_MAX;
+	for (size_t i = 0; naive && i < size; i++)
+		naive = s[i] >= '0' && s[i] <= '9';
+	FUZZ_CHECK((wxpay_check_sub_mchid(s, size) == WXPAY_TEXT_OK) == naive);
+
 	/* hex serials */
 	naive = size >= 1;
 	for (size_t i = 0; naive && i < size; i++)

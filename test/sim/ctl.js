@@ -7,6 +7,9 @@
 //   node test/sim/ctl.js attempts PLAN       stop requests for PLAN
 //   node test/sim/ctl.js fault PLAN NAME     the next request for PLAN gets
 //                                            fault NAME (prints "ok")
+//   node test/sim/ctl.js last                the last /v3 request's method,
+//                                            path and body (one line)
+// A sub-merchant's plan (partner mode) is "SUB_MCHID:PLAN".
 'use strict';
 const http = require('http');
 
@@ -15,6 +18,17 @@ const base = process.env.WXPAY_SIM_CONTROL;
 if (!base || !what) {
     console.error('usage: WXPAY_SIM_CONTROL=http://... ctl.js requests|tls|stops PLAN|attempts PLAN');
     process.exit(2);
+}
+if (what === 'last') {
+    http.get(base + '/requests/last', (res) => {
+        let data = '';
+        res.on('data', (c) => { data += c; });
+        res.on('end', () => {
+            const r = JSON.parse(data);
+            console.log(r ? `${r.method} ${r.path} ${r.body}` : 'none');
+        });
+    }).on('error', (e) => { console.error(e.message); process.exit(1); });
+    return;
 }
 if (what === 'fault') {
     const body = JSON.stringify({ plan, fault, times: 1 });

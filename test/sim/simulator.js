@@ -222,6 +222,9 @@ function isStrictBase64(s) {
 }
 
 const PLAN_BASE = '/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/';
+/* A service provider's calls for its sub-merchants (partner mode). */
+const PARTNER_PLAN_BASE = '/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/';
+const SUB_MCHID_RE = /^[0-9]{1,32}$/;
 const PLAN_NO_RE = /^[0-9A-Za-z_*-]{1,32}$/;
 const FAULT_PLAN_RE = /^fault-([a-z0-9_]+)(?:-.*)?$/;
 
@@ -229,16 +232,44 @@ const FAULT_PLAN_RE = /^fault-([a-z0-9_]+)(?:-.*)?$/;
 function classifyPath(pathname) {
     if (pathname === '/v3/certificates')
         return { kind: 'certificates' };
-    if (pathname.startsWith(PLAN_BASE)) {
-        const rest = pathname.slice(PLAN_BASE.length);
+    for (const [base, partner] of [[PLAN_BASE, false], [PARTNER_PLAN_BASE, true]]) {
+        if (!pathname.startsWith(base))
+            continue;
+        const rest = pathname.slice(base.length);
         let m = /^([^/]*)\/stop$/.exec(rest);
         if (m)
-            return { kind: 'stop', rawNo: m[1] };
+            return { kind: 'stop', rawNo: m[1], partner };
         m = /^([^/]*)$/.exec(rest);
         if (m)
-            return { kind: 'query', rawNo: m[1] };
+            return { kind: 'query', rawNo: m[1], partner };
     }
     return { kind: 'unknown' };
+}
+
+/*
+ * The sub_mchid a partner request names, before any verification (for the
+ * counters and Request-ID): the query string's (query) or the body's (stop),
+ * or null when there is none that is valid.
+ */
+function guessSubMchid(cls, url, body) {
+    let v = null;
+    if (cls.kind === 'query') {
+        const q = url.includes('?') ? url.slice(url.indexOf('?') + 1) : '';
+        v = new URLSearchParams(q).get('sub_mchid');
+    } else {
+        try {
+            const o = JSON.parse(body.toString('utf8'));
+            v = o && typeof o === 'object' ? o.sub_mchid : null;
+        } catch (e) {
+            v = null;
+        }
+    }
+    return typeof v === 'string' && SUB_MCHID_RE.test(v) ? v : null;
+}
+
+/* Plans of a sub-merchant are kept apart: "<sub_mchid>:<plan no>". */
+function planKeyOf(no, sub) {
+    return sub === null || sub === undefined ? no : `${sub}:${no}`;
 }
 
 function decodePlanNo(raw) {
@@ -263,6 +294,7 @@ const FAULTS = new Set([
     'empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge',
     'slow_ok', 'stop_then_500', 'stop_then_reset',
     'tampered_ciphertext', 'tampered_tag', 'hold',
+    'wrong_sub_mchid',
 ]);
 /* Faults whose answer, although written in full, is not the platform's intact answer. */
 const BODY_FAULTS = new Set(['empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge']);
@@ -278,7 +310,7 @@ const SIGNATURE_FAULTS = new Set([
  * first, then an injected "*" one, then one named by the plan number.
  * Injected faults that do not apply to the endpoint are left in place.
  */
-function takeFault(planKey, isCertificates, op) {
+function takeFault(planKey, isCertificates, planNo, op) {
     const applies = (f) => !CERT_ONLY_FAULTS.has(f.fault) || isCertificates;
     const script = isCertificates ? null : state.scripts.get(planKey);
     if (script && script[op] && script[op].length > 0) {
@@ -295,7 +327,7 @@ function takeFault(planKey, isCertificates, op) {
         }
     }
     if (!isCertificates) {
-        const m = FAULT_PLAN_RE.exec(planKey);
+        const m = FAULT_PLAN_RE.exec(planNo === undefined ? planKey : planNo);
         if (m)
             return { name: m[1], injected: false };
     }
@@ -624,7 +656,7 @@ function verifyRequest(ctx) {
 
 const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-function validateStopBody(body) {
+function validateStopBody(body, partner) {
     let text;
     try {
         text = utf8Strict.decode(body);
@@ -642,8 +674,14 @@ function validateStopBody(body) {
     if (typeof obj !== 'object' || Array.isArray(obj))
         return 'request body must be a JSON object';
     for (const k of Object.keys(obj)) {
-        if (k !== 'stop_reason')
+        if (k !== 'stop_reason' && !(partner && k === 'sub_mchid'))
             return `unknown field "${k}" in request body`;
+    }
+    if (partner) {
+        if (!Object.prototype.hasOwnProperty.call(obj, 'sub_mchid'))
+            return 'sub_mchid is required';
+        if (typeof obj.sub_mchid !== 'string' || !SUB_MCHID_RE.test(obj.sub_mchid))
+            return 'sub_mchid must be 1 to 32 digits';
     }
     if (!Object.prototype.hasOwnProperty.call(obj, 'stop_reason'))
         return 'stop_reason is required';
@@ -659,7 +697,22 @@ function validateStopBody(body) {
         return `stop_reason must be 1 to 128 characters long, got ${cps.length}`;
     if (cps.some((c) => c.codePointAt(0) > 0xFFFF))
         return 'stop_reason contains a character that needs 4 bytes in UTF-8, which is not supported';
-    return { stop_reason: r };
+    return { stop_reason: r, sub_mchid: partner ? obj.sub_mchid : null };
+}
+
+/* A partner query's query string: exactly one parameter, sub_mchid. */
+function validatePartnerQuery(url) {
+    const q = url.includes('?') ? url.slice(url.indexOf('?') + 1) : '';
+    const params = new URLSearchParams(q);
+    const keys = Array.from(params.keys());
+    if (keys.length === 0 || !params.has('sub_mchid'))
+        return 'sub_mchid is required in the query string';
+    if (keys.length !== 1)
+        return `unexpected query parameters: ${keys.filter((k) => k !== 'sub_mchid').join(', ') || 'sub_mchid more than once'}`;
+    const v = params.get('sub_mchid');
+    if (!SUB_MCHID_RE.test(v))
+        return 'sub_mchid must be 1 to 32 digits';
+    return { sub_mchid: v };
 }
 
 /* Returns { route, planNo?, stopReason? } or { error: answer }. */
@@ -679,12 +732,21 @@ function routeRequest(ctx) {
     const no = decodePlanNo(c.rawNo);
     if (no === null || !PLAN_NO_RE.test(no))
         return { error: errorAnswer(400, 'PARAM_ERROR', 'merchant_sign_plan_no must be 1 to 32 characters from [0-9A-Za-z_*-]') };
-    if (c.kind === 'query')
-        return { route: 'query', planNo: no };
-    const v = validateStopBody(ctx.body);
+    if (c.kind === 'query') {
+        if (!c.partner)
+            return { route: 'query', planNo: no, subMchid: null, planKey: no };
+        const pq = validatePartnerQuery(req.url);
+        if (typeof pq === 'string')
+            return { error: errorAnswer(400, 'PARAM_ERROR', pq) };
+        return { route: 'query', planNo: no, subMchid: pq.sub_mchid, planKey: planKeyOf(no, pq.sub_mchid) };
+    }
+    const v = validateStopBody(ctx.body, c.partner);
     if (typeof v === 'string')
         return { error: errorAnswer(400, 'PARAM_ERROR', v) };
-    return { route: 'stop', planNo: no, stopReason: v.stop_reason };
+    return {
+        route: 'stop', planNo: no, stopReason: v.stop_reason,
+        subMchid: v.sub_mchid, planKey: planKeyOf(no, v.sub_mchid),
+    };
 }
 
 /* ------------------------------------------------------------------------ */
@@ -692,14 +754,14 @@ function routeRequest(ctx) {
 
 const STOP_TIME = '2026-01-15T10:20:30.120+08:00';
 
-function getPlan(no) {
+function getPlan(r) {
     /* wxpay-check-: the never-created plan that wxpay_check_config() queries */
-    if (no.startsWith('notfound') || no.startsWith('wxpay-check-'))
+    if (r.planNo.startsWith('notfound') || r.planNo.startsWith('wxpay-check-'))
         return null;
-    let p = state.plans.get(no);
+    let p = state.plans.get(r.planKey);
     if (!p) {
         p = { stopped: false, stop_reason: '' };
-        state.plans.set(no, p);
+        state.plans.set(r.planKey, p);
     }
     return p;
 }
@@ -732,7 +794,7 @@ function escapeNonAscii(json) {
     return json.replace(/[\u0080-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
 }
 
-function planObject(no, plan, merchant) {
+function planObject(no, plan, merchant, sub) {
     const stopped = plan.stopped;
     const big = no.startsWith('big');
     const detail = (n, st, orderId, use, complete, cancel) => ({
@@ -783,6 +845,11 @@ function planObject(no, plan, merchant) {
         delete o.signed_detail_list;
         delete o.openid;
     }
+    if (sub) {
+        o.sub_mchid = sub;
+        o.sub_appid = 'wx' + sha256hex(`appid|${sub}`).slice(0, 16);
+        o.sub_openid = 'oSub' + sha256hex(`openid|${sub}|${no}`).slice(0, 24);
+    }
     return o;
 }
 
@@ -830,17 +897,17 @@ function perform(ctx, r, fault) {
         const obj = certificatesObject(fault);
         return { answer: jsonAnswer(200, obj), obj };
     }
-    const plan = getPlan(r.planNo);
+    const plan = getPlan(r);
     if (!plan)
         return { answer: errorAnswer(404, 'RESOURCE_NOT_EXISTS', 'sign plan does not exist') };
     /* zhreject: a 4xx whose message is Chinese (database encodings) */
     if (r.planNo.startsWith('zhreject'))
         return { answer: errorAnswer(400, 'INVALID_REQUEST', ZH_REJECT_MESSAGE), plan };
-    if (r.route === 'stop' && !doStop(r.planNo, plan, r.stopReason, ctx.event)) {
-        bump(state.stats.already_stopped, r.planNo);
+    if (r.route === 'stop' && !doStop(r.planKey, plan, r.stopReason, ctx.event)) {
+        bump(state.stats.already_stopped, r.planKey);
         return { answer: errorAnswer(400, 'INVALID_REQUEST', 'sign plan has already been stopped'), plan };
     }
-    const obj = planObject(r.planNo, plan, ctx.merchant);
+    const obj = planObject(r.planNo, plan, ctx.merchant, r.subMchid);
     const answer = jsonAnswer(200, obj);
     if (r.planNo.startsWith('zhesc'))
         answer.body = Buffer.from(escapeNonAscii(JSON.stringify(obj)), 'utf8');
@@ -875,7 +942,7 @@ function bodyFaultAnswer(ctx, r, fault, performed) {
             if (r.route === 'certificates')
                 obj = performed.obj || certificatesObject(null);
             else
-                obj = planObject(r.planNo, performed.plan || { stopped: false, stop_reason: '' }, ctx.merchant);
+                obj = planObject(r.planNo, performed.plan || { stopped: false, stop_reason: '' }, ctx.merchant, r.subMchid);
             obj = JSON.parse(JSON.stringify(obj));
             if (fault === 'wrong_types') {
                 if (r.route === 'certificates') {
@@ -1002,7 +1069,7 @@ async function handleV3(req, res, body) {
     if (cls.kind === 'stop' || cls.kind === 'query') {
         const no = decodePlanNo(cls.rawNo);
         if (no !== null && no !== '')
-            ridKey = no;
+            ridKey = cls.partner ? planKeyOf(no, guessSubMchid(cls, req.url, body)) : no;
         if (cls.kind === 'stop' && req.method === 'POST')
             bump(st.stop_attempts, ridKey);
         else if (cls.kind === 'query' && req.method === 'GET')
@@ -1049,8 +1116,8 @@ async function handleV3(req, res, body) {
         return finish(r.error);
 
     /* Faults. */
-    const planKey = r.route === 'certificates' ? 'certificates' : r.planNo;
-    const f = takeFault(planKey, r.route === 'certificates', r.route);
+    const planKey = r.route === 'certificates' ? 'certificates' : r.planKey;
+    const f = takeFault(planKey, r.route === 'certificates', r.planNo, r.route);
     const fault = f ? f.name : null;
     ctx.fault = fault;
     if (ctx.event)
@@ -1079,9 +1146,9 @@ async function handleV3(req, res, body) {
         case 'stop_then_500':
         case 'stop_then_reset': {
             if (r.route === 'stop') {
-                const plan = getPlan(r.planNo);
+                const plan = getPlan(r);
                 if (plan)
-                    doStop(r.planNo, plan, r.stopReason, ctx.event);
+                    doStop(r.planKey, plan, r.stopReason, ctx.event);
             }
             if (fault === 'stop_then_reset')
                 return destroyNow(ctx);
@@ -1119,6 +1186,12 @@ async function handleV3(req, res, body) {
     let answer = performed.answer;
     if (['empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge'].includes(fault))
         answer = bodyFaultAnswer(ctx, r, fault, performed);
+    if (fault === 'wrong_sub_mchid' && performed.obj && r.route !== 'certificates') {
+        /* a verified answer about another sub-merchant's plan */
+        const obj = JSON.parse(JSON.stringify(performed.obj));
+        obj.sub_mchid = obj.sub_mchid === '1999999999' ? '1888888888' : '1999999999';
+        answer = jsonAnswer(200, obj);
+    }
     if (SIGNATURE_FAULTS.has(fault))
         answer.sigFault = fault;
 
@@ -1142,12 +1215,12 @@ async function holdThenAnswer(ctx, r) {
     const performed = perform(ctx, r, null);
     if (ctx.event) {
         ctx.event.held = true;
-        ctx.event.state_after = planStateName(r.planNo);
+        ctx.event.state_after = planStateName(r.planKey);
     }
     log(`${ctx.req.method} ${ctx.req.url} -> held`);
     const how = await new Promise((resolve) => {
         state.held.push({
-            plan: r.planNo || 'certificates',
+            plan: r.planKey || 'certificates',
             op: r.route,
             seq: ctx.event ? ctx.event.seq : null,
             release: () => resolve('release'),
@@ -1244,8 +1317,8 @@ const SCRIPT_OPS = ['stop', 'query'];
  * other fault sources.  Appends to the plan's script.
  */
 function addScript(f) {
-    if (!PLAN_NO_RE.test(f.plan))
-        return 'a script needs a plan number';
+    if (f.plan === '*' || f.plan === 'certificates')
+        return 'a script needs a plan (a plan number, or the key of a partner plan)';
     const add = { stop: [], query: [] };
     const good = (name) => name === 'ok' || (FAULTS.has(name) && !CERT_ONLY_FAULTS.has(name));
     if (f.script !== undefined) {

@@ -7,7 +7,8 @@
 # a pattern for the detail (the reason), whether the request must have
 # reached the simulator exactly once or not at all, and whether the
 # platform acted on it.  For each row and for both calls (stop and query),
-# in one long-lived session:
+# in one long-lived session, each call made both as a direct merchant and
+# as a service provider for a sub-merchant (partner mode: sub_mchid):
 #
 #  - the call fails with exactly that SQLSTATE and no row (an answer that
 #    fails verification is never trusted);
@@ -80,6 +81,8 @@ $node->safe_psql('postgres', config_insert_sql(name => $_, %{ $configs{$_} }))
 # reason: stop reason instead of 'matrix'
 # set:    statement run before the call, reset after it
 # ops:    'stop' or 'query' when only one applies
+# partner_only: a row for calls with sub_mchid only
+# sub:    the sub_mchid of partner calls instead of $sub
 # state:  expected SQLSTATE
 # detail: pattern the DETAIL (or the message for non-WX errors) must match
 # sent:   requests for this plan the simulator must have seen (0 or 1)
@@ -91,7 +94,19 @@ my $conn_failed = qr/The connection failed after the request was sent, so the ou
 my $not_verified = qr/WeChat Pay's answer \(HTTP 200\) failed verification: /;
 my $unreadable = qr/WeChat Pay's verified answer \(HTTP 200\) could not be read: /;
 
+my $sub = '1230000401';
+
 my @matrix = (
+	# partner mode: the sub_mchid rule, and an answer about another
+	# sub-merchant's plan (verified, but not the plan asked about)
+	{ label => 'bad_sub_mchid', partner_only => 1, sub => '12a4', state => '22023',
+	  detail => qr/^invalid sub_mchid "12a4"$/, sent => 0 },
+	{ label => 'long_sub_mchid', partner_only => 1, sub => '1' x 33, state => '22023',
+	  detail => qr/^invalid sub_mchid "1{33}"$/, sent => 0 },
+	{ label => 'wrong_sub_mchid', partner_only => 1, fault => 'wrong_sub_mchid', state => 'WX003',
+	  detail => qr/${unreadable}it is about a sign plan of another sub-merchant than "$sub"\./,
+	  sent => 1, acted => 1 },
+
 	# input: refused before anything else
 	{ label => 'bad_plan_no', plan => 'bad plan no', state => '22023',
 	  detail => qr/invalid merchant_sign_plan_no "bad plan no"/, sent => 0 },
@@ -236,7 +251,7 @@ sub plan_of
 {
 	my ($row, $pass, $op) = @_;
 	return $row->{plan} if exists $row->{plan};
-	my $tag = "p$pass" . substr($op, 0, 1);
+	my $tag = "p$pass" . ($op =~ /^p(\w)/ ? "p$1" : substr($op, 0, 1));
 	return "fault-$row->{fault}-$tag" if $row->{fault};
 	return "t40-$row->{label}-$tag";
 }
@@ -250,20 +265,27 @@ sub one_pass
 
 	for my $row (@matrix)
 	{
-		for my $op ('stop', 'query')
+		for my $mode ('stop', 'query', 'pstop', 'pquery')
 		{
+			my $partner = $mode =~ /^p/;
+			(my $op = $mode) =~ s/^p//;
 			next if $row->{ops} && $row->{ops} ne $op;
-			my $plan = plan_of($row, $pass, $op);
-			my $name = "pass $pass: $op $row->{label}";
+			next if $row->{partner_only} && !$partner;
+			my $plan = plan_of($row, $pass, $mode);
+			my $rsub = $row->{sub} // $sub;
+			my $name = "pass $pass: $mode $row->{label}";
 			my $cfg = $row->{config} // 'default';
+			my $subarg = $partner ? ", '$rsub'" : '';
 			my $call =
 			  $op eq 'stop'
 			  ? "SELECT merchant_sign_plan_no FROM wxpay_stop_sign_plan("
-			  . $lit->($plan) . ", " . $lit->($row->{reason} // 'matrix') . ", '$cfg')"
+			  . $lit->($plan) . ", " . $lit->($row->{reason} // 'matrix') . ", '$cfg'$subarg)"
 			  : "SELECT merchant_sign_plan_no FROM wxpay_query_sign_plan("
-			  . $lit->($plan) . ", '$cfg')";
+			  . $lit->($plan) . ", '$cfg'$subarg)";
+			# the simulator keeps a sub-merchant's plans as "sub:plan"
+			my $key = $partner && defined $plan ? "$rsub:$plan" : $plan;
 
-			ctl_post('/faults', { plan => $plan, fault => $row->{inject} })
+			ctl_post('/faults', { plan => $key, fault => $row->{inject} })
 			  if $row->{inject};
 			my $sql = $call;
 			if ($row->{set})
@@ -285,18 +307,19 @@ sub one_pass
 			if ($row->{state} =~ /^WX00[234]$/)
 			{
 				my $what = $op eq 'stop' ? 'stop' : 'query';
-				$ok &&= like($msg // '', qr/^could not $what sign plan "\Q$plan\E"$/,
+				my $of = $partner ? qr/ of sub-merchant "\Q$rsub\E"/ : '';
+				$ok &&= like($msg // '', qr/^could not $what sign plan "\Q$plan\E"$of$/,
 					"$name: the message names the plan");
 			}
 
 			# the session goes on: a good call succeeds
-			my $good = "t40-ok-$row->{label}-p$pass" . substr($op, 0, 1);
+			my $good = "t40-ok-$row->{label}-p$pass" . ($partner ? 'p' : '') . substr($op, 0, 1);
 			my ($gout, $gerr) = run_call(
 				"SELECT merchant_sign_plan_no, sign_state FROM wxpay_stop_sign_plan('$good', 'after')");
 			$ok &&= is("$gout$gerr", "$good|SIGN_PLAN_CANCEL",
 				"$name: the next call in the session succeeds");
 
-			push @checks, [ $name, $row, $op, $plan ] if defined $plan && $plan ne 'bad plan no';
+			push @checks, [ $name, $row, $op, $key ] if defined $plan && $plan ne 'bad plan no';
 			$bad++ unless $ok;
 		}
 	}

@@ -104,6 +104,35 @@ ok($node->log_contains(
 		qr/LOG:  sent the stop of sign plan "t41-fo_refused" to the backup domain \Q$backup->{url}\E because \Q$closed_url\E could not be reached/),
 	'the server log says the request went to the backup domain');
 
+# ---- partner mode (sub_mchid): the same, on the partner endpoints ----
+{
+	my $sub = '1230000301';
+	my $plan = 't41-partner';
+	my ($out, $err) = run_sql(
+		"SELECT merchant_sign_plan_no, sign_state, sub_mchid FROM wxpay_stop_sign_plan('$plan', 'failover', 'fo_refused', '$sub')");
+	is("$out$err", "$plan|SIGN_PLAN_CANCEL|$sub", 'partner: the stop succeeds through the backup');
+	is(backup_attempts("$sub:$plan"), 1, 'partner: the backup got the sub-merchant\'s stop once');
+	my ($req) = grep {
+		$_->{path} eq "/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/$plan/stop"
+	} @{ ctl_get_at($backup, '/requests') };
+	ok($req && $req->{verified} && $req->{body} =~ /"sub_mchid":"$sub"/,
+		'partner: the backup verified the signed partner request');
+	($out, $err) = run_sql(
+		"SELECT cancel_sign_type, sub_mchid FROM wxpay_query_sign_plan('$plan', 'fo_refused', '$sub')");
+	is("$out$err", "MERCHANT|$sub", 'partner: the query (with its query string) succeeds through the backup');
+	ok($node->log_contains(
+			qr/LOG:  sent the stop of sign plan "$plan" of sub-merchant "$sub" to the backup domain/),
+		'partner: the server log names the sub-merchant');
+
+	# once sent, never to the backup
+	my $before = backup_requests();
+	($out, $err) = run_sql(
+		"SELECT sign_state FROM wxpay_stop_sign_plan('fault-stop_then_reset-t41p', 'r', 'fo_sent', '$sub')");
+	like($err, qr/${E}WX003: could not stop sign plan "fault-stop_then_reset-t41p" of sub-merchant "$sub"$/m,
+		'partner: a reset after sending is WX003');
+	is(backup_requests() - $before, 0, 'partner: the backup got nothing');
+}
+
 # ---- the backup gets what is left of the request timeout ----
 {
 	my $plan = 'fault-stall-t41-budget';

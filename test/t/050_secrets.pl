@@ -149,7 +149,7 @@ like($calls_out, qr/^failed\|WX003\|/m, 'the worker gave up on unknown outcomes'
 
 # the same calls through a role that has EXECUTE and nothing else
 run_sql('CREATE ROLE regress_app LOGIN');
-run_sql('GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text) TO regress_app');
+run_sql('GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) TO regress_app');
 run_sql(
 	"SET ROLE regress_app;\n"
 	  . "SELECT * FROM wxpay_stop_sign_plan('sec50-app', 'x');\n"
