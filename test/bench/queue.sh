@@ -1,31 +1,59 @@
 #!/usr/bin/env bash
-# test/bench/queue.sh: the background worker draining a backlog.
+# test/bench/queue.sh: the background worker draining a backlog, beside the
+# batch function, and beside a slow merchant.
 #
 # Starts a private cluster with the library preloaded and the simulator
-# (test/lib.sh), queues N stop requests (default 100,000) in one committed
-# statement, and prints, every 10,000 finished requests, the drain rate and
-# the queue worker's private memory (RssAnon from /proc) and memory
-# contexts, then the totals and whether the simulator stopped every plan
-# exactly once.  Not a test: rates depend on the machine and its load.
+# (test/lib.sh) and prints, in one run:
+#   1. the commit-to-finished time of single requests on the idle worker;
+#   2. a backlog of N stop requests queued in one committed statement: the
+#      drain rate and the queue worker's private memory (RssAnon from /proc)
+#      every N/10 finished requests, and whether the simulator stopped
+#      every plan exactly once;
+#   3. the queue's drain rate beside wxpay_stop_sign_plans at the same
+#      concurrency (wxpay.worker_concurrency = wxpay.batch_concurrency), at
+#      0 ms and at WX_QUEUE_LATENCY_MS added simulator latency, and their
+#      ratio (target: queue >= 0.9x batch);
+#   4. a fast merchant's commit-to-finished p50/p99 for a paced stream of
+#      requests, alone and beside a slow merchant (a second simulator whose
+#      answers come only after wxpay.request_timeout, holding a backlog),
+#      and the ratio of the two p99 (target: within 2x).
+# Not a test: it prints figures and never fails on them; rates depend on
+# the machine and its load.
 #
-#   bash test/bench/queue.sh                # 100,000 requests
-#   WX_QUEUE_N=20000 bash test/bench/queue.sh
-# Environment: WX_QUEUE_N, WX_QUEUE_CONCURRENCY (wxpay.worker_concurrency,
-# default 8), WX_QUEUE_RATE (wxpay.rate_limit, default 0 = none).
+#   bash test/bench/queue.sh            # a few minutes
+#   bash test/bench/queue.sh --smoke    # tiny sizes: checks that it works
+# Environment: WX_QUEUE_N (backlog, default 10000), WX_QUEUE_CONCURRENCY
+# (both concurrencies, default 8), WX_QUEUE_RATE (wxpay.rate_limit, default
+# 0 = none), WX_QUEUE_NB (requests per queue/batch comparison, default
+# 2000), WX_QUEUE_LATENCY_MS (20), WX_QUEUE_STREAM (fast requests in the
+# stream, 300), WX_QUEUE_STREAM_MS (pause between their commits, 20),
+# WX_QUEUE_SLOW (the slow merchant's backlog, 4 x concurrency),
+# WX_QUEUE_TIMEOUT_MS (wxpay.request_timeout, 2000); WX_KEEP=1 as for run.sh.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 WX_PRIVATE_PG=1
 
-N=${WX_QUEUE_N:-100000}
+SMOKE=
+[ "${1:-}" = --smoke ] && SMOKE=1
+CONC=${WX_QUEUE_CONCURRENCY:-8}
+N=${WX_QUEUE_N:-$([ -n "$SMOKE" ] && echo 200 || echo 10000)}
+NB=${WX_QUEUE_NB:-$([ -n "$SMOKE" ] && echo 100 || echo 2000)}
+LAT=${WX_QUEUE_LATENCY_MS:-20}
+STREAM=${WX_QUEUE_STREAM:-$([ -n "$SMOKE" ] && echo 20 || echo 300)}
+STREAM_MS=${WX_QUEUE_STREAM_MS:-20}
+SLOW=${WX_QUEUE_SLOW:-$((4 * CONC))}
+TIMEOUT_MS=${WX_QUEUE_TIMEOUT_MS:-2000}
 STEP=$(( N < 100000 ? (N + 9) / 10 : 10000 ))
 WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
 wxpay.database_name = 'postgres'
-wxpay.worker_concurrency = ${WX_QUEUE_CONCURRENCY:-8}
+wxpay.worker_concurrency = $CONC
+wxpay.request_timeout = '${TIMEOUT_MS}ms'
 wxpay.rate_limit = ${WX_QUEUE_RATE:-0}"
 wx_prepare >&2
 
 calc() { awk "BEGIN { print $1 }"; }
 psql_su() { wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d postgres "$@"; }
+sim_settings() { curl -sf -X POST -H 'Content-Type: application/json' -d "$2" "$1/settings" >/dev/null; }
 
 wx_setup_config
 
@@ -33,15 +61,19 @@ worker_pid() {
     psql_su -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'"
 }
 rss_anon() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
+# wait until no request whose plan starts with $1 is queued or sending
+wait_drained() {
+    until [ "$(psql_su -c "SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1%' AND state IN ('queued', 'sending')")" = 0 ]; do
+        sleep 0.05
+    done
+}
 
 # warm up: the worker, its config cache and connections
 psql_su -c "SELECT wxpay_stop_sign_plan_async('bq-warm-' || i, 'r') FROM generate_series(1, 200) i" >/dev/null
-until [ "$(psql_su -c "SELECT count(*) FROM wxpay_stop_request WHERE state IN ('queued', 'sending')")" = 0 ]; do
-    sleep 0.2
-done
+wait_drained bq-warm-
 pid=$(worker_pid)
 
-# commit-to-finished time of single requests on the idle worker
+# ---- 1. commit-to-finished time of single requests on the idle worker
 lat=$(psql_su -f - <<'SQL'
 CREATE TEMP TABLE lat (ms float8);
 DO $$
@@ -64,6 +96,7 @@ SQL
 echo "idle worker, commit to finished (one request, sent and answered): $lat"
 rss0=$(rss_anon "$pid")
 
+# ---- 2. a backlog
 t0=$(date +%s.%N)
 psql_su -c "SELECT count(wxpay_stop_sign_plan_async('bq-n-' || i, 'r')) FROM generate_series(1, $N) i" >/dev/null
 t1=$(date +%s.%N)
@@ -82,7 +115,7 @@ while :; do
     fi
     [ "$done_n" -ge "$N" ] && break
     [ "$(worker_pid)" = "$pid" ] || { echo "the worker restarted"; exit 1; }
-    sleep 1
+    sleep 0.2
 done
 t2=$(date +%s.%N)
 rss1=$(rss_anon "$pid")
@@ -97,3 +130,101 @@ printf '\ndrained %d requests in %.1f s (%.0f/s); %d succeeded\n' "$N" \
     "$(calc "$t2 - $t1")" "$(calc "$N / ($t2 - $t1)")" "$ok"
 printf 'worker RssAnon %d kB -> %d kB (%+d kB)\n' "$rss0" "$rss1" "$((rss1 - rss0))"
 printf 'simulator: %s plans stopped exactly once, %s stops for already stopped plans\n' ${once}
+
+# ---- 3. the queue beside wxpay_stop_sign_plans at the same concurrency
+
+# requests per second of one wxpay_stop_sign_plans call of $2 plans
+# (prefix $1), after a warm-up batch in the same session
+batch_rate() {
+    psql_su -f - <<SQL
+SET wxpay.batch_concurrency = $CONC;
+SELECT count(*) FROM wxpay_stop_sign_plans(
+    ARRAY(SELECT '$1-w' || i FROM generate_series(1, $((2 * CONC))) i), 'r') \\gset
+SELECT clock_timestamp() AS t0 \\gset
+SELECT count(*) FILTER (WHERE ok) AS ok FROM wxpay_stop_sign_plans(
+    ARRAY(SELECT '$1-' || i FROM generate_series(1, $2) i), 'r') \\gset
+SELECT round(($2 / extract(epoch FROM clock_timestamp() - :'t0'))::numeric, 1);
+SQL
+}
+
+# requests per second from the commit of $2 queued requests (prefix $1) to
+# the last one finished
+queue_rate() {
+    local tc tf
+    tc=$(psql_su -c "SELECT count(wxpay_stop_sign_plan_async('$1-' || i, 'r')) FROM generate_series(1, $2) i" \
+        -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1)
+    wait_drained "$1-"
+    tf=$(psql_su -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-%'")
+    calc "$2 / ($tf - $tc)"
+}
+
+printf '\nthe queue beside wxpay_stop_sign_plans, %d requests each, concurrency %d (worker = batch)\n' "$NB" "$CONC"
+printf '%10s %14s %14s %12s\n' latency 'batch req/s' 'queue req/s' 'queue/batch'
+for l in 0 "$LAT"; do
+    sim_settings "$WXPAY_SIM_CONTROL" "{\"latency_ms\":$l}"
+    b=$(batch_rate "bq-b$l" "$NB")
+    q=$(queue_rate "bq-q$l" "$NB")
+    printf '%7d ms %14.1f %14.1f %11.2fx\n' "$l" "$b" "$q" "$(calc "$q / $b")"
+done
+echo '(target: queue >= 0.9x batch)'
+sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
+
+# ---- 4. a fast merchant beside a slow one
+
+# a stream of single-request transactions for the fast merchant, one every
+# STREAM_MS; prints p50 and p99 of commit to finished, in ms
+fast_stream() {
+    psql_su -f - <<SQL
+DO \$\$
+BEGIN
+    FOR i IN 1..$STREAM LOOP
+        PERFORM wxpay_stop_sign_plan_async('$1-' || i, 'r');
+        COMMIT;
+        PERFORM pg_sleep($STREAM_MS / 1000.0);
+    END LOOP;
+END \$\$;
+SQL
+    wait_drained "$1-"
+    psql_su -c "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM (SELECT extract(epoch FROM finished_at - created_at) * 1000 AS ms FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-%') s"
+}
+
+printf '\na fast merchant, %d requests committed one every %d ms: commit to finished\n' "$STREAM" "$STREAM_MS"
+read -r a50 a99 < <(fast_stream bq-alone)
+printf '%-44s p50 %8.1f ms   p99 %8.1f ms\n' 'alone' "$a50" "$a99"
+
+# the slow merchant: certificate mode (its own mchid) on a second simulator
+slow_out="$WX_WORK/slow-sim.out"
+node "$WX_ROOT/test/sim/simulator.js" --pki "$WXPAY_PKI" >"$slow_out" 2>&1 &
+SLOW_PID=$!
+trap 'kill "$SLOW_PID" 2>/dev/null || true; wx_cleanup' EXIT
+until grep -q '^READY ' "$slow_out"; do
+    kill -0 "$SLOW_PID" 2>/dev/null || { cat "$slow_out"; exit 1; }
+    sleep 0.05
+done
+slow_url="https://127.0.0.1:$(sed -n 's/^READY port=\([0-9]*\) .*/\1/p' "$slow_out")"
+slow_ctl="http://127.0.0.1:$(sed -n 's/.* control=\([0-9]*\)$/\1/p' "$slow_out")"
+SLOW_URL=$slow_url psql_su -f - <<'SQL'
+\set key `cat "$WXPAY_PKI/merchant.key"`
+\set serial `cat "$WXPAY_PKI/merchant_serial.txt"`
+\set apiv3 `cat "$WXPAY_PKI/apiv3_key.txt"`
+\set ca `cat "$WXPAY_PKI/ca.crt"`
+\getenv url SLOW_URL
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, backup_base_url, ca_cert)
+VALUES ('slow', '1900000002', :'serial', :'key', :'apiv3', :'url', NULL, :'ca');
+SELECT count(*) FROM wxpay_refresh_platform_certificates('slow') \gset
+SQL
+# from now on every answer of the slow merchant comes after the timeout
+sim_settings "$slow_ctl" "{\"latency_ms\":$((TIMEOUT_MS + 1000))}"
+
+psql_su -c "SELECT count(wxpay_stop_sign_plan_async('bq-slow-' || i, 'r', 'slow')) FROM generate_series(1, $SLOW) i" >/dev/null
+read -r s50 s99 < <(fast_stream bq-beside)
+printf '%-44s p50 %8.1f ms   p99 %8.1f ms\n' \
+    "beside a slow merchant ($SLOW queued, answers > ${TIMEOUT_MS} ms)" "$s50" "$s99"
+printf 'p99 beside / alone: %.2fx (target: within 2x)\n' "$(calc "$s99 / $a99")"
+slow_sent=$(curl -sf "$slow_ctl/stats" | node -e '
+let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
+  const st = JSON.parse(s); let n = 0;
+  for (const [p, k] of Object.entries(st.stop_attempts)) if (p.startsWith("bq-slow-")) n += k;
+  for (const [p, k] of Object.entries(st.queries)) if (p.startsWith("bq-slow-")) n += k;
+  console.log(n); });')
+echo "(the slow merchant received $slow_sent requests meanwhile)"

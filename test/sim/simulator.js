@@ -153,12 +153,21 @@ function defaultSettings() {
 let state;
 
 function resetState() {
+    /* held requests of the old state: their sockets are closed */
+    if (state) {
+        for (const h of state.held)
+            h.drop();
+    }
     state = {
         settings: defaultSettings(),
         plans: new Map(),          /* plan no -> { stopped, stop_reason } */
         nonces: new Set(),
         ridCounters: new Map(),    /* Request-ID key -> n */
         faults: [],                /* { plan, fault, times } */
+        scripts: new Map(),        /* plan no -> { stop: [fault], query: [fault] } */
+        events: new Map(),         /* plan no -> [event] (see recordEvent) */
+        eventSeq: 0,
+        held: [],                  /* { plan, op, seq, release() } */
         requestLog: [],
         stats: {
             tls_connections: 0,
@@ -284,9 +293,11 @@ const FAULTS = new Set([
     'dup_signature', 'unknown_serial', 'stale_timestamp', 'future_timestamp',
     'empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge',
     'slow_ok', 'stop_then_500', 'stop_then_reset',
-    'tampered_ciphertext', 'tampered_tag',
+    'tampered_ciphertext', 'tampered_tag', 'hold',
     'wrong_sub_mchid',
 ]);
+/* Faults whose answer, although written in full, is not the platform's intact answer. */
+const BODY_FAULTS = new Set(['empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge']);
 const CERT_ONLY_FAULTS = new Set(['tampered_ciphertext', 'tampered_tag']);
 const SIGNATURE_FAULTS = new Set([
     'bad_signature', 'probe', 'bad_base64', 'missing_timestamp', 'missing_nonce',
@@ -299,8 +310,13 @@ const SIGNATURE_FAULTS = new Set([
  * first, then an injected "*" one, then one named by the plan number.
  * Injected faults that do not apply to the endpoint are left in place.
  */
-function takeFault(planKey, isCertificates, planNo) {
+function takeFault(planKey, isCertificates, planNo, op) {
     const applies = (f) => !CERT_ONLY_FAULTS.has(f.fault) || isCertificates;
+    const script = isCertificates ? null : state.scripts.get(planKey);
+    if (script && script[op] && script[op].length > 0) {
+        const name = script[op].shift();
+        return name === 'ok' ? null : { name, injected: true, scripted: true };
+    }
     for (const wanted of [planKey, '*']) {
         const idx = state.faults.findIndex((f) => f.plan === wanted && applies(f));
         if (idx >= 0) {
@@ -423,19 +439,28 @@ function buildHeaders(ctx, answer) {
 function noteStatus(ctx, status) {
     if (ctx.entry)
         ctx.entry.answer_status = status;
+    if (ctx.event)
+        finishEvent(ctx, status);
 }
 
 function send(ctx, answer) {
     const { res } = ctx;
-    if (res.destroyed || res.writableEnded)
+    if (res.destroyed || res.writableEnded) {
+        /* the client is gone (timed out, killed): nothing is delivered */
+        noteStatus(ctx, null);
         return;
+    }
     const headers = buildHeaders(ctx, answer);
     headers['Content-Length'] = String(answer.body.length);
     for (const [k, v] of Object.entries(headers))
         res.setHeader(k, v);
     res.statusCode = answer.status;
     noteStatus(ctx, answer.status);
-    res.end(answer.body);
+    const ev = ctx.event;
+    res.end(answer.body, () => {
+        if (ev)
+            ev.answered = true;
+    });
     log(`${ctx.req.method} ${ctx.req.url} -> ${answer.status}${ctx.fault ? ` (fault ${ctx.fault})` : ''}`);
 }
 
@@ -456,7 +481,11 @@ function sendTrickle(ctx, answer) {
         }
         if (pos + 1 >= answer.body.length) {
             clearInterval(timer);
-            res.end(answer.body.subarray(pos));
+            const ev = ctx.event;
+            res.end(answer.body.subarray(pos), () => {
+                if (ev)
+                    ev.answered = true;
+            });
             return;
         }
         res.write(answer.body.subarray(pos, pos + 1));
@@ -738,12 +767,17 @@ function getPlan(r) {
 }
 
 /* Stops an active plan; returns false if it was already stopped. */
-function doStop(no, plan, reason) {
-    if (plan.stopped)
+function doStop(no, plan, reason, ev) {
+    if (plan.stopped) {
+        if (ev)
+            ev.already_stopped = true;
         return false;
+    }
     plan.stopped = true;
     plan.stop_reason = reason;
     bump(state.stats.stops, no);
+    if (ev)
+        ev.applied = true;
     return true;
 }
 
@@ -869,7 +903,7 @@ function perform(ctx, r, fault) {
     /* zhreject: a 4xx whose message is Chinese (database encodings) */
     if (r.planNo.startsWith('zhreject'))
         return { answer: errorAnswer(400, 'INVALID_REQUEST', ZH_REJECT_MESSAGE), plan };
-    if (r.route === 'stop' && !doStop(r.planKey, plan, r.stopReason)) {
+    if (r.route === 'stop' && !doStop(r.planKey, plan, r.stopReason, ctx.event)) {
         bump(state.stats.already_stopped, r.planKey);
         return { answer: errorAnswer(400, 'INVALID_REQUEST', 'sign plan has already been stopped'), plan };
     }
@@ -945,6 +979,65 @@ const HTML_FAULTS = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* The per-plan event record */
+
+/*
+ * Every stop or query request for a plan, in order of arrival, whether or
+ * not it verified: what the platform did and what the client was given.
+ */
+function recordEvent(ctx, op, planNo) {
+    const ev = {
+        seq: ++state.eventSeq,
+        at: new Date().toISOString(),
+        op,
+        method: ctx.req.method,
+        verified: false,
+        fault: null,
+        held: false,
+        applied: false,          /* this request stopped the plan */
+        already_stopped: false,  /* a verified stop found the plan stopped */
+        state_after: null,       /* 'active', 'stopped' or 'absent' when answered */
+        status: null,            /* HTTP status answered; null: none (reset, stall) */
+        answered: false,         /* the whole answer was written */
+        tampered: false,         /* signature or body fault: not the platform's answer */
+    };
+    let list = state.events.get(planNo);
+    if (!list) {
+        list = [];
+        state.events.set(planNo, list);
+    }
+    list.push(ev);
+    return ev;
+}
+
+function planStateName(planNo) {
+    const p = state.plans.get(planNo);
+    if (!p)
+        return 'absent';
+    return p.stopped ? 'stopped' : 'active';
+}
+
+/* Called once the simulator answers (or drops, or stalls) the request. */
+function finishEvent(ctx, status) {
+    const ev = ctx.event;
+    ev.status = status;
+    if (ev.state_after === null)
+        ev.state_after = planStateName(ctx.eventPlan);
+    ev.tampered = SIGNATURE_FAULTS.has(ctx.fault) || BODY_FAULTS.has(ctx.fault)
+        || ctx.fault === 'reset_midbody' || ctx.fault === 'truncated_chunked';
+}
+
+function eventView(ev) {
+    const v = Object.assign({}, ev);
+    v.delivered_intact = ev.answered && !ev.tampered;
+    return v;
+}
+
+function eventsFor(planNo) {
+    return (state.events.get(planNo) || []).map(eventView);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The /v3 request handler */
 
 function requestLogEntry(req, body) {
@@ -988,6 +1081,11 @@ async function handleV3(req, res, body) {
     state.ridCounters.set(ridKey, n);
     ctx.ridHex = sha256hex(`${ridKey}|${n}`).slice(0, 32);
 
+    if ((cls.kind === 'stop' || cls.kind === 'query') && ridKey !== pathname) {
+        ctx.eventPlan = ridKey;
+        ctx.event = recordEvent(ctx, cls.kind, ridKey);
+    }
+
     ctx.entry = requestLogEntry(req, body);
     state.requestLog.push(ctx.entry);
     if (state.requestLog.length > REQUEST_LOG_MAX)
@@ -1009,6 +1107,8 @@ async function handleV3(req, res, body) {
     if (authError)
         return finish(authError);
     ctx.entry.verified = true;
+    if (ctx.event)
+        ctx.event.verified = true;
 
     /* Steps 4 and 5. */
     const r = routeRequest(ctx);
@@ -1017,9 +1117,11 @@ async function handleV3(req, res, body) {
 
     /* Faults. */
     const planKey = r.route === 'certificates' ? 'certificates' : r.planKey;
-    const f = takeFault(planKey, r.route === 'certificates', r.planNo);
+    const f = takeFault(planKey, r.route === 'certificates', r.planNo, r.route);
     const fault = f ? f.name : null;
     ctx.fault = fault;
+    if (ctx.event)
+        ctx.event.fault = fault;
     if (fault && !FAULTS.has(fault))
         return finish(errorAnswer(400, 'SIMULATOR_UNKNOWN_FAULT', `simulator: unknown fault "${fault}"`));
 
@@ -1029,9 +1131,14 @@ async function handleV3(req, res, body) {
     if (fault === 'slow_ok')
         await sleep(1500);
 
+    if (fault === 'hold')
+        return holdThenAnswer(ctx, r);
+
     switch (fault) {
         case 'stall':
             log(`${req.method} ${req.url} -> stall`);
+            if (ctx.event)
+                finishEvent(ctx, null);
             return undefined;
         case 'reset':
             log(`${req.method} ${req.url} -> reset`);
@@ -1041,7 +1148,7 @@ async function handleV3(req, res, body) {
             if (r.route === 'stop') {
                 const plan = getPlan(r);
                 if (plan)
-                    doStop(r.planKey, plan, r.stopReason);
+                    doStop(r.planKey, plan, r.stopReason, ctx.event);
             }
             if (fault === 'stop_then_reset')
                 return destroyNow(ctx);
@@ -1098,6 +1205,43 @@ async function handleV3(req, res, body) {
         default:
             return send(ctx, answer);
     }
+}
+
+/*
+ * "hold": the platform acts at once (a stop is performed), the answer waits
+ * for POST /release.  A test uses it to know that a request is in flight.
+ */
+async function holdThenAnswer(ctx, r) {
+    const performed = perform(ctx, r, null);
+    if (ctx.event) {
+        ctx.event.held = true;
+        ctx.event.state_after = planStateName(r.planKey);
+    }
+    log(`${ctx.req.method} ${ctx.req.url} -> held`);
+    const how = await new Promise((resolve) => {
+        state.held.push({
+            plan: r.planKey || 'certificates',
+            op: r.route,
+            seq: ctx.event ? ctx.event.seq : null,
+            release: () => resolve('release'),
+            drop: () => resolve('drop'),
+        });
+    });
+    if (how === 'drop')
+        return destroyNow(ctx);
+    return send(ctx, performed.answer);
+}
+
+/* Releases the held requests of a plan (all if plan is undefined); returns how many. */
+function releaseHeld(plan) {
+    const keep = [];
+    const go = [];
+    for (const h of state.held)
+        (plan === undefined || h.plan === plan ? go : keep).push(h);
+    state.held = keep;
+    for (const h of go)
+        h.release();
+    return go.length;
 }
 
 function handleHttps(req, res) {
@@ -1163,11 +1307,59 @@ function applySettings(s) {
     return null;
 }
 
+const SCRIPT_OPS = ['stop', 'query'];
+
+/*
+ * A script: {"plan":"p","script":["stop:stop_then_reset","query:http429","query:ok"]}
+ * and/or {"plan":"p","stop":["http500","ok"],"query":["http429"]}.  Each
+ * stop takes the next stop entry, each query the next query entry ("ok":
+ * no fault), whatever the timing; an exhausted list falls back to the
+ * other fault sources.  Appends to the plan's script.
+ */
+function addScript(f) {
+    if (f.plan === '*' || f.plan === 'certificates')
+        return 'a script needs a plan (a plan number, or the key of a partner plan)';
+    const add = { stop: [], query: [] };
+    const good = (name) => name === 'ok' || (FAULTS.has(name) && !CERT_ONLY_FAULTS.has(name));
+    if (f.script !== undefined) {
+        if (!Array.isArray(f.script))
+            return 'script must be an array of "stop:<fault>" or "query:<fault>"';
+        for (const e of f.script) {
+            const m = typeof e === 'string' ? /^(stop|query):([a-z0-9_]+)$/.exec(e) : null;
+            if (!m)
+                return `bad script entry ${JSON.stringify(e)}: "stop:<fault>" or "query:<fault>"`;
+            if (!good(m[2]))
+                return `unknown fault "${m[2]}" in script`;
+            add[m[1]].push(m[2]);
+        }
+    }
+    for (const op of SCRIPT_OPS) {
+        if (f[op] === undefined)
+            continue;
+        if (!Array.isArray(f[op]) || f[op].some((n) => typeof n !== 'string' || !good(n)))
+            return `${op} must be an array of fault names or "ok"`;
+        add[op].push(...f[op]);
+    }
+    let s = state.scripts.get(f.plan);
+    if (!s) {
+        s = { stop: [], query: [] };
+        state.scripts.set(f.plan, s);
+    }
+    s.stop.push(...add.stop);
+    s.query.push(...add.query);
+    return null;
+}
+
 function addFault(f) {
     if (f === null || typeof f !== 'object' || Array.isArray(f))
         return 'fault must be a JSON object';
     if (typeof f.plan !== 'string' || !f.plan)
         return 'plan must be a non-empty string (a plan number, "*" or "certificates")';
+    if (f.script !== undefined || f.stop !== undefined || f.query !== undefined) {
+        if (f.fault !== undefined || f.times !== undefined)
+            return 'give either fault (and times) or a script, not both';
+        return addScript(f);
+    }
     if (typeof f.fault !== 'string' || !FAULTS.has(f.fault))
         return `unknown fault "${f.fault}"`;
     const times = f.times === undefined ? 1 : f.times;
@@ -1182,6 +1374,7 @@ function handleControl(req, res) {
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
         const url = req.url.split('?')[0];
+        const params = new URLSearchParams(req.url.includes('?') ? req.url.slice(req.url.indexOf('?') + 1) : '');
         const text = Buffer.concat(chunks).toString('utf8');
         let body = null;
         if (req.method === 'POST' && text.trim() !== '') {
@@ -1203,6 +1396,25 @@ function handleControl(req, res) {
                 return controlReply(res, 200, state.settings);
             case 'GET /faults':
                 return controlReply(res, 200, state.faults);
+            case 'GET /scripts':
+                return controlReply(res, 200, Object.fromEntries(state.scripts));
+            case 'GET /events': {
+                if (params.has('plan'))
+                    return controlReply(res, 200, eventsFor(params.get('plan')));
+                const out = {};
+                for (const no of state.events.keys())
+                    out[no] = eventsFor(no);
+                return controlReply(res, 200, out);
+            }
+            case 'GET /held':
+                return controlReply(res, 200, state.held.map((h) => ({ plan: h.plan, op: h.op, seq: h.seq })));
+            case 'POST /release': {
+                if (body !== null && (typeof body !== 'object' || Array.isArray(body)
+                    || (body.plan !== undefined && typeof body.plan !== 'string')))
+                    return controlReply(res, 400, { ok: false, error: 'body must be {} or {"plan":"<no>"}' });
+                const n = releaseHeld(body ? body.plan : undefined);
+                return controlReply(res, 200, { ok: true, released: n });
+            }
             case 'GET /plans': {
                 const out = {};
                 for (const [no, p] of state.plans)

@@ -1,0 +1,846 @@
+
+# Copyright: wxpay_signplan authors
+#
+# The queue under random faults.  Each schedule enqueues stop requests in
+# transactions that commit, roll back, roll back to a savepoint or go
+# through two-phase commit, over two configs (public-key and certificate
+# mode), while a private simulator follows a per-plan fault script (answers
+# lost after the stop was applied, 5xx before or after applying, 429 on
+# stops and on queries, timeouts, resets, bad signatures, slow answers,
+# requests held in flight), and the test kills the queue worker (SIGKILL,
+# SIGTERM), terminates the launcher, stops the server in immediate mode,
+# breaks and restores a config's key and runs an unprivileged DROP
+# DATABASE.  After the queue drained, every plan is checked against the
+# simulator's own event record:
+#
+#  I1  nothing of a rolled-back transaction (or savepoint, or ROLLBACK
+#      PREPARED) reached WeChat Pay;
+#  I2  no stop was sent after an attempt whose outcome was unknown to the
+#      client without a settling query in between (and no stop ever found
+#      its plan already stopped);
+#  I3  a `succeeded` row is a stopped plan; a `failed` row with WeChat
+#      Pay's code is a plan this request did not stop; a stopped plan's
+#      request is never `failed` with anything but WX003;
+#  I4  never two queue workers at once (pg_stat_activity sampled at every
+#      step, and the server log's "queue worker started/stopped" lines when
+#      the worker writes them);
+#  I5  every committed request finished, within wxpay.max_attempts;
+#  I6  an unprivileged DROP DATABASE fails ("must be owner") and leaves the
+#      queue worker alone.
+#
+# Every random choice comes from a small PRNG seeded with the printed seed;
+# each schedule's generator is derived from (seed, schedule number), and the
+# whole schedule is drawn before it runs, so the same seed gives the same
+# requests, fault scripts and actions whatever the timing.
+#
+#   WXPAY_RANDOM_SEED=N          replay a seed (printed at the start)
+#   WXPAY_RANDOM_SCHEDULES=N     number of schedules (default 12; a soak: 1000)
+#   WXPAY_RANDOM_FIRST=K         start at schedule K (replay one schedule:
+#                                WXPAY_RANDOM_FIRST=K WXPAY_RANDOM_SCHEDULES=1)
+#
+# Synchronisation is by polling for conditions with timeouts (queue rows,
+# pg_stat_activity, the simulator's held requests), never by sleeping.
+
+use strict;
+use warnings FATAL => 'all';
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use WxpayTest;
+
+BAIL_OUT('the PRNG needs 64-bit Perl integers') unless ~0 > 0xFFFFFFFF;
+
+# ---------------------------------------------------------------------------
+# A deterministic PRNG (xorshift32 over a mixed seed): the same numbers on
+# every Perl, unlike rand().
+
+sub mix32
+{
+	my ($h) = @_;
+	$h &= 0xFFFFFFFF;
+	$h ^= $h >> 16;
+	$h = ($h * 0x45d9f3b) & 0xFFFFFFFF;
+	$h ^= $h >> 16;
+	$h = ($h * 0x45d9f3b) & 0xFFFFFFFF;
+	$h ^= $h >> 16;
+	return $h;
+}
+
+sub prng_new
+{
+	my ($seed, $stream) = @_;
+	my $x = mix32(mix32($seed) ^ mix32(($stream + 0x9E3779B9) & 0xFFFFFFFF));
+	$x ||= 0x6D2B79F5;
+	return { x => $x };
+}
+
+sub rnd
+{
+	my ($r) = @_;
+	my $x = $r->{x};
+	$x ^= ($x << 13) & 0xFFFFFFFF;
+	$x ^= $x >> 17;
+	$x ^= ($x << 5) & 0xFFFFFFFF;
+	return $r->{x} = $x;
+}
+
+sub rint { my ($r, $n) = @_; return rnd($r) % $n; }
+sub chance { my ($r, $pct) = @_; return rint($r, 100) < $pct; }
+sub pick { my ($r, @a) = @_; return $a[ rint($r, scalar @a) ]; }
+
+# pick from [item, weight] pairs
+sub wpick
+{
+	my ($r, @pairs) = @_;
+	my $total = 0;
+	$total += $_->[1] for @pairs;
+	my $n = rint($r, $total);
+	for my $p (@pairs)
+	{
+		return $p->[0] if $n < $p->[1];
+		$n -= $p->[1];
+	}
+	die 'unreachable';
+}
+
+my $seed =
+  defined $ENV{WXPAY_RANDOM_SEED} && $ENV{WXPAY_RANDOM_SEED} ne ''
+  ? $ENV{WXPAY_RANDOM_SEED}
+  : mix32(int(time() * 1000) ^ ($$ << 8));
+die "WXPAY_RANDOM_SEED must be an integer 0..4294967295"
+  unless $seed =~ /^\d+$/ && $seed <= 0xFFFFFFFF;
+my $schedules = $ENV{WXPAY_RANDOM_SCHEDULES} // 12;
+my $first = $ENV{WXPAY_RANDOM_FIRST} // 1;
+die 'WXPAY_RANDOM_SCHEDULES and WXPAY_RANDOM_FIRST must be positive integers'
+  unless $schedules =~ /^\d+$/ && $first =~ /^[1-9]\d*$/;
+diag("random fault test: WXPAY_RANDOM_SEED=$seed, schedules $first.."
+	  . ($first + $schedules - 1)
+	  . " (replay: WXPAY_RANDOM_SEED=$seed WXPAY_RANDOM_FIRST=<n> WXPAY_RANDOM_SCHEDULES=1)");
+
+# ---------------------------------------------------------------------------
+# The server and a private simulator (its event record is ours alone)
+
+my $MAX_ATTEMPTS = 10;
+my $WORKER_TYPE = 'wxpay_signplan worker';
+my $LAUNCHER_TYPE = 'wxpay_signplan launcher';
+my $WAIT = $ENV{WXPAY_RANDOM_WAIT} // 300;    # seconds, per wait
+
+my $sim = start_sim();
+my $http = HTTP::Tiny->new(timeout => 60, keep_alive => 0);
+my $json = JSON::PP->new->utf8->canonical;
+
+sub sim_get
+{
+	my ($path) = @_;
+	my $r = $http->get("$sim->{control}$path");
+	die "simulator GET $path: $r->{status} $r->{content}" unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+sub sim_post
+{
+	my ($path, $obj) = @_;
+	my $r = $http->post("$sim->{control}$path",
+		{ headers => { 'Content-Type' => 'application/json' }, content => $json->encode($obj) });
+	die "simulator POST $path: $r->{status} $r->{content}" unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+my $node = PostgreSQL::Test::Cluster->new('queue_random');
+$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'wxpay_signplan'
+wxpay.database_name = 'postgres'
+max_prepared_transactions = 20
+wxpay.retry_base_delay = '20ms'
+wxpay.retry_max_delay = '200ms'
+wxpay.reconcile_delay = '50ms'
+wxpay.request_timeout = '2s'
+wxpay.max_attempts = $MAX_ATTEMPTS
+wxpay.worker_concurrency = 4
+wxpay.rate_limit = 0
+restart_after_crash = on
+log_line_prefix = '%m [%p] '
+log_statement = 'none'
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
+$node->safe_psql('postgres', config_insert_sql(name => 'pk', base_url => $sim->{url}));
+$node->safe_psql('postgres',
+	'INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, backup_base_url, ca_cert) VALUES ('
+	  . join(', ',
+		dq('cert'), dq('1900000002'),
+		dq(pki_file('merchant_serial.txt', chomp => 1)),
+		dq(pki_file('merchant.key')),
+		dq(pki_file('apiv3_key.txt', chomp => 1)),
+		dq($sim->{url}), 'NULL', dq(pki_file('ca.crt')))
+	  . ')');
+# a role that owns nothing
+$node->safe_psql('postgres', 'CREATE ROLE t15_mallory LOGIN');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'cert'"),
+	'the certificate-mode config has its platform certificate');
+
+my %good_key = (pk => pki_file('merchant.key'), cert => pki_file('merchant.key'));
+my $invalid_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+my $wrong_key = pki_file('wrong_merchant.key');
+
+# ---------------------------------------------------------------------------
+# Talking to the server while it may be down or restarting
+
+# psql that never dies; returns (ok, stdout, stderr)
+sub try_sql
+{
+	my ($sql, %o) = @_;
+	my ($ret, $out, $err);
+	# psql exiting before it read its input (server restarting) makes
+	# IPC::Run die with a broken pipe: that is a failed attempt too
+	my $lived = eval {
+		($ret, $out, $err) = $node->psql($o{db} // 'postgres', $sql,
+			extra_params => $o{extra} // [], on_error_stop => 1);
+		1;
+	};
+	return (0, '', "psql: $@") unless $lived;
+	return ($ret == 0, $out, $err);
+}
+
+# wait until the server answers queries (after a crash restart)
+sub wait_server
+{
+	my $t0 = time;
+	while (time - $t0 < $WAIT)
+	{
+		my ($ok, $out) = try_sql('SELECT 1');
+		return 1 if $ok && $out eq '1';
+		Time::HiRes::sleep(0.05);    # polling interval
+	}
+	return 0;
+}
+
+# run SQL that must succeed, retrying only while the server is not up
+sub must_sql
+{
+	my ($sql) = @_;
+	for (1 .. 3)
+	{
+		my ($ok, $out, $err) = try_sql($sql);
+		return $out if $ok;
+		die "SQL failed: $err\n$sql"
+		  unless $err =~ /connection|recovery mode|shutting down|starting up|terminat|^psql: /i;
+		wait_server() or die "server did not come back";
+	}
+	die "SQL kept failing on connection errors: $sql";
+}
+
+# ---------------------------------------------------------------------------
+# Violations
+
+my @violations;    # of the current schedule
+my ($cur_sched, $plans_by_no) = (0, {});
+
+sub events_text
+{
+	my ($plan) = @_;
+	my $ev = sim_get("/events?plan=$plan");
+	return join("\n",
+		map {
+			sprintf('      #%d %s fault=%s verified=%s applied=%s already_stopped=%s state_after=%s status=%s intact=%s held=%s',
+				$_->{seq}, $_->{op}, $_->{fault} // '-', ($_->{verified} ? 1 : 0),
+				($_->{applied} ? 1 : 0), ($_->{already_stopped} ? 1 : 0),
+				$_->{state_after} // '-', $_->{status} // '-',
+				($_->{delivered_intact} ? 1 : 0), ($_->{held} ? 1 : 0))
+		} @$ev);
+}
+
+sub violation
+{
+	my ($inv, $plan, $msg, $row) = @_;
+	my $text = "$inv violated (seed $seed, schedule $cur_sched";
+	$text .= ", plan $plan" if defined $plan;
+	$text .= "): $msg";
+	if (defined $plan)
+	{
+		my $p = $plans_by_no->{$plan};
+		$text .= "\n    script: " . $json->encode($p->{script}) if $p;
+		$text .= "\n    row: $row" if defined $row;
+		$text .= "\n    events:\n" . (events_text($plan) || '      (none)');
+	}
+	push @violations, $text;
+	return;
+}
+
+# ---------------------------------------------------------------------------
+# I4: the queue workers seen at once
+
+my $max_workers_seen = 0;
+my %overlap;    # of the current schedule: { n, first, samples }
+
+sub sample_workers
+{
+	my ($where) = @_;
+	my ($ok, $out) = try_sql(
+		"SELECT count(*) || ' ' || coalesce(string_agg(pid::text, ',' ORDER BY pid), '') FROM pg_stat_activity WHERE backend_type = '$WORKER_TYPE'"
+	);
+	return undef unless $ok;
+	my ($n, $pids) = split / /, $out, 2;
+	$max_workers_seen = $n if $n > $max_workers_seen;
+	if ($n > 1)
+	{
+		# reported once per schedule, with the first and the largest sample
+		$overlap{samples}++;
+		$overlap{first} //= "$n (pids $pids) $where";
+		$overlap{max} = "$n (pids $pids) $where" if $n > ($overlap{n} // 0);
+		$overlap{n} = $n if $n > ($overlap{n} // 0);
+	}
+	return $n;
+}
+
+sub pid_of
+{
+	my ($type) = @_;
+	my ($ok, $out) = try_sql(
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = '$type' ORDER BY backend_start DESC LIMIT 1");
+	return $ok && $out ne '' ? $out : undef;
+}
+
+# the queue worker's pid, waiting for one to run
+sub wait_worker
+{
+	my $t0 = time;
+	while (time - $t0 < $WAIT)
+	{
+		sample_workers('while waiting for a worker');
+		my $pid = pid_of($WORKER_TYPE);
+		return $pid if $pid;
+		Time::HiRes::sleep(0.05);
+	}
+	return undef;
+}
+
+# ---------------------------------------------------------------------------
+# Drawing a schedule
+
+# faults on stops: [name, weight]; on queries likewise
+my @STOP_FAULTS = (
+	[ ok => 30 ], [ stop_then_reset => 8 ], [ http500 => 6 ], [ stop_then_500 => 8 ],
+	[ http429 => 6 ], [ stall => 3 ], [ reset => 5 ], [ bad_signature => 6 ],
+	[ slow_ok => 3 ]);
+my @QUERY_FAULTS = (
+	[ ok => 30 ], [ http429 => 10 ], [ http500 => 5 ], [ stall => 2 ],
+	[ reset => 4 ], [ bad_signature => 4 ], [ slow_ok => 2 ]);
+my @ACTIONS = (
+	[ sigkill_worker => 3 ], [ sigterm_worker => 3 ], [ terminate_launcher => 3 ],
+	[ restart_immediate => 2 ], [ break_key => 3 ], [ drop_database => 2 ]);
+my @KILLS = qw(sigkill_worker sigterm_worker terminate_launcher restart_immediate);
+
+sub draw_script
+{
+	my ($r) = @_;
+	my (@stop, @query);
+	push @stop, wpick($r, @STOP_FAULTS) for 1 .. rint($r, 4);
+	push @query, wpick($r, @QUERY_FAULTS) for 1 .. rint($r, 4);
+	return { stop => \@stop, query => \@query };
+}
+
+# A schedule: a list of steps.  Requests are { plan, config, script,
+# committed }; steps are { do => 'txn', kind, parts } or { do => <action> }.
+sub draw_schedule
+{
+	my ($n) = @_;
+	my $r = prng_new($seed, $n);
+	my (@steps, @reqs, @prepared);
+	my $k = 0;
+	my $broken;    # the config whose key is broken
+	# enqueueing checks the key, so requests go to unbroken configs; those
+	# queued before the break meet it in the worker
+	my $newreq = sub {
+		my $c = pick($r, 'pk', 'cert');
+		$c = $c eq 'pk' ? 'cert' : 'pk' if defined $broken && $c eq $broken;
+		my $req = {
+			plan => sprintf('t15-%d-%d', $n, ++$k),
+			config => $c,
+			script => draw_script($r),
+		};
+		push @reqs, $req;
+		return $req;
+	};
+	my $held = 0;
+	my $ntxn = 4 + rint($r, 5);
+	for my $t (1 .. $ntxn)
+	{
+		my $kind = wpick($r, [ commit => 5 ], [ rollback => 2 ], [ savepoint => 2 ],
+			[ prepare_commit => 2 ], [ prepare_rollback => 1 ]);
+		my @before = map { $newreq->() } 1 .. 1 + rint($r, 4);
+		my @after = $kind eq 'savepoint' ? map { $newreq->() } 1 .. 1 + rint($r, 2) : ();
+		my @tail = $kind eq 'savepoint' && chance($r, 50) ? ($newreq->()) : ();
+		my $keep = $kind =~ /^(commit|savepoint|prepare_commit)$/;
+		$_->{committed} = $keep for @before, @tail;
+		$_->{committed} = 0 for @after;
+		# one request of a committing transaction may be held in flight
+		# while the test kills something
+		my $hold;
+		if (!$held && $kind =~ /^(commit|savepoint)$/ && chance($r, 35))
+		{
+			$hold = $before[0];
+			unshift @{ $hold->{script}{stop} }, 'hold';
+			$held = 1;
+		}
+		push @steps,
+		  { do => 'txn', kind => $kind, before => \@before, after => \@after, tail => \@tail, gid => "t15_${n}_$t" };
+		if ($kind =~ /^prepare_/)
+		{
+			push @prepared, $steps[-1];
+			# resolve now or after a later step
+			if (chance($r, 50)) { push @steps, { do => 'resolve', txn => pop @prepared }; }
+		}
+		push @steps, { do => 'hold_kill', plan => $hold->{plan}, kill => pick($r, @KILLS) } if $hold;
+		if (chance($r, 40))
+		{
+			my $a = wpick($r, @ACTIONS);
+			if ($a eq 'break_key')
+			{
+				if ($broken)
+				{
+					push @steps, { do => 'restore_key', config => $broken };
+					$broken = undef;
+				}
+				else
+				{
+					$broken = pick($r, 'pk', 'cert');
+					push @steps, { do => 'break_key', config => $broken,
+						key => wpick($r, [ invalid => 3 ], [ wrong => 1 ]) };
+				}
+			}
+			else
+			{
+				push @steps, { do => $a };
+			}
+		}
+		if (@prepared && chance($r, 50)) { push @steps, { do => 'resolve', txn => shift @prepared }; }
+	}
+	push @steps, { do => 'resolve', txn => $_ } for @prepared;
+	# the drain may start with the key still broken; it is restored part way
+	my $mid = chance($r, 50) ? { do => pick($r, @KILLS) } : undef;
+	push @steps, { do => 'restore_key', config => $broken } if $broken;
+	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid };
+}
+
+# ---------------------------------------------------------------------------
+# Running the steps
+
+sub enqueue_sql
+{
+	my (@reqs) = @_;
+	return join('',
+		map { "SELECT wxpay_stop_sign_plan_async('$_->{plan}', 'random fault test', '$_->{config}');\n" } @reqs);
+}
+
+my %key_now = %good_key;
+my $drop_probes = 0;
+
+sub set_key
+{
+	my ($config, $key) = @_;
+	must_sql("UPDATE wxpay_config SET private_key = " . dq($key) . " WHERE name = '$config'");
+	$key_now{$config} = $key;
+	return;
+}
+
+sub do_kill
+{
+	my ($what) = @_;
+	if ($what eq 'sigkill_worker' || $what eq 'sigterm_worker')
+	{
+		my $pid = wait_worker() or return note("no worker to kill");
+		kill($what eq 'sigkill_worker' ? 'KILL' : 'TERM', $pid);
+		note("$what: pid $pid");
+		if ($what eq 'sigkill_worker')
+		{
+			# once the postmaster reaped it, it refuses connections until
+			# it has restarted every process
+			my $t0 = time;
+			Time::HiRes::sleep(0.02) while kill(0, $pid) && time - $t0 < $WAIT;
+			wait_server() or die 'the server did not come back after a worker crash';
+		}
+	}
+	elsif ($what eq 'terminate_launcher')
+	{
+		my $pid = pid_of($LAUNCHER_TYPE) or return note("no launcher to terminate");
+		try_sql("SELECT pg_terminate_backend($pid)");
+		note("launcher $pid terminated");
+		# the postmaster starts a new launcher
+		my $t0 = time;
+		while (time - $t0 < $WAIT)
+		{
+			sample_workers('after the launcher was terminated');
+			my $new = pid_of($LAUNCHER_TYPE);
+			last if $new && $new != $pid;
+			Time::HiRes::sleep(0.05);
+		}
+	}
+	elsif ($what eq 'restart_immediate')
+	{
+		$node->stop('immediate');
+		$node->start;
+		note('server restarted after an immediate stop');
+	}
+	else { die "unknown kill $what" }
+	sample_workers("after $what");
+	return;
+}
+
+sub run_step
+{
+	my ($s) = @_;
+	my $do = $s->{do};
+	if ($do eq 'txn')
+	{
+		my $sql = "BEGIN;\n" . enqueue_sql(@{ $s->{before} });
+		if ($s->{kind} eq 'savepoint')
+		{
+			$sql .= "SAVEPOINT sp;\n" . enqueue_sql(@{ $s->{after} }) . "ROLLBACK TO SAVEPOINT sp;\n"
+			  . enqueue_sql(@{ $s->{tail} }) . "COMMIT;\n";
+		}
+		elsif ($s->{kind} eq 'commit') { $sql .= "COMMIT;\n"; }
+		elsif ($s->{kind} eq 'rollback') { $sql .= "ROLLBACK;\n"; }
+		else { $sql .= "PREPARE TRANSACTION '$s->{gid}';\n"; }
+		must_sql($sql);
+	}
+	elsif ($do eq 'resolve')
+	{
+		my $t = $s->{txn};
+		my $verb = $t->{kind} eq 'prepare_commit' ? 'COMMIT PREPARED' : 'ROLLBACK PREPARED';
+		must_sql("$verb '$t->{gid}'");
+	}
+	elsif ($do eq 'hold_kill')
+	{
+		# wait until the held stop is in flight, then kill while it is
+		my $t0 = time;
+		my $in_flight = 0;
+		while (time - $t0 < $WAIT)
+		{
+			if (grep { $_->{plan} eq $s->{plan} } @{ sim_get('/held') }) { $in_flight = 1; last; }
+			# (a request that ends before sending, e.g. on a broken key,
+			# never arrives)
+			my ($ok, $out) = try_sql(
+				"SELECT state FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$s->{plan}'");
+			last if $ok && ($out eq 'succeeded' || $out eq 'failed');
+			sample_workers('while waiting for the held request');
+			Time::HiRes::sleep(0.02);
+		}
+		note($in_flight ? "$s->{plan} held in flight: $s->{kill}" : "$s->{plan} never arrived; $s->{kill} anyway");
+		do_kill($s->{kill});
+		sim_post('/release', { plan => $s->{plan} });
+	}
+	elsif ($do eq 'break_key')
+	{
+		set_key($s->{config}, $s->{key} eq 'wrong' ? $wrong_key : $invalid_key);
+		note("key of $s->{config} broken ($s->{key})");
+	}
+	elsif ($do eq 'restore_key')
+	{
+		set_key($s->{config}, $good_key{ $s->{config} });
+		note("key of $s->{config} restored");
+	}
+	elsif ($do eq 'drop_database')
+	{
+		my $before = wait_worker();
+		my ($ok, $out, $err) = try_sql('DROP DATABASE postgres',
+			db => 'template1', extra => [ '-U', 't15_mallory' ]);
+		violation('I6', undef, "an unprivileged DROP DATABASE did not fail with \"must be owner\": "
+			  . ($ok ? 'it succeeded' : $err))
+		  unless !$ok && $err =~ /must be owner of database postgres/;
+		# a request enqueued after it finishes: had the worker been told to
+		# leave, another worker (a new pid) would serve it
+		my $probe = sprintf('t15-%d-drop%d', $cur_sched, ++$drop_probes);
+		$plans_by_no->{$probe} = { plan => $probe, config => 'pk', committed => 1, probe => 1,
+			script => { stop => [], query => [] } };
+		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', 'pk')");
+		my ($wok) = try_sql("SELECT state FROM wxpay_wait_stop_request($id, '${WAIT}s')");
+		my $after = pid_of($WORKER_TYPE);
+		violation('I6', undef, 'an unprivileged DROP DATABASE disturbed the queue worker: pid '
+			  . ($before // 'none') . ' before, ' . ($after // 'none') . ' after')
+		  if defined $before && (!defined $after || $after != $before);
+	}
+	else
+	{
+		do_kill($do);
+	}
+	sample_workers("after step $do");
+	return;
+}
+
+# ---------------------------------------------------------------------------
+# Draining and checking
+
+# wait until nothing of this schedule is queued or sending (or prepared)
+sub drain
+{
+	my ($n, $mid) = @_;
+	my $t0 = time;
+	my $did_mid = !$mid;
+	while (time - $t0 < $WAIT)
+	{
+		sample_workers('while draining');
+		my ($ok, $out) = try_sql(
+			"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' AND state IN ('queued', 'sending')"
+		);
+		if ($ok && $out eq '0') { return 1; }
+		if (!$did_mid && $ok)
+		{
+			run_step($mid);
+			$did_mid = 1;
+		}
+		Time::HiRes::sleep(0.1);    # polling interval
+	}
+	return 0;
+}
+
+sub is_wechat_code
+{
+	my ($code) = @_;
+	return $code ne '' && $code !~ /^WX\d{3}$/ && $code !~ /^[0-9A-Z]{5}$/;
+}
+
+sub check_schedule
+{
+	my ($n, $sched, $drained) = @_;
+	my %rows;
+	for my $line (split /\n/, must_sql(
+			"SELECT merchant_sign_plan_no, id, config_name, state, attempts, coalesce(error_code, ''), coalesce(http_status::text, ''), coalesce((result).cancel_sign_type, '') FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' ORDER BY id"
+		))
+	{
+		my @f = split /\|/, $line, -1;
+		push @{ $rows{ $f[0] } }, { line => $line, id => $f[1], config => $f[2], state => $f[3],
+			attempts => $f[4], error_code => $f[5], http_status => $f[6], cancel => $f[7] };
+	}
+	my $all_events = sim_get('/events');
+
+	for my $p (sort keys %$plans_by_no)
+	{
+		violation($_->[0], $p, $_->[1], $_->[2])
+		  for judge_plan($plans_by_no->{$p}, $rows{$p} // [], $all_events->{$p} // []);
+	}
+	return;
+}
+
+# The invariants I1, I2, I3 and I5 for one plan: its request ($req:
+# committed or not), its rows and the simulator's events.  Returns
+# [invariant, message, row] for each violation.
+sub judge_plan
+{
+	my ($req, $rs, $events) = @_;
+	my @v;
+
+	# I1
+	if (!$req->{committed})
+	{
+		push @v, [ 'I1', scalar(@$events) . ' request(s) of a rolled-back enqueue reached WeChat Pay' ]
+		  if @$events;
+		push @v, [ 'I1', 'a rolled-back enqueue left a row', $rs->[0]{line} ] if @$rs;
+		return @v;
+	}
+
+	# I5
+	return ([ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
+	my $row = $rs->[0];
+	push @v, [ 'I5', "not finished after draining (state $row->{state})", $row->{line} ]
+	  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
+	push @v, [ 'I5', "$row->{attempts} attempts, more than wxpay.max_attempts = $MAX_ATTEMPTS", $row->{line} ]
+	  if $row->{attempts} > $MAX_ATTEMPTS;
+
+	# I2: walk the record; after a stop whose answer the client could not
+	# trust (not delivered intact, or 5xx) only a query answered 200 intact
+	# settles the plan
+	my $unknown;
+	my $stopped = 0;
+	for my $e (@$events)
+	{
+		if ($e->{op} eq 'stop')
+		{
+			push @v,
+			  [ 'I2', "stop #$e->{seq} sent while the outcome of stop #$unknown was unknown, with no settling query between",
+				$row->{line} ]
+			  if defined $unknown;
+			push @v, [ 'I2', "stop #$e->{seq} found the plan already stopped (a blind second stop)", $row->{line} ]
+			  if $e->{already_stopped};
+			$stopped = 1 if $e->{applied};
+			my $known = $e->{delivered_intact} && defined $e->{status} && $e->{status} < 500;
+			$unknown = $known ? undef : $e->{seq};
+		}
+		elsif ($e->{op} eq 'query')
+		{
+			$unknown = undef
+			  if $e->{delivered_intact} && defined $e->{status} && $e->{status} == 200;
+		}
+	}
+
+	# I3
+	if ($row->{state} eq 'succeeded')
+	{
+		push @v, [ 'I3', 'succeeded, but WeChat Pay never stopped the plan', $row->{line} ] unless $stopped;
+	}
+	elsif ($row->{state} eq 'failed' && $stopped)
+	{
+		push @v, [ 'I3', "failed with WeChat Pay's code $row->{error_code}, but this request stopped the plan", $row->{line} ]
+		  if is_wechat_code($row->{error_code});
+		push @v, [ 'I3', "the plan was stopped, but the request failed with $row->{error_code}, not WX003", $row->{line} ]
+		  if $row->{error_code} ne 'WX003' && !is_wechat_code($row->{error_code});
+	}
+	return @v;
+}
+
+# I4 from the server log, when the worker writes LOG lines matching
+# /queue worker .* started/ and /queue worker .* stopped/ (case ignored),
+# e.g. "wxpay_signplan queue worker started (pid 1234)": the pid is taken
+# from "pid N" in the message, else from the line prefix (%p).  A worker that
+# died without its "stopped" line is over when the postmaster logs its exit,
+# a crash restart or a shutdown.  Without such lines only pg_stat_activity
+# is sampled.
+my $log_offset = 0;
+my %log_live;
+
+sub check_log
+{
+	my $log = slurp_file($node->logfile, $log_offset);
+	$log_offset += length($log);
+	for my $line (split /\n/, $log)
+	{
+		my ($ppid) = $line =~ /^\S+ \S+ \S+ \[(\d+)\]/;
+		if ($line =~ /queue worker\b[^"]*?\b(started|stopped)\b/i)
+		{
+			my $what = lc $1;
+			my ($pid) = $line =~ /\bpid[ =:]*(\d+)/i;
+			$pid //= $ppid;
+			next unless $pid;
+			if ($what eq 'started')
+			{
+				violation('I4', undef, "the log shows queue worker $pid started while "
+					  . join(', ', sort keys %log_live) . " had not stopped: $line")
+				  if %log_live && !$log_live{$pid};
+				$log_live{$pid} = 1;
+			}
+			else { delete $log_live{$pid}; }
+		}
+		elsif ($line =~ /\(PID (\d+)\) (?:exited with exit code|was terminated by signal)/)
+		{
+			delete $log_live{$1};
+		}
+		elsif ($line =~ /all server processes terminated; reinitializing|database system is shut down|starting PostgreSQL/)
+		{
+			%log_live = ();
+		}
+	}
+	return;
+}
+
+# ---------------------------------------------------------------------------
+# The judge itself must be able to fail: synthetic records, each with the
+# invariants it breaks
+
+{
+	my $ev = sub {
+		my ($seq, $op, %o) = @_;
+		return { seq => $seq, op => $op, applied => 0, already_stopped => 0,
+			status => 200, delivered_intact => 1, %o };
+	};
+	my $row = sub {
+		my ($state, $attempts, $code) = @_;
+		return [ { line => "synthetic|$state|$attempts|$code", state => $state,
+			attempts => $attempts, error_code => $code } ];
+	};
+	my @cases = (
+		[ 'clean: answer lost, settled by a query',
+			1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0), $ev->(2, 'query') ], '' ],
+		[ 'clean: 429, then the stop again', 1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', status => 429), $ev->(2, 'stop', applied => 1) ], '' ],
+		[ 'rolled back, yet sent', 0, [], [ $ev->(1, 'stop', applied => 1) ], 'I1' ],
+		[ 'blind stop after a 500', 1, $row->('failed', 2, 'INVALID_REQUEST'),
+			[ $ev->(1, 'stop', applied => 1, status => 500), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
+			'I2 I2 I3' ],
+		[ 'blind stop after a query answered 429', 1, $row->('succeeded', 3, ''),
+			[ $ev->(1, 'stop', status => undef, delivered_intact => 0), $ev->(2, 'query', status => 429),
+			  $ev->(3, 'stop', applied => 1) ], 'I2' ],
+		[ 'bad signature, then a stop', 1, $row->('succeeded', 2, ''),
+			[ $ev->(1, 'stop', applied => 1, delivered_intact => 0), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
+			'I2 I2' ],
+		[ 'succeeded, never stopped', 1, $row->('succeeded', 1, ''), [ $ev->(1, 'query') ], 'I3' ],
+		[ 'stopped, failed with WX001', 1, $row->('failed', 10, 'WX001'),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0), $ev->(2, 'query', status => 429) ],
+			'I3' ],
+		[ 'unfinished, too many attempts', 1, $row->('queued', $MAX_ATTEMPTS + 1, ''), [], 'I5 I5' ],
+		[ 'committed, no row', 1, [], [], 'I5' ],
+	);
+	for my $c (@cases)
+	{
+		my ($name, $committed, $rows, $events, $want) = @$c;
+		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed }, $rows, $events);
+		is($got, $want, "the judge on a synthetic record: $name");
+	}
+}
+
+# ---------------------------------------------------------------------------
+# The schedules
+
+my ($total_reqs, $total_violations, $t_start) = (0, 0, time);
+for my $n ($first .. $first + $schedules - 1)
+{
+	$cur_sched = $n;
+	@violations = ();
+	%overlap = ();
+	my $sched = draw_schedule($n);
+	$plans_by_no = { map { $_->{plan} => $_ } @{ $sched->{reqs} } };
+	$total_reqs += @{ $sched->{reqs} };
+
+	for my $r (@{ $sched->{reqs} })
+	{
+		sim_post('/faults', { plan => $r->{plan}, stop => $r->{script}{stop}, query => $r->{script}{query} })
+		  if @{ $r->{script}{stop} } || @{ $r->{script}{query} };
+	}
+	my $t0 = time;
+	my $drained = eval {
+		run_step($_) for @{ $sched->{steps} };
+		drain($n, $sched->{mid_drain});
+	};
+	if (!defined $drained)
+	{
+		fail("schedule $n (seed $seed) could not run: $@");
+		last;
+	}
+	# anything still held (a hold whose kill came first) is let go
+	sim_post('/release', {});
+	violation('I5', undef, "the queue did not drain within ${WAIT} s") unless $drained;
+	check_schedule($n, $sched, $drained);
+	check_log();
+	violation('I4', undef,
+		"$overlap{samples} samples of pg_stat_activity saw more than one queue worker; first: $overlap{first}; most: $overlap{max}"
+	) if %overlap;
+
+	my $desc = join(' ', map { $_->{do} eq 'txn' ? $_->{kind} : $_->{do} } @{ $sched->{steps} });
+	$desc .= " | drain+$sched->{mid_drain}{do}" if $sched->{mid_drain};
+	note(sprintf('schedule %d: %d requests, %.1f s: %s', $n, scalar @{ $sched->{reqs} }, time - $t0, $desc));
+	ok(!@violations, "schedule $n (seed $seed): invariants I1-I6 hold")
+	  or diag(join("\n", @violations));
+	$total_violations += @violations;
+}
+
+cmp_ok($max_workers_seen, '<=', 1, 'never two queue workers at once in pg_stat_activity');
+note(sprintf('%d schedules, %d requests, %d violations in %.0f s (seed %s)',
+		$schedules, $total_reqs, $total_violations, time - $t_start, $seed));
+
+my $log = slurp_file($node->logfile);
+unlike($log, qr/TRAP:|PANIC|server process .* was terminated by signal (?!9\b)\d+/,
+	'no assertion failure, PANIC or crash we did not cause');
+
+$node->stop('fast');
+stop_sim($sim);
+done_testing();
