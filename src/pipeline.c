@@ -1317,17 +1317,16 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 	/* the configs with an apiv3_key, looked up now and then */
 	if (now >= TimestampTzPlusMilliseconds(p->cert_list_at, CERT_LIST_MS))
 	{
-		PipeTxnBegin(p, "checking platform certificates");
-		{
-		List	   *names = wxpay_cert_refresh_configs(p->nspoid);
-		ListCell   *nc;
+		List	   *names;
 
+		PipeTxnBegin(p, "checking platform certificates");
+		names = wxpay_cert_refresh_configs(p->nspoid);
 		MemoryContextSwitchTo(p->cxt);
 		list_free_deep(p->cert_names);
 		p->cert_names = NIL;
-		foreach(nc, names)
-			p->cert_names = lappend(p->cert_names, pstrdup((char *) lfirst(nc)));
-		}
+		for (int i = 0; i < list_length(names); i++)
+			p->cert_names = lappend(p->cert_names,
+									pstrdup((char *) list_nth(names, i)));
 		PipeTxnEnd(p);
 		p->cert_list_at = now;
 	}

@@ -707,7 +707,8 @@ PerformLoop(WxpayHttpNext next, WxpayHttpPoll poll, WxpayHttpDone done,
 
 			if (SlotRequest[i] != NULL)
 				continue;
-			req = poll ? poll(arg, &poll_ms) : next(arg);
+			req = poll != NULL ? poll(arg, &poll_ms) :
+				next != NULL ? next(arg) : NULL;
 			if (req == NULL)
 			{
 				if (poll)
