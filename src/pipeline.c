@@ -216,6 +216,7 @@ static PipeItem *PipeWaitingPop(PipeConfig *pc);
 static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeCertFinish(Pipe *p);
 static CertSchedule *CertScheduleFind(const char *name);
+static void PipeCheckClaimed(Pipe *p, PipeConfig *pc, WxpayQueueRow *r);
 
 /* ----------------------------------------------------------------
  *		The run
@@ -790,6 +791,63 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 	return p->maybe_more || now >= p->next_due;
 }
 
+/*
+ * One claimed request joins its config's line, its input checked in a
+ * subtransaction (the stop reason may need the database's encoding
+ * conversion); bad input never becomes good, so it fails at once.  A
+ * function of its own so that no caller's loop variable lives across the
+ * PG_TRY.
+ */
+static void
+PipeCheckClaimed(Pipe *p, PipeConfig *pc, WxpayQueueRow *r)
+{
+	MemoryContext icxt = AllocSetContextCreate(p->cxt, "wxpay request",
+											   ALLOCSET_SMALL_SIZES);
+	PipeItem   *it = MemoryContextAllocZero(icxt, sizeof(PipeItem));
+	ResourceOwner owner = CurrentResourceOwner;
+
+	it->cxt = icxt;
+	it->row = *r;
+	it->row.config_name = pc->name;
+	it->row.plan_no = MemoryContextStrdup(icxt, r->plan_no);
+	it->row.sub_mchid = r->sub_mchid ? MemoryContextStrdup(icxt, r->sub_mchid) : NULL;
+	it->row.stop_reason = NULL;
+	it->pc = pc;
+	it->unknown = r->unknown;
+	it->stage = r->unknown ? PIPE_QUERY : PIPE_STOP;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(icxt);
+	PG_TRY();
+	{
+		wxpay_check_plan_no_arg(it->row.plan_no);
+		it->stop_reason = wxpay_check_stop_reason_arg(r->stop_reason);
+		ReleaseCurrentSubTransaction();
+		CurrentResourceOwner = owner;
+		MemoryContextSwitchTo(p->tmp);
+		PipeWaitingPush(pc, it, false);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		WxpayCallResult res;
+
+		MemoryContextSwitchTo(p->tmp);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		CurrentResourceOwner = owner;
+		MemoryContextSwitchTo(p->tmp);
+		if (!PipeRequestError(edata->sqlerrcode))
+			ReThrowError(edata);
+		PipeFailure(edata, &res);
+		wxpay_stat_attempt(pc->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
+						   WXPAY_STAT_ERROR, false, -1);
+		PipeFinish(p, it, WXPAY_QUEUE_FAILED, &res, NULL);
+	}
+	PG_END_TRY();
+}
+
 /* Claim the due requests of every config with queued ones. */
 static void
 PipeClaim(Pipe *p)
@@ -842,54 +900,7 @@ PipeClaim(Pipe *p)
 		PipeConfig *pc = PipeConfigFind(p, (char *) lfirst(lc));
 
 		for (int j = 0; j < counts[i]; j++)
-		{
-			WxpayQueueRow *r = &rows[total + j];
-			MemoryContext icxt = AllocSetContextCreate(p->cxt, "wxpay request",
-													   ALLOCSET_SMALL_SIZES);
-			PipeItem   *it = MemoryContextAllocZero(icxt, sizeof(PipeItem));
-			ResourceOwner owner = CurrentResourceOwner;
-
-			it->cxt = icxt;
-			it->row = *r;
-			it->row.config_name = pc->name;
-			it->row.plan_no = MemoryContextStrdup(icxt, r->plan_no);
-			it->row.sub_mchid = r->sub_mchid ? MemoryContextStrdup(icxt, r->sub_mchid) : NULL;
-			it->row.stop_reason = NULL;
-			it->pc = pc;
-			it->unknown = r->unknown;
-			it->stage = r->unknown ? PIPE_QUERY : PIPE_STOP;
-
-			BeginInternalSubTransaction(NULL);
-			MemoryContextSwitchTo(icxt);
-			PG_TRY();
-			{
-				wxpay_check_plan_no_arg(it->row.plan_no);
-				it->stop_reason = wxpay_check_stop_reason_arg(r->stop_reason);
-				ReleaseCurrentSubTransaction();
-				CurrentResourceOwner = owner;
-				MemoryContextSwitchTo(p->tmp);
-				PipeWaitingPush(pc, it, false);
-			}
-			PG_CATCH();
-			{
-				ErrorData  *edata;
-				WxpayCallResult res;
-
-				MemoryContextSwitchTo(p->tmp);
-				edata = CopyErrorData();
-				FlushErrorState();
-				RollbackAndReleaseCurrentSubTransaction();
-				CurrentResourceOwner = owner;
-				MemoryContextSwitchTo(p->tmp);
-				if (!PipeRequestError(edata->sqlerrcode))
-					ReThrowError(edata);
-				PipeFailure(edata, &res);
-				wxpay_stat_attempt(pc->name, WXPAY_STAT_STOP, WXPAY_STAT_WORKER,
-								   WXPAY_STAT_ERROR, false, -1);
-				PipeFinish(p, it, WXPAY_QUEUE_FAILED, &res, NULL);
-			}
-			PG_END_TRY();
-		}
+			PipeCheckClaimed(p, pc, &rows[total + j]);
 		total += counts[i];
 		i++;
 	}
