@@ -1226,7 +1226,6 @@ PipeBuildCall(PipeItem *it, WxpayOperation op)
 	it->call.sub_mchid = it->row.sub_mchid;	/* the partner stop and query */
 	it->call.stop_reason = op == WXPAY_OP_STOP ? it->stop_reason : NULL;
 	it->call.cfg = &it->copy->cfg;
-	it->call.req.resp_cxt = it->cxt;
 }
 
 /*
@@ -1249,6 +1248,9 @@ PipeSign(Pipe *p, PipeItem *it)
 	{
 		PipeBuildCall(it, it->stage == PIPE_QUERY ? WXPAY_OP_QUERY : WXPAY_OP_STOP);
 		wxpay_call_prepare(&it->call);
+		/* after signing, which clears the request: the answer lives as
+		 * long as the request, not in the poll's scratch context */
+		it->call.req.resp_cxt = it->cxt;
 	}
 	PG_CATCH();
 	{
