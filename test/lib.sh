@@ -194,6 +194,13 @@ wx_run_suite() {
         for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
             [ -f "$f" ] && { echo "---- $f (tail)"; tail -n 40 "$f"; }
         done
+        # Last, so that output cut short (CI keeps the end) still names
+        # every failed assertion and what the test printed after it.
+        echo "---- failed tests"
+        for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
+            [ -f "$f" ] && grep -q '^not ok' "$f" &&
+                { echo "-- $(basename "$f")"; grep -A 25 '^not ok' "$f" | head -n 120; }
+        done
     fi
     return $status
 }
