@@ -91,6 +91,7 @@
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
+#include "namehash.h"
 #include "wxpay_signplan.h"
 
 #define CERT_RETRY_MS		(5 * 60 * 1000)
@@ -1293,23 +1294,11 @@ PipeSign(Pipe *p, PipeItem *it)
 static CertSchedule *
 CertScheduleFind(const char *name)
 {
-	char		key[NAMEDATALEN * 2];
 	bool		found;
 	CertSchedule *cs;
 
-	if (CertSchedules == NULL)
-	{
-		HASHCTL		ctl;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(key);
-		ctl.entrysize = sizeof(CertSchedule);
-		CertSchedules = hash_create("wxpay certificate schedules", 16, &ctl,
-									HASH_ELEM | HASH_STRINGS);
-	}
-	memset(key, 0, sizeof(key));
-	strlcpy(key, name, sizeof(key));
-	cs = hash_search(CertSchedules, key, HASH_ENTER, &found);
+	cs = wxpay_name_entry(&CertSchedules, "wxpay certificate schedules", name,
+						  sizeof(cs->name), sizeof(CertSchedule), &found);
 	if (!found)
 		cs->next = 0;			/* due at once */
 	return cs;

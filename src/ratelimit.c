@@ -22,6 +22,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "namehash.h"
 #include "wxpay_signplan.h"
 
 typedef struct RateWindow
@@ -40,23 +41,11 @@ static RateWindow *RateFind(const char *mchid);
 static RateWindow *
 RateFind(const char *mchid)
 {
-	char		key[64];
 	bool		found;
 	RateWindow *w;
 
-	if (RateWindows == NULL)
-	{
-		HASHCTL		ctl;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(key);
-		ctl.entrysize = sizeof(RateWindow);
-		RateWindows = hash_create("wxpay rate windows", 16, &ctl,
-								  HASH_ELEM | HASH_STRINGS);
-	}
-	memset(key, 0, sizeof(key));
-	strlcpy(key, mchid, sizeof(key));
-	w = hash_search(RateWindows, key, HASH_ENTER, &found);
+	w = wxpay_name_entry(&RateWindows, "wxpay rate windows", mchid,
+						 sizeof(w->mchid), sizeof(RateWindow), &found);
 	if (!found)
 	{
 		w->cap = 0;
