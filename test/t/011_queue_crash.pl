@@ -19,22 +19,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use WxpayTest;
 
-my $node = PostgreSQL::Test::Cluster->new('queue_crash');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'wxpay_signplan'
-wxpay.database_name = 'postgres'
-wxpay.retry_base_delay = '20ms'
-wxpay.retry_max_delay = '100ms'
-wxpay.reconcile_delay = '400ms'
-wxpay.rate_limit = 0
-wxpay.worker_concurrency = 4
-restart_after_crash = on
-});
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
-$node->safe_psql('postgres', config_insert_sql());
+my $node = queue_node('queue_crash');
 
 sub burst
 {

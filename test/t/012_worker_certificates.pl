@@ -52,15 +52,7 @@ sub held
 
 # a certificate-mode merchant with an APIv3 key and no certificates yet;
 # inserting it wakes the worker
-$node->safe_psql('postgres',
-	'INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, backup_base_url, ca_cert) VALUES ('
-	  . join(', ',
-		dq('certmode'), dq('1900000002'),
-		dq(pki_file('merchant_serial.txt', chomp => 1)),
-		dq(pki_file('merchant.key')),
-		dq(pki_file('apiv3_key.txt', chomp => 1)),
-		dq(sim_url()), 'NULL', dq(pki_file('ca.crt')))
-	  . ')');
+$node->safe_psql('postgres', certmode_config_sql(name => 'certmode'));
 
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM wxpay_platform_certificate WHERE config_name = 'certmode' AND serial_no = '$serial{platform_cert}'"

@@ -299,15 +299,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 			"SELECT count(*) > 0 FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'q13-8a-%' AND state = 'succeeded'"
 		),
 		'item 8: a backlog is draining');
-	$node->safe_psql('postgres',
-		'INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, backup_base_url, ca_cert) VALUES ('
-		  . join(', ',
-			dq('q13cert'), dq('1900000002'),
-			dq(pki_file('merchant_serial.txt', chomp => 1)),
-			dq(pki_file('merchant.key')),
-			dq(pki_file('apiv3_key.txt', chomp => 1)),
-			dq(sim_url()), 'NULL', dq(pki_file('ca.crt')))
-		  . ')');
+	$node->safe_psql('postgres', certmode_config_sql(name => 'q13cert'));
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'q13cert'"),
 		'item 8: the new config got its certificates');

@@ -214,12 +214,8 @@ for my $f (
 	like($err, qr/^DETAIL:  $both$/m, 'both down: each URL with its own error');
 
 	$node->safe_psql('postgres',
-		config_insert_sql(
+		certmode_config_sql(
 			name => $_->[0],
-			mchid => '1900000002',
-			wechatpay_public_key_id => undef,
-			wechatpay_public_key => undef,
-			apiv3_key => pki_file('apiv3_key.txt', chomp => 1),
 			base_url => $closed_url,
 			backup_base_url => $_->[1]))
 	  for ([ 'fo_certs', $backup->{url} ], [ 'fo_certs_both', $closed2_url ]);

@@ -26,7 +26,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(
-  pki_file sim_url new_node config_insert_sql config_insert_from_files_sql dq
+  pki_file sim_url new_node queue_node config_insert_sql certmode_config_sql
+  config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish session_ok_query session_wait_until
   sim_stop_attempts sim_stops
@@ -95,6 +96,19 @@ sub config_insert_sql
 	  . join(', ', map { defined $c{$_} ? dq($c{$_}) : 'NULL' } @cols) . ')';
 }
 
+# The INSERT of a platform-certificate-mode merchant (mchid 1900000002, an
+# APIv3 key, no WeChat Pay public key); %over as for config_insert_sql.
+sub certmode_config_sql
+{
+	my (%over) = @_;
+	return config_insert_sql(
+		mchid => '1900000002',
+		wechatpay_public_key_id => undef,
+		wechatpay_public_key => undef,
+		apiv3_key => pki_file('apiv3_key.txt', chomp => 1),
+		%over);
+}
+
 # The same INSERT with the secrets read by the server from the PKI files
 # (pg_read_file, superuser), so that the statement text holds only file
 # names: the way the README recommends when statements are logged.
@@ -144,6 +158,34 @@ sub new_node
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
 	$node->safe_psql('postgres', config_insert_sql(%over));
+	return $node;
+}
+
+# A started cluster for the queue tests: the library preloaded, the worker
+# serving "postgres" with the settings they share (fast retries, no rate
+# limit, 4 in flight, restart after a crash), then %set (a setting's name
+# and its value as written in postgresql.conf; undef leaves it out); the
+# extension created with the default config.
+sub queue_node
+{
+	my ($name, %set) = @_;
+	my %conf = (
+		shared_preload_libraries => "'wxpay_signplan'",
+		'wxpay.database_name' => "'postgres'",
+		'wxpay.retry_base_delay' => "'20ms'",
+		'wxpay.retry_max_delay' => "'100ms'",
+		'wxpay.reconcile_delay' => "'400ms'",
+		'wxpay.rate_limit' => 0,
+		'wxpay.worker_concurrency' => 4,
+		restart_after_crash => 'on',
+		%set);
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$node->append_conf('postgresql.conf',
+		join('', map { "$_ = $conf{$_}\n" } grep { defined $conf{$_} } sort keys %conf));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
+	$node->safe_psql('postgres', config_insert_sql());
 	return $node;
 }
 
