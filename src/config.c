@@ -61,6 +61,7 @@ static Oid	CertRelid = InvalidOid;
 static void ConfigInvalidate(Datum arg, Oid relid);
 static void ConfigFreeAll(void);
 static void ConfigFreeKeys(WxpayConfig *cfg);
+static void ConfigSelectLatest(const char *sql, const char *name, long limit);
 static CacheEntry *ConfigLoad(const char *name, Oid nspoid);
 static void ConfigParse(const char *name, HeapTuple tup, TupleDesc desc,
 						WxpayConfig *cfg);
@@ -302,6 +303,28 @@ ConfigKeyFailed(const char *name, const char *what, WxpayKeyError *err)
 }
 
 /*
+ * Run a read-only query with the config name as $1 under the latest
+ * snapshot (a config committed a moment ago is seen), at most limit rows
+ * (0: all); the rows are in SPI_tuptable.
+ */
+static void
+ConfigSelectLatest(const char *sql, const char *name, long limit)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = CStringGetTextDatum(name);
+	SPIPlanPtr	plan;
+	int			rc;
+
+	plan = SPI_prepare(sql, 1, &argtype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, limit);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+}
+
+/*
  * Read the config row and its platform certificates as the function owner,
  * under the latest snapshot, and parse them into a new cache entry with a
  * memory context of its own, so that a failed load leaves nothing behind.
@@ -311,10 +334,6 @@ ConfigLoad(const char *name, Oid nspoid)
 {
 	const char *qnsp;
 	StringInfoData sql;
-	SPIPlanPtr	plan;
-	Datum		arg[1];
-	Oid			argtype[1] = {TEXTOID};
-	int			rc;
 	MemoryContext cxt;
 	MemoryContext spicxt;
 	CacheEntry *volatile e;
@@ -323,8 +342,6 @@ ConfigLoad(const char *name, Oid nspoid)
 
 	ConfigRelid = get_relname_relid("wxpay_config", nspoid);
 	CertRelid = get_relname_relid("wxpay_platform_certificate", nspoid);
-
-	arg[0] = CStringGetTextDatum(name);
 
 	wxpay_spi_connect();
 	spicxt = CurrentMemoryContext;
@@ -335,13 +352,7 @@ ConfigLoad(const char *name, Oid nspoid)
 					 "wechatpay_public_key, base_url, ca_cert, backup_base_url "
 					 "FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
 					 qnsp);
-	plan = SPI_prepare(sql.data, 1, argtype);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	rc = SPI_execute_snapshot(plan, arg, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, true, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	ConfigSelectLatest(sql.data, name, 1);
 	if (SPI_processed == 0)
 		wxpay_config_missing(name);
 
@@ -363,13 +374,7 @@ ConfigLoad(const char *name, Oid nspoid)
 						 "FROM %s.wxpay_platform_certificate "
 						 "WHERE config_name OPERATOR(pg_catalog.=) $1",
 						 qnsp);
-		plan = SPI_prepare(sql.data, 1, argtype);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		rc = SPI_execute_snapshot(plan, arg, NULL, GetLatestSnapshot(),
-								  InvalidSnapshot, true, false, 0);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+		ConfigSelectLatest(sql.data, name, 0);
 
 		MemoryContextSwitchTo(cxt);
 		ConfigParseCertificates(name, cfg, (int) SPI_processed,
