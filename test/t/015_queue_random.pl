@@ -174,15 +174,7 @@ log_statement = 'none'
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
 $node->safe_psql('postgres', config_insert_sql(name => 'pk', base_url => $sim->{url}));
-$node->safe_psql('postgres',
-	'INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, backup_base_url, ca_cert) VALUES ('
-	  . join(', ',
-		dq('cert'), dq('1900000002'),
-		dq(pki_file('merchant_serial.txt', chomp => 1)),
-		dq(pki_file('merchant.key')),
-		dq(pki_file('apiv3_key.txt', chomp => 1)),
-		dq($sim->{url}), 'NULL', dq(pki_file('ca.crt')))
-	  . ')');
+$node->safe_psql('postgres', certmode_config_sql(name => 'cert', base_url => $sim->{url}));
 # a role that owns nothing
 $node->safe_psql('postgres', 'CREATE ROLE t15_mallory LOGIN');
 ok( $node->poll_query_until('postgres',

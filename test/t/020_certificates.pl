@@ -39,15 +39,7 @@ $node->safe_psql('postgres',
 sub add_config
 {
 	my ($name) = @_;
-	$node->safe_psql('postgres',
-		'INSERT INTO wxpay_config (name, mchid, serial_no, private_key, apiv3_key, base_url, ca_cert) VALUES ('
-		  . join(', ',
-			dq($name), dq('1900000002'),
-			dq(pki_file('merchant_serial.txt', chomp => 1)),
-			dq(pki_file('merchant.key')),
-			dq(pki_file('apiv3_key.txt', chomp => 1)),
-			dq(sim_url()), dq(pki_file('ca.crt')))
-		  . ')');
+	$node->safe_psql('postgres', certmode_config_sql(name => $name));
 	return;
 }
 
