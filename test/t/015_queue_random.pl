@@ -411,6 +411,12 @@ sub draw_schedule
 						key => wpick($r, [ invalid => 3 ], [ wrong => 1 ]) };
 				}
 			}
+			elsif ($a eq 'drop_database')
+			{
+				# its probe request is enqueued, which checks the key
+				push @steps, { do => $a,
+					config => defined $broken && $broken eq 'pk' ? 'cert' : 'pk' };
+			}
 			else
 			{
 				push @steps, { do => $a };
@@ -553,9 +559,9 @@ sub run_step
 		# a request enqueued after it finishes: had the worker been told to
 		# leave, another worker (a new pid) would serve it
 		my $probe = sprintf('t15-%d-drop%d', $cur_sched, ++$drop_probes);
-		$plans_by_no->{$probe} = { plan => $probe, config => 'pk', committed => 1, probe => 1,
-			script => { stop => [], query => [] } };
-		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', 'pk')");
+		$plans_by_no->{$probe} = { plan => $probe, config => $s->{config}, committed => 1,
+			probe => 1, script => { stop => [], query => [] } };
+		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', '$s->{config}')");
 		my ($wok) = try_sql("SELECT state FROM wxpay_wait_stop_request($id, '${WAIT}s')");
 		my $after = pid_of($WORKER_TYPE);
 		violation('I6', undef, 'an unprivileged DROP DATABASE disturbed the queue worker: pid '
