@@ -39,13 +39,19 @@
  * worker sends and retries"):
  *	  the row has the unknown mark	query first:
  *		  stopped by the merchant	succeeded, the plan as result
- *		  still there, or 404		settled: the stop follows (same attempt)
+ *		  still there, or 404		the stop follows (same attempt); the
+ *									mark stays, for the earlier stop may
+ *									still be applied after this answer
  *		  anything else				queued again, the mark kept
  *	  the stop
  *		  2xx verified				succeeded
- *		  4xx but 429				failed with WeChat Pay's code
- *		  429, WX004				queued again, mark cleared
- *		  WX003 (5xx, timeout, ...)	queued again, the mark kept, not before
+ *		  4xx but 429, no mark		failed with WeChat Pay's code
+ *		  4xx but 429, the mark		query again (same attempt): stopped by
+ *									the merchant, succeeded; still there or
+ *									404, failed with the stop's code (mark
+ *									cleared); anything else, queued again
+ *		  429, WX004				queued again, the mark as it was
+ *		  WX003 (5xx, timeout, ...)	queued again, the mark set, not before
  *									wxpay.reconcile_delay
  *	  config unusable (WX001, 42704) before sending: queued again, the mark
  *	  as it was; bad input (class 22): failed.
@@ -114,7 +120,9 @@ typedef struct PipeConfig PipeConfig;
 typedef enum PipeStage
 {
 	PIPE_QUERY,					/* settle an earlier attempt first */
-	PIPE_STOP
+	PIPE_STOP,
+	PIPE_RECHECK				/* the stop was refused, but an earlier one
+								 * may have landed since: look again */
 } PipeStage;
 
 typedef struct PipeItem
@@ -125,6 +133,8 @@ typedef struct PipeItem
 	PipeConfig *pc;
 	PipeConfigCopy *copy;		/* while signed or in flight */
 	bool		unknown;		/* the mark, as this attempt knows it */
+	WxpayCallResult refused;	/* PIPE_RECHECK: the stop's refusal (strings
+								 * in cxt) */
 	bool		sent_any;		/* a request of this attempt was started */
 	PipeStage	stage;
 	TimestampTz started;
@@ -726,8 +736,25 @@ PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
 			return;
 		}
 
-		/* settled: the plan is not stopped by us (or does not exist) */
-		it->unknown = false;
+		if (it->stage == PIPE_RECHECK)
+		{
+			/*
+			 * Refused, and the plan is still not stopped by the merchant (or
+			 * does not exist): no stop of this request has landed, so the
+			 * refusal is the outcome.
+			 */
+			it->unknown = false;
+			PipeFinish(p, it, WXPAY_QUEUE_FAILED, &it->refused, NULL);
+			return;
+		}
+
+		/*
+		 * Settled for now: the plan is not stopped (or does not exist), so
+		 * the stop follows.  The mark stays: the earlier stop may still be
+		 * applied after this answer (WeChat Pay gives no ordering promise),
+		 * so a refusal of the stop that follows is checked again, and a
+		 * later attempt queries first.
+		 */
 		it->stage = PIPE_STOP;
 		PipeWaitingPush(it->pc, it, true);
 		return;
@@ -743,13 +770,25 @@ PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
 	{
 		case ERRCODE_WXPAY_REQUEST_REJECTED:
 			/* an answer: this stop was decided, the plan not stopped by it */
-			it->unknown = false;
+			if (it->unknown && res->http_status != 429)
+			{
+				/*
+				 * ... but an earlier stop of this request may have been
+				 * applied since the query that settled it (the refusal may
+				 * even say the plan is already stopped): a query decides
+				 * between that and the refusal.
+				 */
+				it->refused = *res;
+				it->refused.tuple = NULL;
+				it->stage = PIPE_RECHECK;
+				PipeWaitingPush(it->pc, it, true);
+				break;
+			}
 			PipeFinish(p, it, res->http_status == 429 ?
 					   WXPAY_QUEUE_RETRY : WXPAY_QUEUE_FAILED, res, NULL);
 			break;
 		case ERRCODE_WXPAY_REQUEST_NOT_SENT:
 			/* nothing left: the mark is what it was before this stop */
-			it->unknown = false;
 			PipeFinish(p, it, WXPAY_QUEUE_RETRY, res, NULL);
 			break;
 		default:
@@ -1247,7 +1286,7 @@ PipeSign(Pipe *p, PipeItem *it)
 	MemoryContextSwitchTo(it->cxt);
 	PG_TRY();
 	{
-		PipeBuildCall(it, it->stage == PIPE_QUERY ? WXPAY_OP_QUERY : WXPAY_OP_STOP);
+		PipeBuildCall(it, it->stage == PIPE_STOP ? WXPAY_OP_STOP : WXPAY_OP_QUERY);
 		wxpay_call_prepare(&it->call);
 		/* after signing, which clears the request: the answer lives as
 		 * long as the request, not in the poll's scratch context */
@@ -1272,8 +1311,8 @@ PipeSign(Pipe *p, PipeItem *it)
 	PG_END_TRY();
 	MemoryContextSwitchTo(p->tmp);
 	if (!ok)
-		wxpay_stat_attempt(it->pc->name, it->stage == PIPE_QUERY ?
-						   WXPAY_STAT_QUERY : WXPAY_STAT_STOP,
+		wxpay_stat_attempt(it->pc->name, it->stage == PIPE_STOP ?
+						   WXPAY_STAT_STOP : WXPAY_STAT_QUERY,
 						   WXPAY_STAT_WORKER, WXPAY_STAT_ERROR, false, -1);
 	if (!ok)
 		PipeFinish(p, it, ERRCODE_TO_CATEGORY(res.sqlstate) == ERRCODE_DATA_EXCEPTION ?

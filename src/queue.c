@@ -27,11 +27,15 @@
  * commits with synchronous_commit = on, so the mark is flushed to disk (and
  * to synchronous standbys) before the worker sends anything.  An attempt
  * whose row has the mark queries the plan before any stop.  Only the
- * worker's record clears it: a query that settles (the plan shows it was
- * stopped, or still runs, or does not exist), or an answer to the stop
- * (2xx, 4xx: this stop was decided), or a stop that the transport proves
- * never left (WX004).  Release restores the mark the row had before the
- * claim.  Reconcile keeps it.  Nothing derives it from error codes.
+ * worker's record clears it, and only with the request's fate decided by
+ * an answer: succeeded (a verified 2xx to a stop, or a query that shows the
+ * plan stopped by the merchant), or failed on a refusal of the stop (4xx
+ * but 429) after which a query still shows the plan not stopped.  A query
+ * that shows the plan still running lets the stop follow but keeps the
+ * mark: the earlier stop may yet be applied after that answer.  A stop that
+ * never left (WX004) or was refused with 429 leaves the mark as it was.
+ * Release restores the mark the row had before the claim.  Reconcile keeps
+ * it.  Nothing derives it from error codes.
  *
  * "Sent iff commit".  The enqueue inserts in the caller's transaction;
  * nothing happens before it commits.  Because the claim's commit record

@@ -293,7 +293,7 @@ const FAULTS = new Set([
     'dup_signature', 'unknown_serial', 'stale_timestamp', 'future_timestamp',
     'empty_200', 'not_json', 'json_array', 'wrong_types', 'deep_nesting', 'huge',
     'slow_ok', 'stop_then_500', 'stop_then_reset',
-    'tampered_ciphertext', 'tampered_tag', 'hold',
+    'tampered_ciphertext', 'tampered_tag', 'hold', 'defer',
     'wrong_sub_mchid',
 ]);
 /* Faults whose answer, although written in full, is not the platform's intact answer. */
@@ -1134,6 +1134,15 @@ async function handleV3(req, res, body) {
     if (fault === 'hold')
         return holdThenAnswer(ctx, r);
 
+    if (fault === 'defer') {
+        /* the platform has the request but acts only when released */
+        if (ctx.event)
+            ctx.event.held = true;
+        log(`${req.method} ${req.url} -> deferred`);
+        if (await heldUntilReleased(ctx, r) === 'drop')
+            return destroyNow(ctx);
+    }
+
     switch (fault) {
         case 'stall':
             log(`${req.method} ${req.url} -> stall`);
@@ -1218,7 +1227,14 @@ async function holdThenAnswer(ctx, r) {
         ctx.event.state_after = planStateName(r.planKey);
     }
     log(`${ctx.req.method} ${ctx.req.url} -> held`);
-    const how = await new Promise((resolve) => {
+    if (await heldUntilReleased(ctx, r) === 'drop')
+        return destroyNow(ctx);
+    return send(ctx, performed.answer);
+}
+
+/* Waits, listed in GET /held, for POST /release ('release') or a drop. */
+function heldUntilReleased(ctx, r) {
+    return new Promise((resolve) => {
         state.held.push({
             plan: r.planKey || 'certificates',
             op: r.route,
@@ -1227,17 +1243,18 @@ async function holdThenAnswer(ctx, r) {
             drop: () => resolve('drop'),
         });
     });
-    if (how === 'drop')
-        return destroyNow(ctx);
-    return send(ctx, performed.answer);
 }
 
-/* Releases the held requests of a plan (all if plan is undefined); returns how many. */
-function releaseHeld(plan) {
+/*
+ * Releases the held requests of a plan (all if plan is undefined), or only
+ * the one whose event has sequence number seq; returns how many.
+ */
+function releaseHeld(plan, seq) {
     const keep = [];
     const go = [];
     for (const h of state.held)
-        (plan === undefined || h.plan === plan ? go : keep).push(h);
+        ((plan === undefined || h.plan === plan) && (seq === undefined || h.seq === seq)
+            ? go : keep).push(h);
     state.held = keep;
     for (const h of go)
         h.release();
@@ -1410,9 +1427,10 @@ function handleControl(req, res) {
                 return controlReply(res, 200, state.held.map((h) => ({ plan: h.plan, op: h.op, seq: h.seq })));
             case 'POST /release': {
                 if (body !== null && (typeof body !== 'object' || Array.isArray(body)
-                    || (body.plan !== undefined && typeof body.plan !== 'string')))
-                    return controlReply(res, 400, { ok: false, error: 'body must be {} or {"plan":"<no>"}' });
-                const n = releaseHeld(body ? body.plan : undefined);
+                    || (body.plan !== undefined && typeof body.plan !== 'string')
+                    || (body.seq !== undefined && !Number.isInteger(body.seq))))
+                    return controlReply(res, 400, { ok: false, error: 'body must be {}, {"plan":"<no>"} or {"seq":<n>}' });
+                const n = releaseHeld(body ? body.plan : undefined, body ? body.seq : undefined);
                 return controlReply(res, 200, { ok: true, released: n });
             }
             case 'GET /plans': {

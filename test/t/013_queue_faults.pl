@@ -143,6 +143,36 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	is(count_for('queries', $p), 1, 'item 1(b): the plan was queried first');
 }
 
+# ---- item 1(c): a stop applied late, after the query that settled it ----
+# Found by 015 (seed 1324620219, schedule 7).  The first stop reaches
+# WeChat Pay, which acts on it only later (defer); the worker times out
+# (WX003).  The next attempt's query finds the plan active, so the stop
+# follows; WeChat Pay then applies the first stop and refuses the second as
+# already stopped.  This request did stop the plan: it must not end
+# "failed" with WeChat Pay's code.
+{
+	my $p = 'q13-1c';
+	ctl_post('/faults', { plan => $p, stop => [ 'defer', 'defer' ], query => [] });
+	my $id = enqueue($p);
+	my $held = sub {
+		return [ map { $_->{seq} } grep { $_->{plan} eq $p && $_->{op} eq 'stop' } @{ ctl_get('/held') } ];
+	};
+	my $t0 = time;
+	Time::HiRes::sleep(0.05) while @{ $held->() } < 2 && time - $t0 < 60;    # polling interval
+	my $seqs = $held->();
+	is(scalar(@$seqs), 2, 'item 1(c): the second stop came after the first timed out');
+	is(count_for('queries', $p), 1, 'item 1(c): after a query that found the plan active');
+	ctl_post('/release', { plan => $p, seq => $seqs->[0] });    # the late application
+	ctl_post('/release', { plan => $p, seq => $seqs->[1] });    # refused: already stopped
+	my $r = wait_req($id);
+	is($r->{state}, 'succeeded', 'item 1(c): the request succeeded, not failed with the refusal')
+	  or diag explain $r;
+	is($r->{cancel_sign_type}, 'MERCHANT', 'item 1(c): decided by a query after the refusal');
+	is(count_for('already_stopped', $p), 1, 'item 1(c): the second stop was refused');
+	is(count_for('queries', $p), 2, 'item 1(c): two queries');
+	is($r->{attempts}, 2, 'item 1(c): in two attempts');
+}
+
 # ---- item 3: a role that may not drop the database cannot stop the worker ----
 {
 	my $w = worker_pid();

@@ -660,6 +660,7 @@ sub judge_plan
 	# settles the plan
 	my $unknown;
 	my $stopped = 0;
+	my $late = 0;    # a query after an applied stop still found the plan active
 	for my $e (@$events)
 	{
 		if ($e->{op} eq 'stop')
@@ -672,17 +673,20 @@ sub judge_plan
 			# plan stopped is a second stop; a first stop whose own (slow)
 			# application came after a later, properly settled one is the
 			# platform's race, not a blind resend (the order check above
-			# judges that sequence)
+			# judges that sequence), and so is a stop sent after a settling
+			# query that the platform answered before applying the earlier
+			# (slow) stop: the client was told the plan was active
 			push @v, [ 'I2', "stop #$e->{seq} found the plan already stopped (a blind second stop)", $row->{line} ]
-			  if $e->{already_stopped} && $stopped;
+			  if $e->{already_stopped} && $stopped && !$late;
 			$stopped = 1 if $e->{applied};
 			my $known = $e->{delivered_intact} && defined $e->{status} && $e->{status} < 500;
 			$unknown = $known ? undef : $e->{seq};
 		}
 		elsif ($e->{op} eq 'query')
 		{
-			$unknown = undef
-			  if $e->{delivered_intact} && defined $e->{status} && $e->{status} == 200;
+			my $answered = $e->{delivered_intact} && defined $e->{status} && $e->{status} == 200;
+			$unknown = undef if $answered;
+			$late = 1 if $answered && $stopped && ($e->{state_after} // '') eq 'active';
 		}
 	}
 
@@ -776,6 +780,17 @@ sub check_log
 		[ 'bad signature, then a stop', 1, $row->('succeeded', 2, ''),
 			[ $ev->(1, 'stop', applied => 1, delivered_intact => 0), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
 			'I2 I2' ],
+		[ 'clean: a slow stop applied after the query that found the plan active',
+			1, $row->('succeeded', 3, ''),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0),
+			  $ev->(2, 'query', state_after => 'active'), $ev->(3, 'stop', status => 429),
+			  $ev->(4, 'stop', already_stopped => 1, status => 400), $ev->(5, 'query', state_after => 'stopped') ],
+			'' ],
+		[ 'the same race, but failed with the refusal', 1, $row->('failed', 3, 'INVALID_REQUEST'),
+			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0),
+			  $ev->(2, 'query', state_after => 'active'), $ev->(3, 'stop', status => 429),
+			  $ev->(4, 'stop', already_stopped => 1, status => 400) ],
+			'I3' ],
 		[ 'succeeded, never stopped', 1, $row->('succeeded', 1, ''), [ $ev->(1, 'query') ], 'I3' ],
 		[ 'stopped, failed with WX001', 1, $row->('failed', 10, 'WX001'),
 			[ $ev->(1, 'stop', applied => 1, status => undef, delivered_intact => 0), $ev->(2, 'query', status => 429) ],
