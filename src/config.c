@@ -252,6 +252,29 @@ wxpay_schema_quoted(Oid nspoid)
 	return pstrdup(quote_identifier(nspname));
 }
 
+/*
+ * How many configs wxpay_config holds, read with SPI (connected by the
+ * caller) in the caller's snapshot.  The queue worker keeps slots free for
+ * the others whenever there is more than one.
+ */
+int
+wxpay_config_count(Oid nspoid)
+{
+	char	   *sql = psprintf("SELECT pg_catalog.count(*) FROM %s.wxpay_config",
+							   wxpay_schema_quoted(nspoid));
+	bool		isnull;
+	int64		n;
+	int			rc;
+
+	rc = SPI_execute(sql, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									1, &isnull));
+	pfree(sql);
+	return (int) Min(n, (int64) INT_MAX);
+}
+
 /* SPI_connect, failing in one way everywhere. */
 void
 wxpay_spi_connect(void)

@@ -30,10 +30,13 @@
  * The next request.  PipePoll() picks the config with requests waiting that
  * has the fewest in flight (ties in turn), skipping configs at their cap
  * and merchants at their rate limit (ratelimit.c: each query and each stop
- * takes a token as it is about to leave).  With more than one merchant
- * active, no config may hold the last quarter of the slots, so a merchant
- * whose requests hang cannot take every slot from the others.  The request
- * is built (PipeBuildCall) and signed at that moment, never earlier.
+ * takes a token as it is about to leave).  With more than one config in
+ * wxpay_config (counted at each claim), no config may hold the last quarter
+ * of the slots (at least one), whether or not the others have work at the
+ * moment: a merchant whose requests hang never takes the slot another
+ * merchant's next stop needs, not even the first stop of a merchant that
+ * was idle until then.  The request is built (PipeBuildCall) and signed at
+ * that moment, never earlier.
  *
  * One attempt of one request (PipeAttemptFinished decides, README "How the
  * worker sends and retries"):
@@ -102,7 +105,6 @@
 
 #define CERT_RETRY_MS		(5 * 60 * 1000)
 #define CERT_LIST_MS		(60 * 1000)
-#define ACTIVE_MS			(10 * 1000)
 #define CLAIM_RECHECK_MS	1000
 #define PURGE_INTERVAL_MS	(60 * 1000)
 
@@ -152,7 +154,6 @@ struct PipeConfig
 	PipeItem   *tail;
 	int			nwaiting;
 	int			inflight;
-	TimestampTz last_active;
 	TimestampTz rate_until;		/* its merchant is at the rate limit */
 };
 
@@ -182,6 +183,7 @@ typedef struct Pipe
 	int			handled;
 	uint64		gens[WXPAY_NUM_WAKES];
 	bool		maybe_more;		/* the last claim may have left due rows */
+	int			nconfigs_all;	/* rows in wxpay_config at the last claim */
 	TimestampTz next_due;
 	TimestampTz claim_after;	/* nothing claimable before this */
 	/* certificates */
@@ -212,7 +214,7 @@ static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src,
 										  MemoryContext parent);
 static void PipeConfigCopyFree(void *arg);
 static void PipeConfigCopyRelease(PipeConfigCopy *copy);
-static int	PipeCap(Pipe *p, TimestampTz now);
+static int	PipeCap(Pipe *p);
 static WxpayHttpRequest *PipeNext(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeBuildCall(PipeItem *it, WxpayOperation op);
 static bool PipeSign(Pipe *p, PipeItem *it);
@@ -821,7 +823,7 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 	{
 		PipeConfig *pc = lfirst(lc);
 
-		if (pc->inflight < PipeCap(p, now) && pc->rate_until <= now)
+		if (pc->inflight < PipeCap(p) && pc->rate_until <= now)
 			waiting += pc->nwaiting;
 	}
 	if (waiting > wxpay_worker_concurrency / 2)
@@ -912,6 +914,7 @@ PipeClaim(Pipe *p)
 		recorded = true;
 	}
 	names = wxpay_queue_configs(p->q);
+	p->nconfigs_all = wxpay_config_count(p->nspoid);
 	nconfigs = list_length(names);
 	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * conc);
 	counts = palloc0(sizeof(int) * Max(nconfigs, 1));
@@ -1154,27 +1157,16 @@ PipeConfigCopyRelease(PipeConfigCopy *copy)
  */
 
 /*
- * The most requests one config may have in flight: all slots while it is
- * the only merchant at work (in the last ACTIVE_MS), else all but a quarter.
+ * The most requests one config may have in flight: all slots when it is
+ * the only config, else all but a quarter (at least one), kept free for the
+ * others.
  */
 static int
-PipeCap(Pipe *p, TimestampTz now)
+PipeCap(Pipe *p)
 {
 	int			conc = wxpay_worker_concurrency;
-	int			nactive = 0;
-	ListCell   *lc;
 
-	foreach(lc, p->configs)
-	{
-		PipeConfig *pc = lfirst(lc);
-
-		if (pc->nwaiting > 0 || pc->inflight > 0)
-			pc->last_active = now;
-		if (pc->last_active > 0 &&
-			now < TimestampTzPlusMilliseconds(pc->last_active, ACTIVE_MS))
-			nactive++;
-	}
-	return nactive > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
+	return p->nconfigs_all > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
 }
 
 static WxpayHttpRequest *
@@ -1186,7 +1178,7 @@ PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
 
 	if (n == 0 || p->inflight >= conc)
 		return NULL;
-	cap = PipeCap(p, now);
+	cap = PipeCap(p);
 
 	for (;;)
 	{

@@ -169,6 +169,7 @@ typedef struct WxpayConfig
 extern void ConfigInit(void);
 WXPAY_NORETURN extern void wxpay_config_missing(const char *name);
 extern char *wxpay_schema_quoted(Oid nspoid);
+extern int	wxpay_config_count(Oid nspoid);
 extern void wxpay_spi_connect(void);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);

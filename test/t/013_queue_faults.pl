@@ -384,6 +384,45 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	set_conf("ALTER SYSTEM RESET wxpay.rate_limit");
 }
 
+# ---- the limit removed: a hung merchant never holds the slot another one needs ----
+# The hung merchant's stops are held in flight (hold: never answered until
+# released, and the request timeout raised above the test's waits); the
+# other merchant had no work at all until its one stop.  With more than one
+# config, the hung one may hold all slots but a quarter, so the other's
+# stop goes out at once, while every hung request is still in flight.
+{
+	set_conf("ALTER SYSTEM SET wxpay.request_timeout = '120s'");
+	$node->safe_psql('postgres', config_insert_sql(name => $_)) for qw(q13hung q13idle);
+	my $conc = $node->safe_psql('postgres', 'SHOW wxpay.worker_concurrency');
+	my $quarter = int($conc / 4) || 1;
+	my $cap = $conc - $quarter;    # wxpay.worker_concurrency is 8 here
+	my @hung = map { "q13-hung-$_" } 1 .. $conc + 2;
+	ctl_post('/faults', { plan => $_, stop => ['hold'], query => [] }) for @hung;
+	$node->safe_psql('postgres',
+		join('', map { "SELECT wxpay_stop_sign_plan_async('$_', 'r', 'q13hung');\n" } @hung));
+	my $held = sub { return scalar grep { $_->{plan} =~ /^q13-hung-/ } @{ ctl_get('/held') }; };
+	my $t0 = time;
+	Time::HiRes::sleep(0.05) while $held->() < $cap && time - $t0 < 60;    # polling interval
+	my $id = enqueue('q13-idle', 'q13idle');
+	my $r = wait_req($id, '60s');
+	is($r->{state}, 'succeeded', "the limit: the idle merchant's stop went through")
+	  or diag explain $r;
+	is($node->safe_psql('postgres',
+			"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'q13-hung-%' AND state = 'sending'"),
+		$cap, "the limit: while the hung merchant held all slots but a quarter ($cap of $conc)");
+	is($held->(), $cap, 'the limit: and no more');
+	# let them go, and those sent after them (held as well) as they come
+	my $done_sql = "SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'q13-hung-%' AND state = 'succeeded'";
+	$t0 = time;
+	while ($node->safe_psql('postgres', $done_sql) < @hung && time - $t0 < 60)
+	{
+		ctl_post('/release', {});
+		Time::HiRes::sleep(0.05);    # polling interval
+	}
+	is($node->safe_psql('postgres', $done_sql), scalar(@hung), 'the limit: every hung stop succeeded once released');
+	set_conf("ALTER SYSTEM RESET wxpay.request_timeout");
+}
+
 # no crash of our own
 my $log = slurp_file($node->logfile);
 unlike($log, qr/was terminated by signal (?!15\b)\d+/, 'no process died of a signal');
