@@ -81,6 +81,17 @@
 
 #include "wxpay_signplan.h"
 
+/*
+ * "The row is still in sending", for statements that find their rows by id.
+ * Compared in the "C" collation (the same equality for this ASCII word) so
+ * that the condition does not imply the partial indexes' predicates: the
+ * planner then always finds the rows through the primary key.  With the
+ * plain condition, a plan made while the table's statistics still show a
+ * small queue can scan the whole due index for each id (its second column),
+ * which made every recorded outcome cost as much as the backlog is long.
+ */
+#define QUEUE_BY_ID_SENDING(alias) alias "state COLLATE pg_catalog.\"C\" = 'sending'"
+
 static void QueueRequireWorker(const char *funcname);
 static char *QueueTable(FunctionCallInfo fcinfo);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
@@ -522,7 +533,7 @@ wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
 	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts - 1,"
 				   " outcome_unknown = u.unknown"
 				   " FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.bool[]) u(id, unknown)"
-				   " WHERE q.id = u.id AND q.state = 'sending'", q);
+				   " WHERE q.id = u.id AND " QUEUE_BY_ID_SENDING("q."), q);
 	if (QueueExec(sql, 2, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID},
 				  (Datum[]) {
 		PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
@@ -563,7 +574,7 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 						  " finished_at = pg_catalog.now(), http_status = $2,"
 						  " request_id = $3, result = $4, error_code = NULL,"
 						  " error_message = NULL, outcome_unknown = false"
-						  " WHERE id = $1 AND state = 'sending' RETURNING id)"
+						  " WHERE id = $1 AND " QUEUE_BY_ID_SENDING("") " RETURNING id)"
 						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text) FROM r",
 						  q);
 		fail_sql = psprintf("WITH r AS (UPDATE %s SET"
@@ -572,7 +583,7 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 							" next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $7),"
 							" http_status = $2, request_id = $3, error_code = $4,"
 							" error_message = $5, outcome_unknown = $8"
-							" WHERE id = $1 AND state = 'sending'"
+							" WHERE id = $1 AND " QUEUE_BY_ID_SENDING("")
 							" RETURNING id, state)"
 							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
 							" FROM r WHERE state = 'failed'", q);
