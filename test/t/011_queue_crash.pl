@@ -19,7 +19,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use WxpayTest;
 
-my $node = queue_node('queue_crash');
+my $node = queue_test_node('queue_crash');
 
 sub burst
 {

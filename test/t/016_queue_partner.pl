@@ -21,7 +21,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use WxpayTest;
 
-my $node = queue_node('queue_partner', 'wxpay.request_timeout' => "'2s'");
+my $node = queue_test_node('queue_partner', 'wxpay.request_timeout' => "'2s'");
 
 my $partner_base =
   '/v3/payscore/sign-plan/partner/user-sign-plans/merchant-sign-plan-no/';

@@ -26,7 +26,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(
-  pki_file sim_url new_node queue_node config_insert_sql certmode_config_sql
+  pki_file sim_url new_node queue_test_node config_insert_sql certmode_config_sql
   config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish session_ok_query session_wait_until
@@ -166,7 +166,7 @@ sub new_node
 # limit, 4 in flight, restart after a crash), then %set (a setting's name
 # and its value as written in postgresql.conf; undef leaves it out); the
 # extension created with the default config.
-sub queue_node
+sub queue_test_node
 {
 	my ($name, %set) = @_;
 	my %conf = (
