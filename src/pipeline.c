@@ -31,7 +31,7 @@
  * has the fewest in flight (ties in turn), skipping configs at their cap
  * and merchants at their rate limit (ratelimit.c: each query and each stop
  * takes a token as it is about to leave).  With more than one config in
- * wxpay_config (counted at each claim), no config may hold the last quarter
+ * wxpay_config (counted at a claim after each change of it), no config may hold the last quarter
  * of the slots (at least one), whether or not the others have work at the
  * moment: a merchant whose requests hang never takes the slot another
  * merchant's next stop needs, not even the first stop of a merchant that
@@ -183,7 +183,8 @@ typedef struct Pipe
 	int			handled;
 	uint64		gens[WXPAY_NUM_WAKES];
 	bool		maybe_more;		/* the last claim may have left due rows */
-	int			nconfigs_all;	/* rows in wxpay_config at the last claim */
+	int			nconfigs_all;	/* rows in wxpay_config; -1: count at the
+								 * next claim (a run's start, a change) */
 	TimestampTz next_due;
 	TimestampTz claim_after;	/* nothing claimable before this */
 	/* certificates */
@@ -264,6 +265,7 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 	p->next_due = DT_NOEND;
 	p->cert_list_at = 0;
 	wxpay_worker_generations(p->gens);
+	p->nconfigs_all = -1;
 
 	/* the answer's row type, kept for the whole run */
 	PipeTxnBegin(p, "looking up types");
@@ -483,6 +485,7 @@ PipeGenerations(Pipe *p)
 				cs->next = 0;
 		}
 		p->cert_list_at = 0;
+		p->nconfigs_all = -1;	/* a config may have come or gone */
 	}
 	memcpy(p->gens, gens, sizeof(gens));
 }
@@ -914,7 +917,8 @@ PipeClaim(Pipe *p)
 		recorded = true;
 	}
 	names = wxpay_queue_configs(p->q);
-	p->nconfigs_all = wxpay_config_count(p->nspoid);
+	if (p->nconfigs_all < 0)
+		p->nconfigs_all = wxpay_config_count(p->nspoid);
 	nconfigs = list_length(names);
 	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * conc);
 	counts = palloc0(sizeof(int) * Max(nconfigs, 1));
@@ -1166,7 +1170,9 @@ PipeCap(Pipe *p)
 {
 	int			conc = wxpay_worker_concurrency;
 
-	return p->nconfigs_all > 1 ? Max(1, conc - Max(1, conc / 4)) : conc;
+	/* not counted since a change: keep the slots, as if there were others */
+	return p->nconfigs_all == 0 || p->nconfigs_all == 1 ? conc :
+		Max(1, conc - Max(1, conc / 4));
 }
 
 static WxpayHttpRequest *
