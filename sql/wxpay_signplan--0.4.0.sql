@@ -1,4 +1,4 @@
-/* wxpay_signplan--0.3.0.sql: the whole extension at 0.3.0 (CREATE EXTENSION) */
+/* wxpay_signplan--0.4.0.sql: the whole extension at 0.4.0 (CREATE EXTENSION) */
 
 \echo Use "CREATE EXTENSION wxpay_signplan" to load this file. \quit
 
