@@ -77,6 +77,8 @@ my $rows_before;
 my $plan_row = "ROW('SP1', 'o1', '500001', '1900000001', 'wx1', 'up-2', 'https://m.example', "
   . "'10001', 2, 'SIGN_PLAN_CANCEL', '2026-01-15 10:20:30.12+08', 'MERCHANT', 'r', 'Monthly', "
   . "'2027-01-15 10:20:30+08', 30000, 3, 27000, '[]', '2025-12-15 09:00:00+00')::wxpay_sign_plan";
+# the same plan as 0.3.0 spells it (partner mode's three fields, NULL)
+(my $plan_row_partner = $plan_row) =~ s/'2025-12-15 09:00:00\+00'\)/'2025-12-15 09:00:00+00', NULL, NULL, NULL)/;
 
 # from each earlier release
 my @from = ('0.1.0', '0.2.0', '0.3.0');
@@ -101,7 +103,7 @@ for my $v (@from)
 		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, "
 		  . " state, attempts, finished_at, http_status, request_id, result) "
 		  . "VALUES ('default', 'up-2', 'done before the upgrade', 'succeeded', 1, now(), 200, "
-		  . " 'abc-0', $plan_row);"
+		  . " 'abc-0', " . ($v eq '0.2.0' ? $plan_row : $plan_row_partner) . ");"
 		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, "
 		  . " state, attempts, error_code, error_message) "
 		  . "VALUES ('other', 'up-3', 'retrying', 'queued', 2, 'WX003', 'unknown');");
