@@ -81,3 +81,23 @@ BEGIN
     END IF;
 END
 $wxpay_fix$;
+
+-- ----- issue 18, drop guard -----
+--
+-- DROP EXTENSION (and DROP SCHEMA ... CASCADE of its schema, DROP OWNED BY
+-- its owner) is refused while wxpay_stop_request holds queued requests or
+-- requests in "sending": dropping would discard promised stops and stops
+-- whose outcome is unknown.  It counts the protected queue as the
+-- extension's owner, only for a user allowed to drop it (src/dropguard.c).
+--
+CREATE FUNCTION @extschema@.wxpay_drop_guard()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'wxpay_drop_guard'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_drop_guard() FROM PUBLIC;
+
+CREATE EVENT TRIGGER wxpay_signplan_drop_guard ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION @extschema@.wxpay_drop_guard();
