@@ -33,8 +33,10 @@
  * the protected queue as the extension owner (a security-restricted switch
  * of the current user, not SECURITY DEFINER, so that the check above sees
  * who really runs the statement).  The search_path is pinned and its SQL
- * names every object and operator with its schema.  A drop that goes ahead wakes the worker at commit, so that it
- * notices at once and stops serving the database (worker.c).
+ * names every object and operator with its schema.
+ *
+ * A drop that goes ahead wakes the worker at commit, so that it notices at
+ * once and stops serving the database (worker.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -55,6 +57,7 @@
 
 #define GUARD_EXTENSION	"wxpay_signplan"
 
+static bool GuardMayConcern(Node *parsetree);
 static bool GuardDropsExtension(Node *parsetree, Oid *nspoid, Oid *owner);
 static bool GuardMayDrop(Oid owner);
 static void GuardCheckQueue(Oid nspoid, Oid owner);
@@ -72,6 +75,8 @@ wxpay_drop_guard(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("wxpay_drop_guard() must be called as an event trigger")));
 	trigdata = (EventTriggerData *) fcinfo->context;
+	if (!GuardMayConcern(trigdata->parsetree))
+		PG_RETURN_VOID();
 
 	wxpay_spi_connect();
 	if (GuardDropsExtension(trigdata->parsetree, &nspoid, &owner))
@@ -85,29 +90,49 @@ wxpay_drop_guard(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Whether the statement may drop this extension at all, from its parse tree
+ * alone: any other DROP EXTENSION, DROP SCHEMA without CASCADE (the
+ * extension's objects make it fail anyway) cost no catalog look-up.
+ */
+static bool
+GuardMayConcern(Node *parsetree)
+{
+	ListCell   *lc;
+
+	if (IsA(parsetree, DropStmt))
+	{
+		DropStmt   *stmt = (DropStmt *) parsetree;
+
+		if (stmt->removeType == OBJECT_EXTENSION)
+		{
+			foreach(lc, stmt->objects)
+				if (strcmp(strVal(lfirst(lc)), GUARD_EXTENSION) == 0)
+					return true;
+			return false;
+		}
+		return stmt->removeType == OBJECT_SCHEMA &&
+			stmt->behavior == DROP_CASCADE;
+	}
+	return IsA(parsetree, DropOwnedStmt);
+}
+
+/*
  * Whether the statement drops this extension (when it succeeds); its schema
- * in *nspoid.
+ * in *nspoid and its owner in *extowner.
  */
 static bool
 GuardDropsExtension(Node *parsetree, Oid *nspoid, Oid *extowner)
 {
-	bool		named = false;
+	bool		named;
 	bool		isnull;
 	Oid			owner;
 	Oid			nspowner;
 	char	   *nspname;
 	ListCell   *lc;
 
-	/* DROP EXTENSION needs no catalog look-up to be ruled out */
-	if (IsA(parsetree, DropStmt) &&
-		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-	{
-		foreach(lc, ((DropStmt *) parsetree)->objects)
-			if (strcmp(strVal(lfirst(lc)), GUARD_EXTENSION) == 0)
-				named = true;
-		if (!named)
-			return false;
-	}
+	/* GuardMayConcern: a DROP EXTENSION here names it */
+	named = IsA(parsetree, DropStmt) &&
+		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION;
 
 	if (SPI_execute("SELECT e.extnamespace, e.extowner, n.nspname, n.nspowner"
 					" FROM pg_catalog.pg_extension e"
@@ -138,9 +163,7 @@ GuardDropsExtension(Node *parsetree, Oid *nspoid, Oid *extowner)
 	{
 		DropStmt   *stmt = (DropStmt *) parsetree;
 
-		/* without CASCADE the extension's objects make it fail anyway */
-		if (stmt->removeType != OBJECT_SCHEMA || stmt->behavior != DROP_CASCADE)
-			return false;
+		/* DROP SCHEMA ... CASCADE (GuardMayConcern) */
 		foreach(lc, stmt->objects)
 			if (strcmp(strVal(lfirst(lc)), nspname) == 0)
 				return GuardMayDrop(nspowner);
