@@ -19,7 +19,9 @@
 #      certificate download held at the simulator): once the run goes on,
 #      the worker logs the same plain line, never a raw "does not exist"
 #      error with its internal query;
-#  (f) the queue works after that too.
+#  (f) the queue works after that too;
+#  (g) DROP and CREATE EXTENSION in one transaction: the worker notices the
+#      new extension, says so, and a fresh worker serves the new queue.
 #
 # Plan numbers start with e19.
 
@@ -209,6 +211,21 @@ recreate('again');
 
 # ---- (f) and again ----
 recreate('again2');
+
+# ---- (g) dropped and created again in one transaction ----
+{
+	my $offset = -s $node->logfile;
+	$node->safe_psql('postgres',
+		'BEGIN; DROP EXTENSION wxpay_signplan; CREATE EXTENSION wxpay_signplan; '
+		  . config_insert_sql() . '; COMMIT');
+	ok( log_has(
+			qr/LOG:  wxpay_signplan worker restarts: the extension was dropped and created again in database "postgres"/,
+			$offset),
+		'dropped and created again: the worker says so and restarts');
+	my $id = enqueue('e19-again3');
+	is($node->safe_psql('postgres', "SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
+		'succeeded', 'dropped and created again: the new queue is served');
+}
 
 my $log = substr(slurp_file($node->logfile), $log_start);
 unlike($log, qr/does not exist/, 'the server log has no "does not exist" error');
