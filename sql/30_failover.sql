@@ -19,11 +19,35 @@ INSERT INTO wxpay_config (name, mchid, serial_no, private_key, backup_base_url)
 VALUES ('ftpbackup', '1', 'AB', 'SECRET KEY TEXT', 'ftp://api2.mch.weixin.qq.com');
 UPDATE wxpay_config SET backup_base_url = 'http://127.0.0.1:1' WHERE name = 'default';
 
--- without the column a config gets the real backup domain
+-- without the column a config on WeChat Pay's main domain gets the real
+-- backup domain, and any other (a sandbox, a simulator) none: a test config
+-- never fails over to the real platform
 INSERT INTO wxpay_config (name, mchid, serial_no, private_key)
 VALUES ('defaults', '1900000001', 'AB', 'SECRET KEY TEXT');
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, base_url) VALUES
+    ('d_main_slash', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://API.mch.weixin.qq.com/'),
+    ('d_main_port', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://api.mch.weixin.qq.com:443'),
+    ('d_backup', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://api2.mch.weixin.qq.com'),
+    ('d_sandbox', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://sandbox.example.com'),
+    ('d_lookalike', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://api.mch.weixin.qq.com.example.com'),
+    ('d_sim', '1900000001', 'AB', 'SECRET KEY TEXT', :'sim_url');
+-- an explicit NULL is no failover, even beside the main domain; an explicit
+-- URL is kept, and 'default' (or DEFAULT) asks for the default
+INSERT INTO wxpay_config (name, mchid, serial_no, private_key, base_url, backup_base_url) VALUES
+    ('d_null', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://api.mch.weixin.qq.com', NULL),
+    ('d_own', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://sandbox.example.com', 'https://sandbox2.example.com'),
+    ('d_word', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://api.mch.weixin.qq.com', 'default'),
+    ('d_kw', '1900000001', 'AB', 'SECRET KEY TEXT', 'https://sandbox.example.com', DEFAULT);
+SELECT name, backup_base_url FROM wxpay_config
+WHERE name = 'defaults' OR name LIKE 'd\_%' ORDER BY name;
+-- an UPDATE keeps the backup unless it sets DEFAULT, which follows base_url
+UPDATE wxpay_config SET base_url = 'https://sandbox.example.com' WHERE name = 'defaults';
+SELECT name, backup_base_url FROM wxpay_config WHERE name = 'defaults';
+UPDATE wxpay_config SET backup_base_url = DEFAULT WHERE name = 'defaults';
+SELECT name, backup_base_url FROM wxpay_config WHERE name = 'defaults';
+UPDATE wxpay_config SET base_url = DEFAULT, backup_base_url = DEFAULT WHERE name = 'defaults';
 SELECT name, base_url, backup_base_url FROM wxpay_config WHERE name = 'defaults';
-DELETE FROM wxpay_config WHERE name = 'defaults';
+DELETE FROM wxpay_config WHERE name = 'defaults' OR name LIKE 'd\_%';
 
 -- a copy of the default config whose primary refuses connections
 INSERT INTO wxpay_config (name, mchid, serial_no, private_key, wechatpay_public_key_id,

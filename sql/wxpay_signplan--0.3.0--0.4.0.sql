@@ -3,3 +3,101 @@
 \echo Use "ALTER EXTENSION wxpay_signplan UPDATE TO '0.4.0'" to load this file. \quit
 
 -- ===== 0.4.0: hardening (issue 18) =====
+
+-- ----- issue 18, backup domain default -----
+--
+-- backup_base_url defaults to WeChat Pay's backup domain only beside WeChat
+-- Pay's main domain: the column default 'default' is replaced by the row
+-- trigger (an explicit NULL still means no failover).
+--
+ALTER TABLE @extschema@.wxpay_config
+    ALTER COLUMN backup_base_url SET DEFAULT 'default';
+
+COMMENT ON COLUMN @extschema@.wxpay_config.backup_base_url IS
+    'where a request goes when connecting to base_url fails before anything was sent; NULL: no failover; omitted or ''default'': https://api2.mch.weixin.qq.com when base_url is https://api.mch.weixin.qq.com, else NULL';
+
+CREATE OR REPLACE FUNCTION @extschema@.wxpay_config_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.name IS NULL OR NEW.mchid IS NULL OR NEW.serial_no IS NULL
+       OR NEW.private_key IS NULL OR NEW.base_url IS NULL THEN
+        RAISE EXCEPTION 'wxpay_config columns name, mchid, serial_no, private_key and base_url must not be null'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    IF lower(substr(NEW.base_url, 1, 8)) <> 'https://' THEN
+        RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    -- The column's default: WeChat Pay's backup domain only beside WeChat
+    -- Pay's own main domain.  A sandbox, a proxy or a simulator gets no
+    -- failover, so a test never reaches the real platform.
+    IF NEW.backup_base_url = 'default' THEN
+        IF rtrim(lower(NEW.base_url), '/') = ANY
+           (ARRAY['https://api.mch.weixin.qq.com', 'https://api.mch.weixin.qq.com:443']) THEN
+            NEW.backup_base_url := 'https://api2.mch.weixin.qq.com';
+        ELSE
+            NEW.backup_base_url := NULL;
+        END IF;
+    END IF;
+    IF NEW.backup_base_url IS NOT NULL
+       AND lower(substr(NEW.backup_base_url, 1, 8)) <> 'https://' THEN
+        RAISE EXCEPTION 'invalid backup_base_url for wxpay configuration "%"', NEW.name
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Configs created since 0.2.0 with a sandbox, proxy or simulator base_url
+-- got WeChat Pay's real backup domain by default: an unreachable test
+-- environment sent their stops to the real platform.  They lose it, and
+-- the update says which ones (names only).  Only when there are any, so
+-- that the statement trigger (cache invalidation, worker wakeup) fires only
+-- for a real change.
+DO $wxpay_fix$
+DECLARE
+    fixed text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('"%s"', c.name), ', ' ORDER BY c.name)
+      INTO fixed
+      FROM @extschema@.wxpay_config c
+     WHERE c.backup_base_url OPERATOR(pg_catalog.=) 'https://api2.mch.weixin.qq.com'
+       AND pg_catalog.rtrim(pg_catalog.lower(c.base_url), '/') OPERATOR(pg_catalog.<>) ALL
+           (ARRAY['https://api.mch.weixin.qq.com', 'https://api.mch.weixin.qq.com:443']);
+    IF fixed IS NOT NULL THEN
+        UPDATE @extschema@.wxpay_config c SET backup_base_url = NULL
+         WHERE c.backup_base_url OPERATOR(pg_catalog.=) 'https://api2.mch.weixin.qq.com'
+           AND pg_catalog.rtrim(pg_catalog.lower(c.base_url), '/') OPERATOR(pg_catalog.<>) ALL
+               (ARRAY['https://api.mch.weixin.qq.com', 'https://api.mch.weixin.qq.com:443']);
+        RAISE WARNING 'backup_base_url of wxpay configurations % is now NULL', fixed
+            USING DETAIL = 'Their base_url is not WeChat Pay''s main domain https://api.mch.weixin.qq.com, '
+                           'so they no longer fail over to WeChat Pay''s backup domain https://api2.mch.weixin.qq.com.',
+                  HINT = 'If such an environment has a backup domain of its own, set backup_base_url to it.';
+    END IF;
+END
+$wxpay_fix$;
+
+-- ----- issue 18, drop guard -----
+--
+-- DROP EXTENSION (and DROP SCHEMA ... CASCADE of its schema, DROP OWNED BY
+-- its owner) is refused while wxpay_stop_request holds queued requests or
+-- requests in "sending": dropping would discard promised stops and stops
+-- whose outcome is unknown.  It counts the protected queue as the
+-- extension's owner, only for a user allowed to drop it (src/dropguard.c).
+--
+CREATE FUNCTION @extschema@.wxpay_drop_guard()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'wxpay_drop_guard'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_drop_guard() FROM PUBLIC;
+
+CREATE EVENT TRIGGER wxpay_signplan_drop_guard ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION @extschema@.wxpay_drop_guard();

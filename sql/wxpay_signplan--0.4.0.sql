@@ -20,7 +20,9 @@ CREATE TABLE @extschema@.wxpay_config (
     -- WeChat Pay's backup domain.  When connecting to base_url fails before
     -- any request byte was sent, the same signed request goes here (the
     -- signature covers the path, not the host).  NULL disables failover.
-    backup_base_url text DEFAULT 'https://api2.mch.weixin.qq.com',
+    -- 'default' (the column's default) is replaced by the row trigger:
+    -- WeChat Pay's backup domain beside its main domain, else NULL.
+    backup_base_url text DEFAULT 'default',
     CONSTRAINT wxpay_config_base_url_https
         CHECK (pg_catalog.lower(pg_catalog.substr(base_url, 1, 8)) OPERATOR(pg_catalog.=) 'https://'),
     CONSTRAINT wxpay_config_backup_base_url_https
@@ -32,7 +34,7 @@ COMMENT ON TABLE @extschema@.wxpay_config IS
     'WeChat Pay merchant accounts used by wxpay_signplan; holds secrets, readable by its owner only';
 
 COMMENT ON COLUMN @extschema@.wxpay_config.backup_base_url IS
-    'where a request goes when connecting to base_url fails before anything was sent; NULL: no failover';
+    'where a request goes when connecting to base_url fails before anything was sent; NULL: no failover; omitted or ''default'': https://api2.mch.weixin.qq.com when base_url is https://api.mch.weixin.qq.com, else NULL';
 
 --
 -- WeChat Pay platform certificates (platform-certificate mode).  Several may
@@ -79,6 +81,17 @@ BEGIN
         RAISE EXCEPTION 'invalid base_url for wxpay configuration "%"', NEW.name
             USING ERRCODE = 'check_violation',
                   DETAIL = 'Only https:// URLs are accepted.';
+    END IF;
+    -- The column's default: WeChat Pay's backup domain only beside WeChat
+    -- Pay's own main domain.  A sandbox, a proxy or a simulator gets no
+    -- failover, so a test never reaches the real platform.
+    IF NEW.backup_base_url = 'default' THEN
+        IF rtrim(lower(NEW.base_url), '/') = ANY
+           (ARRAY['https://api.mch.weixin.qq.com', 'https://api.mch.weixin.qq.com:443']) THEN
+            NEW.backup_base_url := 'https://api2.mch.weixin.qq.com';
+        ELSE
+            NEW.backup_base_url := NULL;
+        END IF;
     END IF;
     IF NEW.backup_base_url IS NOT NULL
        AND lower(substr(NEW.backup_base_url, 1, 8)) <> 'https://' THEN
@@ -391,6 +404,26 @@ BEGIN ATOMIC
 END;
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_purge_stop_requests(interval) FROM PUBLIC;
+
+-- ----- issue 18, drop guard -----
+--
+-- DROP EXTENSION (and DROP SCHEMA ... CASCADE of its schema, DROP OWNED BY
+-- its owner) is refused while wxpay_stop_request holds queued requests or
+-- requests in "sending": dropping would discard promised stops and stops
+-- whose outcome is unknown.  It counts the protected queue as the
+-- extension's owner, only for a user allowed to drop it (src/dropguard.c).
+--
+CREATE FUNCTION @extschema@.wxpay_drop_guard()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'wxpay_drop_guard'
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_drop_guard() FROM PUBLIC;
+
+CREATE EVENT TRIGGER wxpay_signplan_drop_guard ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION @extschema@.wxpay_drop_guard();
 
 -- ===== 0.3.0: statistics (issue 14) =====
 

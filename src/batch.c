@@ -13,6 +13,17 @@
  * is an error raised before anything is sent; a cancel or statement_timeout ends the
  * statement as usual.
  *
+ * Once anything was sent, rows.  The config can become unusable while the
+ * batch runs: its last platform certificate expires, or signing fails.
+ * Before the first element went to the transport that is the statement's
+ * WX001 ("nothing was sent" is then true).  After it, an error raised while
+ * signing a later element (WX001, or a 22xxx data error) becomes that
+ * element's row instead, so the rows of the stops already made are never
+ * lost to an error that claims nothing was sent (BatchPrepare).  Everything
+ * else still ends the statement: a cancel, statement_timeout, out of
+ * memory, an internal error, and backend termination; the stops already
+ * made are then unknown to the caller, who must query the plans.
+ *
  * Duplicates.  A plan number that occurs again in the same array is not
  * sent again: its later rows are 22023 rows naming the first position.
  * Sending both would race two stops of one plan against each other, and
@@ -103,6 +114,7 @@ typedef struct BatchState
 	TupleTableSlot *sort_slot;
 	MemoryContext row_cxt;		/* input-error rows; reset per row */
 	int			nstarted;		/* elements taken up for sending */
+	int			nsent;			/* elements handed to the transport */
 	bool		preparing;		/* inside wxpay_call_prepare */
 } BatchState;
 
@@ -115,6 +127,8 @@ static void BatchPut(BatchState *st, int ordinal, const char *plan_no,
 static void BatchPutInputError(BatchState *st, int ordinal,
 							   const char *plan_no, int sqlstate,
 							   const char *message);
+static bool BatchPrepare(BatchState *st, BatchSlot *slot, int ordinal);
+static bool BatchElementError(int sqlstate);
 static void BatchRun(FunctionCallInfo fcinfo, BatchState *st);
 static void BatchCountError(BatchState *st, const char *config_name);
 
@@ -237,15 +251,84 @@ BatchNext(void *arg)
 		slot->call.sub_mchid = st->sub_mchid;
 		slot->call.cfg = st->cfg;
 		st->nstarted++;
-		st->preparing = true;
-		wxpay_call_prepare(&slot->call);
-		st->preparing = false;
+		if (!BatchPrepare(st, slot, ordinal))
+		{
+			/* its row is stored: on to the next element */
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(slot->cxt);
+			continue;
+		}
 		slot->call.req.resp_cxt = slot->cxt;
 		slot->ordinal = ordinal;
 		MemoryContextSwitchTo(old);
+		st->nsent++;
 		return &slot->call.req;
 	}
 	return NULL;
+}
+
+/*
+ * The errors of signing one element that may become its row once something
+ * was sent: the config became unusable (WX001), or a data error about the
+ * element (22xxx).  These are raised by our own checks, holding nothing.
+ */
+static bool
+BatchElementError(int sqlstate)
+{
+	return sqlstate == ERRCODE_WXPAY_CONFIG_ERROR ||
+		ERRCODE_TO_CATEGORY(sqlstate) == ERRCODE_DATA_EXCEPTION;
+}
+
+/*
+ * Sign the element's request in slot (the current memory context is the
+ * slot's).  Before anything was sent its errors are the statement's; after,
+ * the element errors of BatchElementError become its row (counted as a call
+ * that ended in error) and false is returned.  Any other error propagates.
+ */
+static bool
+BatchPrepare(BatchState *st, BatchSlot *slot, int ordinal)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	st->preparing = true;
+	if (st->nsent == 0)
+	{
+		wxpay_call_prepare(&slot->call);
+		st->preparing = false;
+		return true;
+	}
+
+	PG_TRY();
+	{
+		wxpay_call_prepare(&slot->call);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		WxpayCallResult res;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (!BatchElementError(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+
+		/* the same text as any failure caught while preparing */
+		memset(&res, 0, sizeof(res));
+		res.sqlstate = edata->sqlerrcode;
+		res.message = edata->message;
+		res.detail = edata->detail;
+		BatchPut(st, ordinal, slot->call.plan_no, false, res.sqlstate,
+				 NULL, wxpay_report_text(&res), NULL, NULL);
+		ok = false;
+	}
+	PG_END_TRY();
+	st->preparing = false;
+	if (!ok)
+		wxpay_stat_attempt(st->cfg->name, WXPAY_STAT_STOP, WXPAY_STAT_SESSION,
+						   WXPAY_STAT_ERROR, false, -1);
+	return ok;
 }
 
 /* transport.c hands back a finished request: classify it, store its row */

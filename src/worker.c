@@ -10,6 +10,15 @@
  * extension exists in its database; when it finds none it exits cleanly
  * and waits to be asked again.
  *
+ * The extension dropped under it (DROP EXTENSION, which dropguard.c allows
+ * only with nothing queued or in flight, wakes it at commit): the worker
+ * says so in one plain LOG line and exits cleanly.  When the drop commits
+ * while a run is under way, the run's next statement fails on a table or
+ * type that no longer exists; the error handler first looks whether the
+ * extension it served is still there, and if not, that error is not worth
+ * reporting (a raw "relation ... does not exist" with the worker's internal
+ * query): the same plain line is.
+ *
  * The loop: a short transaction finds the extension, and the first time
  * (and after an error) reconciles rows left in "sending" (queue.c); then
  * the pipeline (pipeline.c) serves the queue until nothing is due and
@@ -30,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
 #include "miscadmin.h"
@@ -50,8 +60,11 @@
 
 /* local state */
 static bool NeedReconcile = true;
+static Oid	ServedExtension = InvalidOid;	/* pg_extension row served */
 
 static Oid	WorkerPrepare(void);
+static Oid	WorkerExtensionNow(void);
+WXPAY_NORETURN static void WorkerStops(Oid ext);
 
 void
 wxpay_queue_worker_main(Datum arg)
@@ -87,11 +100,31 @@ wxpay_queue_worker_main(Datum arg)
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 	{
 		static bool recovering = false;
+		static bool checking = false;
 
 		error_context_stack = NULL;
 		HOLD_INTERRUPTS();
-		EmitErrorReport();
 		AbortOutOfAnyTransaction();
+
+		/*
+		 * The extension dropped under the run: one plain line instead of
+		 * the error.  Not when the look itself failed (it then reports).
+		 */
+		if (!checking && OidIsValid(ServedExtension))
+		{
+			Oid			ext;
+
+			checking = true;
+			ext = WorkerExtensionNow();
+			checking = false;
+			if (ext != ServedExtension)
+			{
+				FlushErrorState();
+				WorkerStops(ext);
+			}
+		}
+		checking = false;
+		EmitErrorReport();
 		MemoryContextSwitchTo(TopMemoryContext);
 		FlushErrorState();
 		NeedReconcile = true;
@@ -133,6 +166,8 @@ wxpay_queue_worker_main(Datum arg)
 		nspoid = WorkerPrepare();
 		if (!OidIsValid(nspoid))
 		{
+			if (OidIsValid(ServedExtension))
+				WorkerStops(InvalidOid);
 			/* the extension is not installed here: wait to be asked */
 			wxpay_worker_slot_report(true, true);
 			proc_exit(0);
@@ -167,6 +202,15 @@ WorkerPrepare(void)
 	MemoryContextSwitchTo(cxt);
 
 	nspoid = wxpay_queue_schema();
+	if (OidIsValid(nspoid))
+	{
+		Oid			ext = get_extension_oid("wxpay_signplan", true);
+
+		/* dropped and created again since the last run: a fresh worker */
+		if (OidIsValid(ServedExtension) && ext != ServedExtension)
+			WorkerStops(ext);
+		ServedExtension = ext;
+	}
 	if (OidIsValid(nspoid) && NeedReconcile)
 	{
 		wxpay_queue_reconcile(wxpay_queue_table(nspoid));
@@ -180,4 +224,45 @@ WorkerPrepare(void)
 	if (OidIsValid(nspoid))
 		wxpay_worker_broadcast_finished();
 	return nspoid;
+}
+
+/*
+ * The extension installed now (InvalidOid: none).  Runs in the error
+ * handler, after the failed transaction was aborted.
+ */
+static Oid
+WorkerExtensionNow(void)
+{
+	Oid			ext;
+
+	StartTransactionCommand();
+	ext = get_extension_oid("wxpay_signplan", true);
+	CommitTransactionCommand();
+	return ext;
+}
+
+/*
+ * The extension served is gone: say so in one plain line and exit.  When it
+ * was dropped and created again (ext), the launcher starts a fresh worker
+ * for the new one at once: nothing of the old one's run may touch the new
+ * queue, whose ids start again at 1.  Otherwise wait to be asked.
+ */
+static void
+WorkerStops(Oid ext)
+{
+	if (OidIsValid(ext))
+	{
+		ereport(LOG,
+				(errmsg("wxpay_signplan worker restarts: the extension was dropped and created again in database \"%s\"",
+						wxpay_database_name)));
+		wxpay_worker_slot_report(true, false);
+	}
+	else
+	{
+		ereport(LOG,
+				(errmsg("wxpay_signplan worker stops: the extension is no longer installed in database \"%s\"",
+						wxpay_database_name)));
+		wxpay_worker_slot_report(true, true);
+	}
+	proc_exit(0);
 }

@@ -30,6 +30,8 @@
  *						merchants, certificate refreshes among them
  *	  worker.c			the queue worker process: its loop and its errors
  *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
+ *	  dropguard.c		the event trigger that refuses to drop the extension
+ *						while stop requests are queued or in flight
  *	  waitevent.c		the named wait events of every wait (pg_stat_activity)
  *	  stats.c			cumulative call statistics in shared memory (the
  *						wxpay_stat view); callers classify, it counts

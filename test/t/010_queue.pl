@@ -411,10 +411,17 @@ for my $f (qw(stop_then_500 stop_then_reset))
 	$node->safe_psql('postgres',
 		"SET lock_timeout = '2s'; VACUUM FULL wxpay_stop_request; VACUUM wxpay_stop_request");
 	pass('VACUUM FULL of the queue is not blocked by a request in flight');
+	# refused at once while it is in flight (019 has the messages), ...
 	my $t0 = time;
-	$node->safe_psql('postgres', "SET lock_timeout = '2s'; DROP EXTENSION wxpay_signplan");
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SET lock_timeout = '2s'; DROP EXTENSION wxpay_signplan");
+	like($err, qr/cannot drop extension wxpay_signplan while stop requests are pending/,
+		'DROP EXTENSION is refused while a request is in flight');
 	ok(time - $t0 < 2.5, 'DROP EXTENSION did not wait for the network');
 	ctl_post('/settings', { latency_ms => 0 });
+	# ... and goes through once it finished
+	is(wait_req($node, $id)->{state}, 'succeeded', 'the request in flight finished');
+	$node->safe_psql('postgres', "SET lock_timeout = '2s'; DROP EXTENSION wxpay_signplan");
 
 	# and the queue works again once the extension is back
 	setup_db($node, 'postgres');

@@ -74,6 +74,7 @@ SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown')::text,
        (to_jsonb(result) - 'sub_openid' - 'sub_mchid' - 'sub_appid')::text
 FROM wxpay_stop_request r ORDER BY id};
 my $rows_before;
+# (0.3.0 adds sub_openid, sub_mchid and sub_appid at the end: NULL here)
 my $plan_row = "ROW('SP1', 'o1', '500001', '1900000001', 'wx1', 'up-2', 'https://m.example', "
   . "'10001', 2, 'SIGN_PLAN_CANCEL', '2026-01-15 10:20:30.12+08', 'MERCHANT', 'r', 'Monthly', "
   . "'2027-01-15 10:20:30+08', 30000, 3, 27000, '[]', '2025-12-15 09:00:00+00')::wxpay_sign_plan";

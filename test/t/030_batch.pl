@@ -13,7 +13,13 @@
 #      connections, a second batch and a sequential call in the same
 #      session open none;
 #  (e) memory: a second batch of 400 leaves the backend's memory contexts
-#      where the first left them.
+#      where the first left them;
+#  (f) the config becomes unusable after the first element was sent (its
+#      only platform certificate expires while the first answer is held):
+#      the statement still returns every row; the first is WX003 (its
+#      answer can no longer be verified), the later ones WX001 rows that
+#      were never sent (issue 18, item 7).  Before anything was sent, the
+#      same config is the statement's WX001.
 #
 # Simulator counters are compared before/after (prove runs files one at a
 # time); plan numbers start with t30.
@@ -180,6 +186,76 @@ sub session_recovers
 	my $mem1 = $n->query_safe($mem_sql);
 	note("memory: contexts $mem0 -> $mem1 bytes");
 	cmp_ok($mem1 - $mem0, '<=', 0, 'memory: contexts did not grow');
+	$n->quit;
+}
+
+# ---- (f) the config becomes unusable mid-batch ----
+{
+	my $n = $node->background_psql('postgres', on_error_stop => 0);
+	$n->query_safe('SET wxpay.batch_concurrency = 1');
+	my $serial = pki_file('platform_cert_serial.txt', chomp => 1);
+	$node->safe_psql('postgres', certmode_config_sql(name => 't30cert'));
+	my $rows_sql = sub {
+		my (@plans) = @_;
+		return
+		    "SELECT merchant_sign_plan_no, ok, sqlstate, error_message FROM wxpay_stop_sign_plans(ARRAY["
+		  . join(',', map { "'$_'" } @plans)
+		  . "], 'expiry', 't30cert')";
+	};
+	my $no_key = qr/wxpay configuration "t30cert" has no key to verify WeChat Pay's answers/;
+
+	# expired before the batch: the statement's WX001, nothing sent
+	$node->safe_psql('postgres',
+		"INSERT INTO wxpay_platform_certificate (config_name, serial_no, certificate, expire_time) "
+		  . "VALUES ('t30cert', '$serial', " . dq(pki_file('platform_cert.crt')) . ", now() - interval '1 minute')");
+	clear_session($n);
+	my (undef, $failed) = $n->query($rows_sql->('t30f0-1', 't30f0-2'));
+	like($n->{stderr}, qr/ERROR:  $no_key/, 'expired before the batch: the statement fails with WX001');
+	is(sim_stop_attempts('t30f0-1') + sim_stop_attempts('t30f0-2'), 0,
+		'expired before the batch: nothing was sent');
+
+	# The certificate expires at T, a few seconds from now; the first answer
+	# is held until T has passed.  Should the machine be so slow that even
+	# the first element is signed after T (the statement's WX001, nothing
+	# sent), try again with a longer delay: the outcome never depends on it.
+	my ($out, $err, $p);
+	for my $try (1 .. 4)
+	{
+		my $secs = 2 * 4**($try - 1);
+		$p = "t30f$try";
+		$node->safe_psql('postgres',
+			"UPDATE wxpay_platform_certificate SET expire_time = clock_timestamp() + interval '$secs seconds' "
+			  . "WHERE config_name = 't30cert'");
+		my $t = $node->safe_psql('postgres',
+			"SELECT expire_time FROM wxpay_platform_certificate WHERE config_name = 't30cert'");
+		ctl_post('/faults', { plan => "$p-1", fault => 'hold' });
+		my $tok = bg_send($n, $rows_sql->("$p-1", "$p-2", "$p-3"));
+		if (!session_wait_until($n, 'the held first stop',
+				sub { grep { $_->{plan} eq "$p-1" } @{ ctl_get('/held') } }))
+		{
+			(undef, $err) = bg_finish($n, $tok);
+			like($err, qr/ERROR:  $no_key/, "try $try: expired before the first element was signed");
+			next;
+		}
+		ok( $node->poll_query_until('postgres', "SELECT clock_timestamp() > '$t'"),
+			'mid-batch: the certificate expired while the first answer is held');
+		ctl_post('/release', { plan => "$p-1" });
+		($out, $err) = bg_finish($n, $tok);
+		last;
+	}
+	unlike($err // '', qr/ERROR/, 'mid-batch: the statement does not fail');
+	my @rows = map { [ split /\|/, $_, 4 ] } split /\n/, $out // '';
+	is(scalar(@rows), 3, 'mid-batch: one row per element');
+	is(join(' ', map { "$_->[0]:$_->[1]:$_->[2]" } @rows),
+		"$p-1:f:WX003 $p-2:f:WX001 $p-3:f:WX001",
+		'mid-batch: the first element is WX003, the later ones WX001 rows');
+	like($rows[0][3] // '', qr/failed verification: no usable key of wxpay configuration "t30cert"/,
+		'mid-batch: the first answer could not be verified any more');
+	like($rows[1][3] // '', qr/^$no_key: No configured platform certificate is in its validity period now\.$/,
+		'mid-batch: a later row says why it was not sent');
+	is(sim_stops("$p-1"), 1, 'mid-batch: the first plan was stopped');
+	is(sim_stop_attempts("$p-2") + sim_stop_attempts("$p-3"), 0,
+		'mid-batch: the later elements were never sent');
 	$n->quit;
 }
 

@@ -72,8 +72,9 @@ sub dq
 
 # INSERT for a public-key mode merchant (mchid 1900000001); %over replaces
 # columns (name, serial_no, private_key, base_url, ...).  undef is NULL.
-# backup_base_url is NULL unless given: the column's default is WeChat Pay's
-# real backup domain, which a test must never fail over to.
+# backup_base_url is NULL unless given: a test must never fail over to
+# WeChat Pay's real backup domain (the column's default beside its main
+# domain).
 sub config_insert_sql
 {
 	my (%over) = @_;
