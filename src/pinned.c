@@ -36,6 +36,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -114,10 +115,23 @@ wxpay_pinned_prepare(void)
 /*
  * Right after BackgroundWorkerInitializeConnection (in no transaction):
  * every pinned setting, at a priority no database or role setting reaches.
+ *
+ * First who the process is.  A client backend's login pins
+ * session_authorization itself, but a background worker connected without
+ * a user name (the bootstrap superuser) does not: ALTER DATABASE ... SET
+ * session_authorization = her role made the worker's session hers.  Its
+ * check looks the name up, so this one is set in a transaction.
  */
 void
 wxpay_pinned_apply(void)
 {
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SetConfigOption("session_authorization",
+					GetUserNameFromId(GetAuthenticatedUserId(), false),
+					PGC_SUSET, PGC_S_OVERRIDE);
+	CommitTransactionCommand();
+
 	for (size_t i = 0; i < lengthof(Pinned); i++)
 		SetConfigOption(Pinned[i].name, Pinned[i].value, PGC_SUSET,
 						PGC_S_OVERRIDE);

@@ -335,6 +335,7 @@ ALTER DATABASE postgres SET transform_null_equals = on;
 ALTER DATABASE postgres SET wxpay.request_timeout = '1ms';
 ALTER DATABASE postgres SET wxpay.connect_timeout = '1ms';
 ALTER DATABASE postgres SET role = 'regress_tm_dbowner';
+ALTER DATABASE postgres SET session_authorization = 'regress_tm_dbowner';
 }, 'database owner: sets read-only, 1 ms timeouts, odd styles and her role for the database');
 	restart_worker();
 	$node->safe_psql($db, "SELECT 1");
