@@ -25,9 +25,12 @@
  * processes only, a value that comes from a database or role setting; the
  * server logs a WARNING and the value from postgresql.conf stays.
  *
- * Deliberately not pinned: settings only a superuser can set for a database
- * or role (log_statement, log_min_messages, lc_messages, ...): a superuser
- * needs no attack; synchronous_commit, which the claim sets to on itself
+ * Deliberately not pinned: settings only a superuser (or a role a superuser
+ * granted SET on them) can set for a database or role (log_statement,
+ * log_min_messages, debug_print_*, lc_messages, ...): such a role is trusted
+ * by that grant, and what these processes would log carries no secret
+ * anyway (keys are read as query results, never written into a statement's
+ * text or parameters); synchronous_commit, which the claim sets to on itself
  * for the one transaction that must be durable (queue.c) and whose server
  * value otherwise stands; planner and memory settings (enable_*, work_mem):
  * at worst slower, never a different meaning.
