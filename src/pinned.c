@@ -136,8 +136,22 @@ wxpay_pinned_apply(void)
 	CommitTransactionCommand();
 
 	for (size_t i = 0; i < lengthof(Pinned); i++)
-		SetConfigOption(Pinned[i].name, Pinned[i].value, PGC_SUSET,
-						PGC_S_OVERRIDE);
+	{
+		const PinnedSetting *p = &Pinned[i];
+		const char *now;
+
+		/* a setting this server does not have, nobody can set either */
+		if (GetConfigOption(p->name, true, false) == NULL)
+			continue;
+		if (set_config_option(p->name, p->value, PGC_SUSET, PGC_S_OVERRIDE,
+							  GUC_ACTION_SET, true, DEBUG1, false) > 0)
+			continue;
+		/* refused: harmless only where a server fixes it at that value */
+		now = GetConfigOption(p->name, true, false);
+		if (now == NULL || strcmp(now, p->value) != 0)
+			elog(ERROR, "could not pin setting \"%s\" to \"%s\"",
+				 p->name, p->value);
+	}
 }
 
 /*
