@@ -449,6 +449,23 @@ CREATE FUNCTION wxs.wxpay_config(text) RETURNS text LANGUAGE sql AS 'SELECT wxs.
 	($ret, $out, $err) = $node->psql('tm_schema',
 		'DROP EXTENSION wxpay_signplan; GRANT CREATE ON SCHEMA wxpay_safe TO PUBLIC; CREATE EXTENSION wxpay_signplan SCHEMA wxpay_safe');
 	like($err, qr/DETAIL:  Roles with CREATE on the schema: PUBLIC, /, 'CREATE for PUBLIC: warned');
+	# the update to 0.4.0 warns too, and runs none of her look-alikes
+	$node->safe_psql('tm_schema', 'CREATE DATABASE tm_upgrade');
+	$node->safe_psql('tm_upgrade', 'CREATE SCHEMA wxs AUTHORIZATION regress_tm_nspowner');
+	as_ok('regress_tm_nspowner', $plant . q{
+CREATE OPERATOR wxs.= (LEFTARG = text, RIGHTARG = text, FUNCTION = wxs.eq);
+CREATE OPERATOR wxs.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = wxs.ne);
+CREATE OPERATOR wxs.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = wxs.eq);
+}, 'schema owner: plants look-alikes where 0.3.0 will be installed', 'tm_upgrade');
+	($ret, $out, $err) = $node->psql('tm_upgrade', "CREATE EXTENSION wxpay_signplan VERSION '0.3.0' SCHEMA wxs");
+	is($ret, 0, 'schema owner: 0.3.0 installs into her schema') or diag $err;
+	($ret, $out, $err) = $node->psql('tm_upgrade', 'ALTER EXTENSION wxpay_signplan UPDATE');
+	is($ret, 0, 'schema owner: the update to 0.4.0 runs') or diag $err;
+	like($err, qr/WARNING:  roles that are not superusers can create objects in schema "wxs".*\n.*regress_tm_nspowner/,
+		'the update warns about the schema');
+	is($node->safe_psql('tm_upgrade', 'SELECT pg_catalog.count(*) FROM wxs.tm_ran'),
+		'0', 'schema owner: none of her look-alikes ran during the install or the update');
+
 	$node->safe_psql('tm_schema', 'CREATE DATABASE tm_dbowned OWNER regress_tm_dbowner');
 	($ret, $out, $err) = $node->psql('tm_dbowned', 'CREATE EXTENSION wxpay_signplan');
 	like($err, qr/schema "public".*\n.*Roles with CREATE on the schema: regress_tm_dbowner\./,
