@@ -465,6 +465,20 @@ CREATE OPERATOR wxs.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = wxs.eq);
 		'the update warns about the schema');
 	is($node->safe_psql('tm_upgrade', 'SELECT pg_catalog.count(*) FROM wxs.tm_ran'),
 		'0', 'schema owner: none of her look-alikes ran during the install or the update');
+	# what she can do (README): capture the application's own calls into
+	# her schema with a closer match ...
+	as_ok('regress_tm_nspowner', q{
+GRANT USAGE ON SCHEMA wxs TO PUBLIC;
+CREATE FUNCTION wxs.wxpay_query_sign_plan(varchar) RETURNS text LANGUAGE sql AS $$SELECT 'captured'$$;
+}, 'schema owner: plants a closer-matching overload', 'tm_upgrade');
+	is(as_ok('regress_tm_app', "SELECT wxs.wxpay_query_sign_plan('tm-cap'::varchar)",
+			'schema owner: the application calls with a varchar', 'tm_upgrade'),
+		'captured', 'schema owner: can capture a call the application makes into her schema');
+	# ... and drop it all, keys included, by cascade
+	as_ok('regress_tm_nspowner', 'DROP SCHEMA wxs CASCADE',
+		'schema owner: can drop her schema with the extension in it', 'tm_upgrade');
+	is($node->safe_psql('tm_upgrade', "SELECT count(*) FROM pg_extension WHERE extname = 'wxpay_signplan'"),
+		'0', 'schema owner: ... and the extension is gone (why the schema must be a superuser\'s)');
 
 	$node->safe_psql('tm_schema', 'CREATE DATABASE tm_dbowned OWNER regress_tm_dbowner');
 	($ret, $out, $err) = $node->psql('tm_dbowned', 'CREATE EXTENSION wxpay_signplan');
