@@ -161,6 +161,8 @@ my $pure = 'wxpay_sign_plan_details(jsonb) wxpay_sign_plan_details(wxpay_sign_pl
 		my ($ret, $out, $err) = as('regress_tm_nobody', $sql);
 		like($err, qr/permission denied/, "PUBLIC: refused: $sql");
 	}
+	# what PostgreSQL allows any role (README): listen for finished ids
+	as_ok('regress_tm_nobody', 'LISTEN wxpay_stop_request', 'PUBLIC: can LISTEN wxpay_stop_request');
 }
 
 # ---- the monitoring role (pg_monitor) ----
