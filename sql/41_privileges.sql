@@ -93,3 +93,20 @@ SELECT :attempts_after - :attempts_before AS requests_made;
 REVOKE EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text) FROM regress_priv_app;
 DROP ROLE regress_priv_app;
 DROP ROLE regress_priv_nobody;
+
+-- issue 18: every function of the extension written in SQL or PL/pgSQL
+-- pins its search_path, so its unqualified names resolve in pg_catalog
+-- whoever calls it (none listed)
+SELECT p.oid::regprocedure AS unpinned_function
+FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+JOIN pg_language l ON l.oid = p.prolang
+WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'wxpay_signplan')
+  AND d.classid = 'pg_proc'::regclass AND l.lanname <> 'c'
+  AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+ORDER BY 1::text;
+
+-- issue 18, item 6: the queue records who queued each request; the row
+-- type wxpay_wait_stop_request returns carries it
+SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull
+FROM pg_attribute
+WHERE attrelid = 'wxpay_stop_request'::regclass AND attname = 'enqueued_by';

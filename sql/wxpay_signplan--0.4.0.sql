@@ -317,6 +317,11 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     -- true from before a stop of this request leaves until a query or an
     -- answer settles it: the next attempt then queries before any stop
     outcome_unknown boolean NOT NULL DEFAULT false,
+    -- ===== 0.4.0: who may wait for a request (issue 18) =====
+    -- the role that queued it (the role its session acted as); it and its
+    -- members may wait for it.  NULL (rows queued before 0.4.0): only
+    -- roles that may read this table
+    enqueued_by oid,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );
@@ -375,7 +380,9 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION @extschema@.wxpay_stop_sign_plan_async(text, text, text, text) FROM PUBLIC;
 
 --
--- Wait for a queued stop to finish; returns its row either way.
+-- Wait for a queued stop to finish; returns its row either way.  Only to a
+-- role that may read wxpay_stop_request or has the privileges of the role
+-- that queued it (enqueued_by); to anyone else the request does not exist.
 --
 CREATE FUNCTION @extschema@.wxpay_wait_stop_request(
     id bigint,
@@ -556,3 +563,44 @@ COMMENT ON VIEW @extschema@.wxpay_queue_status IS
 
 REVOKE ALL ON TABLE @extschema@.wxpay_queue_status FROM PUBLIC;
 GRANT SELECT ON TABLE @extschema@.wxpay_queue_status TO pg_monitor;
+
+--
+-- Where the extension lives decides who can plant objects beside it.  A
+-- role that is not a superuser and can create objects in this schema (its
+-- owner, the database owner when pg_database_owner owns it, a role granted
+-- CREATE, or PUBLIC) is untrusted under the extension's threat model
+-- (README "Security"): warn now, while it is cheap to move.
+--
+DO $wxpay_schema_check$
+DECLARE
+    nsp pg_catalog.oid;
+    nspname text;
+    who text[];
+BEGIN
+    SELECT e.extnamespace, n.nspname INTO nsp, nspname
+      FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+     WHERE e.extname OPERATOR(pg_catalog.=) 'wxpay_signplan';
+    SELECT pg_catalog.array_agg(pg_catalog.quote_ident(r.rolname::pg_catalog.text) ORDER BY r.rolname)
+      INTO who
+      FROM pg_catalog.pg_roles r
+     WHERE NOT r.rolsuper
+       -- predefined roles log in as nobody: their members are listed
+       -- (pg_database_owner's is the database's owner)
+       AND r.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+       AND pg_catalog.has_schema_privilege(r.oid, nsp, 'CREATE');
+    IF pg_catalog.has_schema_privilege('public', nsp, 'CREATE') THEN
+        who := pg_catalog.array_prepend('PUBLIC', who);
+    END IF;
+    IF who IS NOT NULL THEN
+        RAISE WARNING 'roles that are not superusers can create objects in schema "%" of wxpay_signplan',
+                      nspname
+            USING DETAIL = pg_catalog.format('Roles with CREATE on the schema: %s%s.',
+                      pg_catalog.array_to_string(who[1:10], ', '),
+                      CASE WHEN pg_catalog.cardinality(who) OPERATOR(pg_catalog.>) 10
+                           THEN pg_catalog.format(' and %s more', pg_catalog.cardinality(who) OPERATOR(pg_catalog.-) 10)
+                           ELSE '' END),
+                  HINT = pg_catalog.format('Install wxpay_signplan in a schema owned by a superuser in which no other role has CREATE, e.g. CREATE SCHEMA wxpay AUTHORIZATION %I; CREATE EXTENSION wxpay_signplan SCHEMA wxpay;', current_user);
+    END IF;
+END
+$wxpay_schema_check$;

@@ -654,6 +654,11 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 	int			nout = 0;
 	int			rc;
 
+	/*
+	 * IS DISTINCT FROM finds "=" by name: the worker's pinned
+	 * search_path (pinned.c) and the SQL function's SET search_path make
+	 * that pg_catalog's, whatever else exists.
+	 */
 	upsert = psprintf("INSERT INTO %s.wxpay_platform_certificate AS c "
 					  "(config_name, serial_no, certificate, effective_time, expire_time) "
 					  "VALUES ($1, $2, $3, $4, $5) "

@@ -54,7 +54,9 @@ wxpay_launcher_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	/* no database: this only makes the launcher visible in pg_stat_activity */
+	wxpay_pinned_prepare();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	wxpay_pinned_apply();
 	pgstat_report_appname("wxpay_signplan launcher");
 
 	wxpay_launcher_attach();

@@ -49,6 +49,12 @@
  * extension owner (SECURITY DEFINER), in the caller's transaction, and asks
  * process.c to wake the worker once that transaction commits.
  *
+ * Who may see a request.  The enqueue records the role that queued it
+ * (enqueued_by: the role its session acts as, see QueueCaller); the wait
+ * returns a request only to a role that may read the whole queue table or
+ * has the privileges of that role.  To anyone else the request does not
+ * exist, in the words of a missing id, so that an id reveals nothing.
+ *
  * wxpay_wait_stop_request() reads the row under the latest snapshot, so it
  * sees the worker's commits even inside a REPEATABLE READ transaction, and
  * sleeps on a condition variable that the worker broadcasts after each
@@ -71,6 +77,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -90,10 +97,13 @@
  * small queue can scan the whole due index for each id (its second column),
  * which made every recorded outcome cost as much as the backlog is long.
  */
-#define QUEUE_BY_ID_SENDING(alias) alias "state COLLATE pg_catalog.\"C\" = 'sending'"
+#define QUEUE_BY_ID_SENDING(alias) alias "state COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) 'sending'"
 
 static void QueueRequireWorker(const char *funcname);
 static char *QueueTable(FunctionCallInfo fcinfo);
+static Oid	QueueTableOid(FunctionCallInfo fcinfo, bool *has_enqueuer);
+static Oid	QueueCaller(void);
+static bool QueueIsEnqueuer(Oid caller, SPITupleTable *tab);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 					  bool read_only);
 
@@ -131,6 +141,51 @@ QueueTable(FunctionCallInfo fcinfo)
 	return psprintf("%s.wxpay_stop_request", wxpay_schema_quoted(nspoid));
 }
 
+/*
+ * The queue table's OID; *has_enqueuer: it has the column enqueued_by (an
+ * install not yet updated to 0.4.0 has not).
+ */
+static Oid
+QueueTableOid(FunctionCallInfo fcinfo, bool *has_enqueuer)
+{
+	Oid			relid;
+
+	relid = get_relname_relid("wxpay_stop_request",
+							  get_func_namespace(fcinfo->flinfo->fn_oid));
+	if (!OidIsValid(relid))
+		elog(ERROR, "table wxpay_stop_request is missing");
+	*has_enqueuer = get_attnum(relid, "enqueued_by") != InvalidAttrNumber;
+	return relid;
+}
+
+/*
+ * The role that calls, as it acts: the role SET ROLE chose (or the session
+ * user).  Inside our SECURITY DEFINER functions the current user is the
+ * extension's owner, so GetUserId() cannot tell; the outer user is what
+ * the caller's session acts as.  A SECURITY DEFINER function of the
+ * application that calls ours therefore counts as its caller, not as its
+ * owner, both when it queues and when it waits.
+ */
+static Oid
+QueueCaller(void)
+{
+	return GetOuterUserId();
+}
+
+/*
+ * Whether caller queued the request read into tab (its fourth column is
+ * enqueued_by), or has the privileges of the role that did.  A request
+ * without an enqueuer (queued before 0.4.0) belongs to nobody.
+ */
+static bool
+QueueIsEnqueuer(Oid caller, SPITupleTable *tab)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tab->vals[0], tab->tupdesc, 4, &isnull);
+
+	return !isnull && has_privs_of_role(caller, DatumGetObjectId(d));
+}
+
 PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan_async);
 Datum
 wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
@@ -140,6 +195,7 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	char	   *sql;
 	bool		isnull;
 	Datum		id;
+	bool		has_enqueuer;
 
 	QueueRequireWorker("wxpay_stop_sign_plan_async()");
 
@@ -160,17 +216,21 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 
 	/*
 	 * sub_mchid is named only when set: an install not yet updated to 0.3.0
-	 * (no such column) keeps queueing direct-merchant stops.
+	 * (no such column) keeps queueing direct-merchant stops.  The caller is
+	 * recorded (enqueued_by, 0.4.0) so that it may wait for its request.
 	 */
-	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s)"
-				   " VALUES ($1, $2, $3%s) RETURNING id", QueueTable(fcinfo),
-				   sub_mchid ? ", sub_mchid" : "", sub_mchid ? ", $4" : "");
+	(void) QueueTableOid(fcinfo, &has_enqueuer);
+	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s%s)"
+				   " VALUES ($1, $2, $3%s%s) RETURNING id", QueueTable(fcinfo),
+				   has_enqueuer ? ", enqueued_by" : "",
+				   sub_mchid ? ", sub_mchid" : "",
+				   has_enqueuer ? ", $4" : "", sub_mchid ? ", $5" : "");
 
 	wxpay_spi_connect();
-	if (SPI_execute_with_args(sql, sub_mchid ? 4 : 3,
-							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+	if (SPI_execute_with_args(sql, sub_mchid ? 5 : 4,
+							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID},
 							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
-							  PG_GETARG_DATUM(1),
+							  PG_GETARG_DATUM(1), ObjectIdGetDatum(QueueCaller()),
 							  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0},
 							  NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
@@ -194,6 +254,10 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 	SPIPlanPtr	plan;
 	char	   *sql;
 	Datum		result = (Datum) 0;
+	Oid			relid;
+	bool		has_enqueuer;
+	Oid			caller = QueueCaller();
+	bool		reader;
 
 	QueueRequireWorker("wxpay_wait_stop_request()");
 
@@ -216,8 +280,21 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
 
-	sql = psprintf("SELECT q, q.xmin, q.state IN ('succeeded', 'failed')"
-				   " FROM %s q WHERE q.id = $1", QueueTable(fcinfo));
+	/*
+	 * Only a role that may read the whole table, or that queued the request
+	 * (or has its privileges), gets the row; to anyone else it does not
+	 * exist, in the same words as a missing id.
+	 */
+	relid = QueueTableOid(fcinfo, &has_enqueuer);
+	reader = pg_class_aclcheck(relid, caller, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(relid, caller, ACL_SELECT,
+								  ACLMASK_ALL) == ACLCHECK_OK;
+
+	sql = psprintf("SELECT q, q.xmin, q.state OPERATOR(pg_catalog.=) ANY"
+				   " (ARRAY['succeeded', 'failed']::pg_catalog.text[]), %s"
+				   " FROM %s q WHERE q.id OPERATOR(pg_catalog.=) $1",
+				   has_enqueuer ? "q.enqueued_by" : "NULL::pg_catalog.oid",
+				   QueueTable(fcinfo));
 
 	wxpay_spi_connect();
 	plan = SPI_prepare(sql, 1, (Oid[]) {INT8OID});
@@ -239,7 +316,8 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 		if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
 								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read stop request %lld", (long long) id);
-		if (SPI_processed == 0)
+		if (SPI_processed == 0 ||
+			(!reader && !QueueIsEnqueuer(caller, SPI_tuptable)))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("stop request %lld does not exist", (long long) id),
@@ -355,7 +433,7 @@ wxpay_queue_schema(void)
 	Datum		d;
 
 	if (QueueExec("SELECT extnamespace FROM pg_catalog.pg_extension"
-				  " WHERE extname = 'wxpay_signplan'", 0, NULL, NULL, true) != SPI_OK_SELECT)
+				  " WHERE extname OPERATOR(pg_catalog.=) 'wxpay_signplan'", 0, NULL, NULL, true) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the wxpay_signplan extension");
 	if (SPI_processed == 0)
 		return InvalidOid;
@@ -385,15 +463,15 @@ wxpay_queue_reconcile(const char *q)
 
 	sql = psprintf("WITH r AS ("
 				   " UPDATE %s SET"
-				   "  state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,"
-				   "  finished_at = CASE WHEN attempts >= $1 THEN pg_catalog.now() END,"
-				   "  next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $2),"
+				   "  state = CASE WHEN attempts OPERATOR(pg_catalog.>=) $1 THEN 'failed' ELSE 'queued' END,"
+				   "  finished_at = CASE WHEN attempts OPERATOR(pg_catalog.>=) $1 THEN pg_catalog.now() END,"
+				   "  next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2),"
 				   "  http_status = NULL, request_id = NULL,"
 				   "  error_code = 'WX003',"
 				   "  error_message = 'The worker stopped while this request was in flight, so the outcome of that attempt is unknown.'"
-				   " WHERE state = 'sending' RETURNING id, state)"
-				   " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
-				   " FROM r WHERE state = 'failed'", q);
+				   " WHERE state OPERATOR(pg_catalog.=) 'sending' RETURNING id, state)"
+				   " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::pg_catalog.text)"
+				   " FROM r WHERE state OPERATOR(pg_catalog.=) 'failed'", q);
 	ret = QueueExec(sql, 2, (Oid[]) {INT4OID, FLOAT8OID},
 					(Datum[]) {Int32GetDatum(wxpay_max_attempts),
 					Float8GetDatum(wxpay_reconcile_delay / 1000.0)}, false);
@@ -414,11 +492,11 @@ wxpay_queue_configs(const char *q)
 
 	plan = QueuePrepare(&slot, q,
 						"WITH RECURSIVE c(name) AS ("
-						" (SELECT config_name FROM %s WHERE state = 'queued'"
+						" (SELECT config_name FROM %s WHERE state OPERATOR(pg_catalog.=) 'queued'"
 						"  ORDER BY config_name LIMIT 1)"
 						" UNION ALL"
-						" SELECT (SELECT config_name FROM %s WHERE state = 'queued'"
-						"  AND config_name > c.name ORDER BY config_name LIMIT 1)"
+						" SELECT (SELECT config_name FROM %s WHERE state OPERATOR(pg_catalog.=) 'queued'"
+						"  AND config_name OPERATOR(pg_catalog.>) c.name ORDER BY config_name LIMIT 1)"
 						" FROM c WHERE c.name IS NOT NULL)"
 						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL);
 	if (QueueExecPlan(plan, NULL, false) != SPI_OK_SELECT)
@@ -462,11 +540,11 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 	plan = QueuePrepare(&select_slot, q,
 						"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
 						" outcome_unknown, sub_mchid FROM %s r"
-						" WHERE state = 'queued' AND config_name = $1"
-						" AND next_attempt_at <= pg_catalog.now()"
-						" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
-						"  AND s.config_name = r.config_name"
-						"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
+						" WHERE state OPERATOR(pg_catalog.=) 'queued' AND config_name OPERATOR(pg_catalog.=) $1"
+						" AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+						" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state OPERATOR(pg_catalog.=) 'sending'"
+						"  AND s.config_name OPERATOR(pg_catalog.=) r.config_name"
+						"  AND s.merchant_sign_plan_no OPERATOR(pg_catalog.=) r.merchant_sign_plan_no)"
 						" ORDER BY next_attempt_at, id LIMIT $2"
 						" FOR UPDATE SKIP LOCKED", 2, (Oid[]) {TEXTOID, INT4OID});
 	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
@@ -501,8 +579,8 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 
 	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	plan = QueuePrepare(&update_slot, q,
-						"UPDATE %s SET state = 'sending', attempts = attempts + 1,"
-						" outcome_unknown = true WHERE id = ANY ($1)",
+						"UPDATE %s SET state = 'sending', attempts = attempts OPERATOR(pg_catalog.+) 1,"
+						" outcome_unknown = true WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
 						1, (Oid[]) {INT8ARRAYOID});
 	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr)}, false) != SPI_OK_UPDATE ||
 		SPI_processed != (uint64) n)
@@ -530,10 +608,10 @@ wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
 		ids[i] = Int64GetDatum(rows[i]->id);
 		marks[i] = BoolGetDatum(rows[i]->unknown);
 	}
-	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts - 1,"
+	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts OPERATOR(pg_catalog.-) 1,"
 				   " outcome_unknown = u.unknown"
 				   " FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.bool[]) u(id, unknown)"
-				   " WHERE q.id = u.id AND " QUEUE_BY_ID_SENDING("q."), q);
+				   " WHERE q.id OPERATOR(pg_catalog.=) u.id AND " QUEUE_BY_ID_SENDING("q."), q);
 	if (QueueExec(sql, 2, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID},
 				  (Datum[]) {
 		PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
@@ -574,19 +652,19 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 						  " finished_at = pg_catalog.now(), http_status = $2,"
 						  " request_id = $3, result = $4, error_code = NULL,"
 						  " error_message = NULL, outcome_unknown = false"
-						  " WHERE id = $1 AND " QUEUE_BY_ID_SENDING("") " RETURNING id)"
-						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text) FROM r",
+						  " WHERE id OPERATOR(pg_catalog.=) $1 AND " QUEUE_BY_ID_SENDING("") " RETURNING id)"
+						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::pg_catalog.text) FROM r",
 						  q);
 		fail_sql = psprintf("WITH r AS (UPDATE %s SET"
 							" state = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,"
 							" finished_at = CASE WHEN $6 THEN NULL ELSE pg_catalog.now() END,"
-							" next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $7),"
+							" next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $7),"
 							" http_status = $2, request_id = $3, error_code = $4,"
 							" error_message = $5, outcome_unknown = $8"
-							" WHERE id = $1 AND " QUEUE_BY_ID_SENDING("")
+							" WHERE id OPERATOR(pg_catalog.=) $1 AND " QUEUE_BY_ID_SENDING("")
 							" RETURNING id, state)"
-							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::text)"
-							" FROM r WHERE state = 'failed'", q);
+							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::pg_catalog.text)"
+							" FROM r WHERE state OPERATOR(pg_catalog.=) 'failed'", q);
 
 		if (OidIsValid(plan_type))
 		{
@@ -654,7 +732,7 @@ wxpay_queue_next_due(const char *q)
 	Datum		d;
 
 	sql = psprintf("SELECT pg_catalog.min(next_attempt_at) FROM %s"
-				   " WHERE state = 'queued'", q);
+				   " WHERE state OPERATOR(pg_catalog.=) 'queued'", q);
 	/* not read-only: see the outcomes this transaction just recorded */
 	if (QueueExec(sql, 0, NULL, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan the stop request queue");
@@ -668,9 +746,10 @@ wxpay_queue_purge(const char *q)
 {
 	char	   *sql;
 
-	sql = psprintf("DELETE FROM %s WHERE id IN (SELECT id FROM %s"
-				   " WHERE state IN ('succeeded', 'failed')"
-				   " AND finished_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
+	sql = psprintf("DELETE FROM %s WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM %s"
+				   " WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['succeeded', 'failed']::pg_catalog.text[])"
+				   " AND finished_at OPERATOR(pg_catalog.<)"
+				   " (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
 				   " LIMIT %d)", q, q, 10000);
 	if (QueueExec(sql, 1, (Oid[]) {FLOAT8OID},
 				  (Datum[]) {Float8GetDatum((double) wxpay_stop_request_retention)},

@@ -86,7 +86,10 @@ wxpay_queue_worker_main(Datum arg)
 		proc_exit(0);
 	}
 
+	/* nothing of ALTER DATABASE/ROLE ... SET changes what it runs */
+	wxpay_pinned_prepare();
 	BackgroundWorkerInitializeConnection(wxpay_database_name, NULL, 0);
+	wxpay_pinned_apply();
 	pgstat_report_appname("wxpay_signplan worker");
 	wxpay_worker_slot_report(true, false);
 	ereport(LOG,

@@ -36,7 +36,7 @@ _PG_init(void)
 							10000, 1, 3600 * 1000,
 							PGC_USERSET,
 							GUC_UNIT_MS,
-							NULL, NULL, NULL);
+							wxpay_pinned_check_hook, NULL, NULL);
 
 	DefineCustomIntVariable("wxpay.request_timeout",
 							"Sets the total time allowed for one WeChat Pay request, connecting included.",
@@ -45,7 +45,7 @@ _PG_init(void)
 							30000, 1, 3600 * 1000,
 							PGC_USERSET,
 							GUC_UNIT_MS,
-							NULL, NULL, NULL);
+							wxpay_pinned_check_hook, NULL, NULL);
 
 	DefineCustomIntVariable("wxpay.certificate_refresh_interval",
 							"Sets how often the background worker downloads the WeChat Pay platform certificates.",
@@ -62,7 +62,7 @@ _PG_init(void)
 							8, 1, WXPAY_BATCH_CONCURRENCY_MAX,
 							PGC_USERSET,
 							0,
-							NULL, NULL, NULL);
+							wxpay_pinned_check_hook, NULL, NULL);
 
 	TransportInit();
 	ConfigInit();

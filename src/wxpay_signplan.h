@@ -23,6 +23,8 @@
  *	  process.c			the background processes' shared memory: the worker
  *						slot, wakeups, settings, the ProcessUtility hook
  *	  launcher.c		the launcher: starts the one queue worker
+ *	  pinned.c			the settings the launcher and the worker pin against
+ *						ALTER DATABASE/ROLE ... SET (search_path, ...)
  *	  ratelimit.c		the per-merchant rate limit
  *	  queue.c			the one owner of wxpay_stop_request: its state
  *						machine, enqueue, wait, claim, record, reconcile
@@ -48,6 +50,7 @@
 #include "fmgr.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 
 #include "protocol.h"
@@ -481,6 +484,13 @@ extern void wxpay_worker_slot_report(bool connected, bool clean);
 extern void wxpay_launcher_attach(void);
 extern void wxpay_launcher_status(WxpayWorkerStatus *st);
 extern void wxpay_launcher_set_starting(bool starting);
+
+/* ---------- pinned.c ---------- */
+
+extern void wxpay_pinned_prepare(void);
+extern void wxpay_pinned_apply(void);
+extern bool wxpay_pinned_check_hook(int *newval, void **extra,
+									GucSource source);
 
 /* ---------- launcher.c ---------- */
 
