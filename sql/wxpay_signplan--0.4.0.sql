@@ -304,6 +304,11 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     -- true from before a stop of this request leaves until a query or an
     -- answer settles it: the next attempt then queries before any stop
     outcome_unknown boolean NOT NULL DEFAULT false,
+    -- ===== 0.4.0: failover (issue 18) =====
+    -- the WAL timeline the enqueue or the last claim was written on; a row
+    -- of another timeline (a promotion may have lost later commits) or of
+    -- none is queried before any stop
+    timeline integer,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );
