@@ -70,7 +70,7 @@ $node->safe_psql('fresh', grants_sql(\%sig_new, qw(stop query batch async)));
 
 # queued rows of 0.2.0, one with a stored result
 my $rows_sql = q{
-SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown')::text,
+SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown' - 'timeline')::text,
        (to_jsonb(result) - 'sub_openid' - 'sub_mchid' - 'sub_appid')::text
 FROM wxpay_stop_request r ORDER BY id};
 my $rows_before;
@@ -101,7 +101,9 @@ for my $v (@from)
 		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, "
 		  . " state, attempts, finished_at, http_status, request_id, result) "
 		  . "VALUES ('default', 'up-2', 'done before the upgrade', 'succeeded', 1, now(), 200, "
-		  . " 'abc-0', $plan_row);"
+		  . " 'abc-0', "
+		  . ($v eq '0.2.0' ? $plan_row : $plan_row =~ s/\)::/, NULL, NULL, NULL)::/r)
+		  . ");"
 		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, "
 		  . " state, attempts, error_code, error_message) "
 		  . "VALUES ('other', 'up-3', 'retrying', 'queued', 2, 'WX003', 'unknown');");
@@ -119,6 +121,10 @@ for my $v (@from)
 	is( $node->safe_psql($db,
 			"SELECT count(*) FROM wxpay_stop_request WHERE sub_mchid IS NULL"),
 		'3', 'they are direct-merchant requests');
+	# issue 18: of no timeline, so their next claim queries first
+	is( $node->safe_psql($db,
+			"SELECT count(*) FROM wxpay_stop_request WHERE timeline IS NULL"),
+		'3', 'they have no timeline (queried before any stop)');
 	is( $node->safe_psql($db,
 			"SELECT (result).cancel_sign_type || '|' || (result).total_actual_price || '|'"
 			  . " || ((result).sub_mchid IS NULL) FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'up-2'"),

@@ -215,6 +215,26 @@ sub failover
 	is(($st = sim_stats())->{queries}{"${prefix}after"} // 0,
 		0, "$what: ... without a query first (it is of the current timeline)");
 
+	is( $standby->safe_psql('postgres',
+			"SELECT timeline = 2 FROM wxpay_stop_request WHERE id = $id"),
+		't', "$what: ... recorded on the new timeline");
+
+	# a row of no timeline (queued before 0.4.0, or inserted by hand) is
+	# queried first
+	$id = $standby->safe_psql('postgres',
+		"BEGIN;"
+		  . " DO \$\$ BEGIN PERFORM wxpay_stop_sign_plan_async('${prefix}null', 'r'); END \$\$;"
+		  . " UPDATE wxpay_stop_request SET timeline = NULL"
+		  . "  WHERE merchant_sign_plan_no = '${prefix}null' RETURNING id;"
+		  . " COMMIT;");
+	is( $standby->safe_psql('postgres',
+			"SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
+		'succeeded',
+		"$what: a request of no timeline succeeds");
+	$st = sim_stats();
+	is( ($st->{queries}{"${prefix}null"} // 0) . '/' . ($st->{stops}{"${prefix}null"} // 0),
+		'1/1', "$what: ... after a query first");
+
 	my $log = slurp_file($standby->logfile);
 	unlike($log, qr/TRAP:|PANIC/, "$what: no assertion failure or PANIC");
 	$standby->stop;
