@@ -520,32 +520,29 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 
 	/*
 	 * Plans of different sub-merchants (partner mode) with one number count
-	 * as one here: they only wait for each other.
+	 * as one here: they only wait for each other.  The expression of the
+	 * mark differs only in its timeline rule (an install not yet updated to
+	 * 0.4.0 has no timeline column).
 	 */
+#define QUEUE_CLAIM_SELECT(mark) \
+	"SELECT id, merchant_sign_plan_no, stop_reason, attempts, " mark ", sub_mchid" \
+	" FROM %s r" \
+	" WHERE state = 'queued' AND config_name = $1" \
+	" AND next_attempt_at <= pg_catalog.now()" \
+	" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'" \
+	"  AND s.config_name = r.config_name" \
+	"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)" \
+	" ORDER BY next_attempt_at, id LIMIT $2" \
+	" FOR UPDATE SKIP LOCKED"
 	if (has_timeline)
 		plan = QueuePrepare(&select_slot, q,
-							"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
-							" (outcome_unknown OR timeline IS NULL"
-							"  OR NOT (timeline OPERATOR(pg_catalog.=) $3)),"
-							" sub_mchid FROM %s r"
-							" WHERE state = 'queued' AND config_name = $1"
-							" AND next_attempt_at <= pg_catalog.now()"
-							" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
-							"  AND s.config_name = r.config_name"
-							"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
-							" ORDER BY next_attempt_at, id LIMIT $2"
-							" FOR UPDATE SKIP LOCKED", 3, (Oid[]) {TEXTOID, INT4OID, INT4OID});
+							QUEUE_CLAIM_SELECT("(outcome_unknown OR timeline IS NULL"
+											   " OR NOT (timeline OPERATOR(pg_catalog.=) $3))"),
+							3, (Oid[]) {TEXTOID, INT4OID, INT4OID});
 	else
-		plan = QueuePrepare(&select_old_slot, q,
-							"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
-							" outcome_unknown, sub_mchid FROM %s r"
-							" WHERE state = 'queued' AND config_name = $1"
-							" AND next_attempt_at <= pg_catalog.now()"
-							" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state = 'sending'"
-							"  AND s.config_name = r.config_name"
-							"  AND s.merchant_sign_plan_no = r.merchant_sign_plan_no)"
-							" ORDER BY next_attempt_at, id LIMIT $2"
-							" FOR UPDATE SKIP LOCKED", 2, (Oid[]) {TEXTOID, INT4OID});
+		plan = QueuePrepare(&select_old_slot, q, QUEUE_CLAIM_SELECT("outcome_unknown"),
+							2, (Oid[]) {TEXTOID, INT4OID});
+#undef QUEUE_CLAIM_SELECT
 	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
 						  Int32GetDatum(limit), timeline}, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim stop requests");
@@ -577,16 +574,16 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 		return 0;
 
 	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+#define QUEUE_CLAIM_UPDATE(set) \
+	"UPDATE %s SET state = 'sending', attempts = attempts + 1," \
+	" outcome_unknown = true" set " WHERE id = ANY ($1)"
 	if (has_timeline)
-		plan = QueuePrepare(&update_slot, q,
-							"UPDATE %s SET state = 'sending', attempts = attempts + 1,"
-							" outcome_unknown = true, timeline = $2 WHERE id = ANY ($1)",
+		plan = QueuePrepare(&update_slot, q, QUEUE_CLAIM_UPDATE(", timeline = $2"),
 							2, (Oid[]) {INT8ARRAYOID, INT4OID});
 	else
-		plan = QueuePrepare(&update_old_slot, q,
-							"UPDATE %s SET state = 'sending', attempts = attempts + 1,"
-							" outcome_unknown = true WHERE id = ANY ($1)",
+		plan = QueuePrepare(&update_old_slot, q, QUEUE_CLAIM_UPDATE(""),
 							1, (Oid[]) {INT8ARRAYOID});
+#undef QUEUE_CLAIM_UPDATE
 	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr), timeline},
 					  false) != SPI_OK_UPDATE ||
 		SPI_processed != (uint64) n)

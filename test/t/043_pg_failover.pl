@@ -244,4 +244,49 @@ sub failover
 failover('sync');
 failover('async');
 
+# The library before ALTER EXTENSION ... UPDATE: a 0.3.0 queue (no timeline
+# column) is still served, and after the update its rows, of no timeline,
+# are queried first.
+{
+	my $node = PostgreSQL::Test::Cluster->new('pgfo_old_schema');
+	$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$node->append_conf('postgresql.conf', queue_test_conf());
+	$node->start;
+	$node->safe_psql('postgres', "CREATE EXTENSION wxpay_signplan VERSION '0.3.0'");
+	$node->safe_psql('postgres', config_insert_sql());
+	my $id = $node->safe_psql('postgres',
+		"SELECT wxpay_stop_sign_plan_async('q43old-1', 'r')");
+	is( $node->safe_psql('postgres',
+			"SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
+		'succeeded', 'a 0.3.0 queue: a request is queued and sent');
+	$id = $node->safe_psql('postgres',
+		"SELECT wxpay_stop_sign_plan_async('q43old-2', 'r', 'default', '1230000431')");
+	is( $node->safe_psql('postgres',
+			"SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
+		'succeeded', 'a 0.3.0 queue: a partner request is queued and sent');
+
+	# queued before the update, claimed after it
+	$node->safe_psql('postgres',
+		"BEGIN; SELECT wxpay_stop_sign_plan_async('q43old-3', 'r');"
+		  . " UPDATE wxpay_stop_request SET next_attempt_at = now() + '1 hour'"
+		  . "  WHERE merchant_sign_plan_no = 'q43old-3'; COMMIT;");
+	$node->safe_psql('postgres', 'ALTER EXTENSION wxpay_signplan UPDATE');
+	# due now; a request queued with it wakes the worker
+	$id = $node->safe_psql('postgres',
+		"BEGIN; DO \$\$ BEGIN PERFORM wxpay_stop_sign_plan_async('q43old-4', 'r'); END \$\$;"
+		  . " UPDATE wxpay_stop_request SET next_attempt_at = now()"
+		  . "  WHERE merchant_sign_plan_no = 'q43old-3' RETURNING id; COMMIT;");
+	is( $node->safe_psql('postgres',
+			"SELECT state || ' ' || (timeline IS NOT NULL) FROM wxpay_wait_stop_request($id, '60s')"),
+		'succeeded true', 'after the update: a request queued before it is sent, its timeline recorded');
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) = 4 FROM wxpay_stop_request WHERE state = 'succeeded'"),
+		'all four requests succeeded');
+	my $st = sim_stats();
+	is( join(' ', map { ($st->{queries}{"q43old-$_"} // 0) . '/' . ($st->{stops}{"q43old-$_"} // 0) } 1, 3, 4),
+		'0/1 1/1 0/1',
+		'... and only the one queued before the update and claimed after it was queried first');
+	$node->stop;
+}
+
 done_testing();
