@@ -148,3 +148,10 @@ BEGIN
     END IF;
 END
 $wxpay_schema_check$;
+
+-- ----- issue 18, failover -----
+-- The WAL timeline each row's enqueue or last claim was written on: after a
+-- promotion, a row of an older timeline (or of none, as every row queued
+-- before this update) is queried before any stop, because the old primary
+-- may have claimed and sent it in commits the new one never received.
+ALTER TABLE @extschema@.wxpay_stop_request ADD COLUMN timeline integer;

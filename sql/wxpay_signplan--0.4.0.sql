@@ -322,6 +322,11 @@ CREATE TABLE @extschema@.wxpay_stop_request (
     -- members may wait for it.  NULL (rows queued before 0.4.0): only
     -- roles that may read this table
     enqueued_by oid,
+    -- ===== 0.4.0: failover (issue 18) =====
+    -- the WAL timeline the enqueue or the last claim was written on; a row
+    -- of another timeline (a promotion may have lost later commits) or of
+    -- none is queried before any stop
+    timeline integer,
     CONSTRAINT wxpay_stop_request_state
         CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'sending', 'succeeded', 'failed']::text[]))
 );

@@ -34,15 +34,41 @@
  * that shows the plan still running lets the stop follow but keeps the
  * mark: the earlier stop may yet be applied after that answer.  A stop that
  * never left (WX004) or was refused with 429 leaves the mark as it was.
- * Release restores the mark the row had before the claim.  Reconcile keeps
- * it.  Nothing derives it from error codes.
+ * Release restores the mark the row had before the claim (as the claim
+ * read it: with the timeline rule below).  Reconcile keeps it.  Nothing
+ * derives it from error codes.
+ *
+ * Promotions: the timeline rule.  A standby promoted after an asynchronous
+ * primary died may lack the primary's last commits: claims (with their
+ * marks) and outcomes of stops that did leave.  Such a row comes back
+ * queued and unmarked, and a plain claim would stop its plan a second time,
+ * blindly, and record WeChat Pay's "already stopped" refusal as failed.  So
+ * each row records the timeline its enqueue or its last claim was written
+ * on (column timeline, from GetWALInsertionTimeLine()), and the claim treats
+ * a row whose timeline is not the current one, or is NULL (rows from before
+ * 0.4.0, rows inserted by hand), as marked: it queries before any stop.
+ * PostgreSQL starts a new timeline at every promotion and at the end of
+ * every archive recovery (a restored base backup, point-in-time recovery).
+ * Within one timeline a claim is never lost once committed (it is flushed
+ * before anything is sent), so a row written on the current timeline shows
+ * every claim of it.  (A copy of the data directory started without archive
+ * recovery, such as a file-system snapshot, keeps its timeline: README.)
+ * The cost is one query for each unfinished request after a promotion.  A
+ * claim records the current timeline; release, record and reconcile leave
+ * it (they run on the timeline of the claim, or carry the mark anyway).
+ * What replication cannot give back, no rule here can: an enqueue committed
+ * on an asynchronous primary and lost with it was sent or not, and the new
+ * primary has no row for it at all (README, "Backups, replicas and
+ * failover").
  *
  * "Sent iff commit".  The enqueue inserts in the caller's transaction;
  * nothing happens before it commits.  Because the claim's commit record
  * follows the enqueue's commit record in the WAL and is flushed (and
  * replicated, with synchronous standbys) before anything is sent, an
  * enqueue committed with synchronous_commit = off that is lost in a crash
- * or a failover was never sent either.
+ * or a failover to a synchronous standby was never sent either.  (A
+ * failover to an asynchronous standby may lose any commit, sent or not:
+ * see the timeline rule above.)
  *
  * wxpay_stop_sign_plan_async() checks its arguments and the config exactly
  * as wxpay_stop_sign_plan() does, then inserts a row through SPI, as the
@@ -71,6 +97,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -100,6 +127,7 @@
 #define QUEUE_BY_ID_SENDING(alias) alias "state COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) 'sending'"
 
 static void QueueRequireWorker(const char *funcname);
+static bool QueueHasTimeline(Oid relid);
 static char *QueueTable(FunctionCallInfo fcinfo);
 static Oid	QueueTableOid(FunctionCallInfo fcinfo, bool *has_enqueuer);
 static Oid	QueueCaller(void);
@@ -130,6 +158,16 @@ QueueRequireWorker(const char *funcname)
 				 errdetail("wxpay.database_name is \"%s\".",
 						   wxpay_database_name ? wxpay_database_name : ""),
 				 errhint("Queue stop requests in that database, or change wxpay.database_name and restart the server.")));
+}
+
+/*
+ * Whether the queue table has the timeline column (0.4.0): the library may
+ * be newer than the installed extension until ALTER EXTENSION ... UPDATE.
+ */
+static bool
+QueueHasTimeline(Oid relid)
+{
+	return OidIsValid(relid) && get_attnum(relid, "timeline") != InvalidAttrNumber;
 }
 
 /* The queue table, qualified by the called function's schema. */
@@ -195,7 +233,9 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	char	   *sql;
 	bool		isnull;
 	Datum		id;
+	Oid			relid;
 	bool		has_enqueuer;
+	bool		current;
 
 	QueueRequireWorker("wxpay_stop_sign_plan_async()");
 
@@ -213,26 +253,38 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	(void) wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
 	sub_mchid = wxpay_sub_mchid_arg(fcinfo, 3);
 	(void) wxpay_resolve_config(fcinfo, 2);
+	/* a standby cannot queue (and has no WAL insertion timeline) */
+	PreventCommandDuringRecovery("wxpay_stop_sign_plan_async()");
 
 	/*
-	 * sub_mchid is named only when set: an install not yet updated to 0.3.0
-	 * (no such column) keeps queueing direct-merchant stops.  The caller is
-	 * recorded (enqueued_by, 0.4.0) so that it may wait for its request.
+	 * An install updated to 0.4.0 records the caller (enqueued_by, so that
+	 * it may wait for its request) and the timeline the row is written on
+	 * (the timeline rule at the top of the file).  One not yet updated has
+	 * neither column, and one not yet updated to 0.3.0 no sub_mchid either:
+	 * there sub_mchid is named only when set, so direct-merchant stops keep
+	 * being queued.
 	 */
-	(void) QueueTableOid(fcinfo, &has_enqueuer);
-	sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s%s)"
-				   " VALUES ($1, $2, $3%s%s) RETURNING id", QueueTable(fcinfo),
-				   has_enqueuer ? ", enqueued_by" : "",
-				   sub_mchid ? ", sub_mchid" : "",
-				   has_enqueuer ? ", $4" : "", sub_mchid ? ", $5" : "");
+	relid = QueueTableOid(fcinfo, &has_enqueuer);
+	current = has_enqueuer && QueueHasTimeline(relid);
+	if (current)
+		sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason,"
+					   " sub_mchid, enqueued_by, timeline)"
+					   " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+					   QueueTable(fcinfo));
+	else
+		sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s)"
+					   " VALUES ($1, $2, $3%s) RETURNING id", QueueTable(fcinfo),
+					   sub_mchid ? ", sub_mchid" : "", sub_mchid ? ", $4" : "");
 
 	wxpay_spi_connect();
-	if (SPI_execute_with_args(sql, sub_mchid ? 5 : 4,
-							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID},
+	if (SPI_execute_with_args(sql, current ? 6 : (sub_mchid ? 4 : 3),
+							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, INT4OID},
 							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
-							  PG_GETARG_DATUM(1), ObjectIdGetDatum(QueueCaller()),
-							  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0},
-							  NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
+							  PG_GETARG_DATUM(1),
+							  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0,
+							  ObjectIdGetDatum(QueueCaller()),
+							  Int32GetDatum((int32) GetWALInsertionTimeLine())},
+							  sub_mchid ? NULL : "   n  ", false, 1) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not queue the stop request");
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -510,10 +562,12 @@ wxpay_queue_configs(const char *q)
 /*
  * Claim up to limit due requests of one config, one per plan (a plan with
  * a request in flight gets none): state "sending", attempts + 1, the mark
- * set.  The transaction commits with synchronous_commit = on, so that all
- * of this is durable before the worker sends anything (see the top of the
- * file).  Fills rows (allocated by the caller, limit entries); returns how
- * many.
+ * set, the current timeline recorded.  A row last written on another
+ * timeline, or on none, counts as marked (the timeline rule at the top of
+ * the file).  The transaction commits with synchronous_commit = on, so that
+ * all of this is durable before the worker sends anything (see the top of
+ * the file).  Fills rows (allocated by the caller, limit entries); returns
+ * how many.
  */
 int
 wxpay_queue_claim(const char *q, const char *config_name, int limit,
@@ -521,10 +575,14 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 {
 	static QueuePlan select_slot;
 	static QueuePlan update_slot;
+	static QueuePlan select_old_slot;
+	static QueuePlan update_old_slot;
 	SPIPlanPtr	plan;
 	int			n = 0;
 	Datum	   *ids;
 	ArrayType  *arr;
+	bool		has_timeline;
+	Datum		timeline;
 
 	if (limit <= 0)
 		return 0;
@@ -533,22 +591,38 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 	(void) set_config_option("synchronous_commit", "on", PGC_SUSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 
+	/* the worker runs only after recovery: the timeline is settled */
+	timeline = Int32GetDatum((int32) GetWALInsertionTimeLine());
+	has_timeline = QueueHasTimeline(DatumGetObjectId(DirectFunctionCall1(regclassin,
+																		 CStringGetDatum(q))));
+
 	/*
 	 * Plans of different sub-merchants (partner mode) with one number count
-	 * as one here: they only wait for each other.
+	 * as one here: they only wait for each other.  The expression of the
+	 * mark differs only in its timeline rule (an install not yet updated to
+	 * 0.4.0 has no timeline column).
 	 */
-	plan = QueuePrepare(&select_slot, q,
-						"SELECT id, merchant_sign_plan_no, stop_reason, attempts,"
-						" outcome_unknown, sub_mchid FROM %s r"
-						" WHERE state OPERATOR(pg_catalog.=) 'queued' AND config_name OPERATOR(pg_catalog.=) $1"
-						" AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-						" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state OPERATOR(pg_catalog.=) 'sending'"
-						"  AND s.config_name OPERATOR(pg_catalog.=) r.config_name"
-						"  AND s.merchant_sign_plan_no OPERATOR(pg_catalog.=) r.merchant_sign_plan_no)"
-						" ORDER BY next_attempt_at, id LIMIT $2"
-						" FOR UPDATE SKIP LOCKED", 2, (Oid[]) {TEXTOID, INT4OID});
+#define QUEUE_CLAIM_SELECT(mark) \
+	"SELECT id, merchant_sign_plan_no, stop_reason, attempts, " mark ", sub_mchid" \
+	" FROM %s r" \
+	" WHERE state OPERATOR(pg_catalog.=) 'queued' AND config_name OPERATOR(pg_catalog.=) $1" \
+	" AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
+	" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state OPERATOR(pg_catalog.=) 'sending'" \
+	"  AND s.config_name OPERATOR(pg_catalog.=) r.config_name" \
+	"  AND s.merchant_sign_plan_no OPERATOR(pg_catalog.=) r.merchant_sign_plan_no)" \
+	" ORDER BY next_attempt_at, id LIMIT $2" \
+	" FOR UPDATE SKIP LOCKED"
+	if (has_timeline)
+		plan = QueuePrepare(&select_slot, q,
+							QUEUE_CLAIM_SELECT("(outcome_unknown OR timeline IS NULL"
+											   " OR NOT (timeline OPERATOR(pg_catalog.=) $3))"),
+							3, (Oid[]) {TEXTOID, INT4OID, INT4OID});
+	else
+		plan = QueuePrepare(&select_old_slot, q, QUEUE_CLAIM_SELECT("outcome_unknown"),
+							2, (Oid[]) {TEXTOID, INT4OID});
+#undef QUEUE_CLAIM_SELECT
 	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
-						  Int32GetDatum(limit)}, false) != SPI_OK_SELECT)
+						  Int32GetDatum(limit), timeline}, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim stop requests");
 
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
@@ -578,11 +652,18 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 		return 0;
 
 	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
-	plan = QueuePrepare(&update_slot, q,
-						"UPDATE %s SET state = 'sending', attempts = attempts OPERATOR(pg_catalog.+) 1,"
-						" outcome_unknown = true WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-						1, (Oid[]) {INT8ARRAYOID});
-	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr)}, false) != SPI_OK_UPDATE ||
+#define QUEUE_CLAIM_UPDATE(set) \
+	"UPDATE %s SET state = 'sending', attempts = attempts OPERATOR(pg_catalog.+) 1," \
+	" outcome_unknown = true" set " WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
+	if (has_timeline)
+		plan = QueuePrepare(&update_slot, q, QUEUE_CLAIM_UPDATE(", timeline = $2"),
+							2, (Oid[]) {INT8ARRAYOID, INT4OID});
+	else
+		plan = QueuePrepare(&update_old_slot, q, QUEUE_CLAIM_UPDATE(""),
+							1, (Oid[]) {INT8ARRAYOID});
+#undef QUEUE_CLAIM_UPDATE
+	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr), timeline},
+					  false) != SPI_OK_UPDATE ||
 		SPI_processed != (uint64) n)
 		elog(ERROR, "could not claim stop requests");
 	return n;

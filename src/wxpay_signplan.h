@@ -511,7 +511,8 @@ typedef struct WxpayQueueRow
 	char	   *sub_mchid;		/* partner mode's sub-merchant, or NULL */
 	text	   *stop_reason;
 	int			attempts;		/* including this one */
-	bool		unknown;		/* outcome_unknown before this claim */
+	bool		unknown;		/* outcome_unknown before this claim, or
+								 * written on another timeline */
 } WxpayQueueRow;
 
 typedef enum WxpayQueueFate

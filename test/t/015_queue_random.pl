@@ -8,9 +8,9 @@
 # lost after the stop was applied, 5xx before or after applying, 429 on
 # stops and on queries, timeouts, resets, bad signatures, slow answers,
 # requests held in flight), and the test kills the queue worker (SIGKILL,
-# SIGTERM), terminates the launcher, stops the server in immediate mode,
-# breaks and restores a config's key and runs an unprivileged DROP
-# DATABASE.  After the queue drained, every plan is checked against the
+# SIGTERM), cancels it (pg_cancel_backend), terminates the launcher, stops
+# the server in immediate mode, breaks and restores a config's key and runs
+# an unprivileged DROP DATABASE.  After the queue drained, every plan is checked against the
 # simulator's own event record:
 #
 #  I1  nothing of a rolled-back transaction (or savepoint, or ROLLBACK
@@ -31,7 +31,10 @@
 # Every random choice comes from a small PRNG seeded with the printed seed;
 # each schedule's generator is derived from (seed, schedule number), and the
 # whole schedule is drawn before it runs, so the same seed gives the same
-# requests, fault scripts and actions whatever the timing.
+# requests, fault scripts and actions whatever the timing.  The cancels of
+# the worker are drawn from a second stream of their own (seed, schedule
+# number + 2^20), so a seed of a run before they existed still draws the
+# same requests, scripts and other actions, now with cancels in between.
 #
 #   WXPAY_RANDOM_SEED=N          replay a seed (printed at the start)
 #   WXPAY_RANDOM_SCHEDULES=N     number of schedules (default 12; a soak: 1000)
@@ -428,7 +431,29 @@ sub draw_schedule
 	# the drain may start with the key still broken; it is restored part way
 	my $mid = chance($r, 50) ? { do => pick($r, @KILLS) } : undef;
 	push @steps, { do => 'restore_key', config => $broken } if $broken;
+	add_cancels($n, \@steps, \$mid);
 	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid };
+}
+
+# The worker cancelled (pg_cancel_backend) at random points, from a stream
+# of its own: after a step, instead of the kill while a request is held in
+# flight, and in the middle of the drain.  A cancel is an error of the
+# worker: it records what was decided, puts back what it had claimed but not
+# sent, leaves what was in flight to reconcile, and goes on.
+sub add_cancels
+{
+	my ($n, $steps, $mid) = @_;
+	my $r = prng_new($seed, $n + (1 << 20));
+	my @out;
+	for my $s (@$steps)
+	{
+		$s->{kill} = 'cancel_worker' if $s->{do} eq 'hold_kill' && chance($r, 30);
+		push @out, $s;
+		push @out, { do => 'cancel_worker' } if chance($r, 15);
+	}
+	$$mid = { do => 'cancel_worker' } if !$$mid && chance($r, 30);
+	@$steps = @out;
+	return;
 }
 
 # ---------------------------------------------------------------------------
@@ -443,6 +468,7 @@ sub enqueue_sql
 
 my %key_now = %good_key;
 my $drop_probes = 0;
+my $cancels = 0;	# pg_cancel_backend calls that reached a worker
 
 sub set_key
 {
@@ -468,6 +494,13 @@ sub do_kill
 			Time::HiRes::sleep(0.02) while kill(0, $pid) && time - $t0 < $WAIT;
 			wait_server() or die 'the server did not come back after a worker crash';
 		}
+	}
+	elsif ($what eq 'cancel_worker')
+	{
+		my $pid = wait_worker() or return note("no worker to cancel");
+		my ($ok, $out) = try_sql("SELECT pg_cancel_backend($pid)");
+		note("worker $pid cancelled: " . ($ok ? $out : 'the server was not up'));
+		$cancels++ if $ok && $out eq 't';
 	}
 	elsif ($what eq 'terminate_launcher')
 	{
@@ -852,8 +885,10 @@ for my $n ($first .. $first + $schedules - 1)
 }
 
 cmp_ok($max_workers_seen, '<=', 1, 'never two queue workers at once in pg_stat_activity');
-note(sprintf('%d schedules, %d requests, %d violations in %.0f s (seed %s)',
-		$schedules, $total_reqs, $total_violations, time - $t_start, $seed));
+cmp_ok($cancels, '>', 0, 'the worker was cancelled in some schedule')
+  if $schedules >= 6;
+note(sprintf('%d schedules, %d requests, %d violations, %d worker cancels in %.0f s (seed %s)',
+		$schedules, $total_reqs, $total_violations, $cancels, time - $t_start, $seed));
 
 my $log = slurp_file($node->logfile);
 unlike($log, qr/TRAP:|PANIC|server process .* was terminated by signal (?!9\b)\d+/,

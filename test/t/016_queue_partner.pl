@@ -91,9 +91,11 @@ sub key_stat
 		'the rolled-back partner stop was never sent');
 
 	# a row written some other way with a bad sub_mchid: failed, not sent
+	# (of the current timeline, as the enqueue writes it: a row of none
+	# would count as possibly sent, and end WX003)
 	my $id = sq(
-		"WITH i AS (INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, sub_mchid)"
-		  . " VALUES ('default', 'q13-badrow', 'r', '1 OR 1') RETURNING id) SELECT id FROM i");
+		"WITH i AS (INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, sub_mchid, timeline)"
+		  . " VALUES ('default', 'q13-badrow', 'r', '1 OR 1', (SELECT max(timeline) FROM wxpay_stop_request)) RETURNING id) SELECT id FROM i");
 	like(wait_row($id), qr/^failed\|22023\|1\|\|$/, 'a bad stored sub_mchid fails as bad input');
 	is(key_stat('stop_attempts', 'q13-badrow'), 0, 'and is not sent');
 }

@@ -70,7 +70,7 @@ $node->safe_psql('fresh', grants_sql(\%sig_new, qw(stop query batch async)));
 
 # queued rows of 0.2.0, one with a stored result
 my $rows_sql = q{
-SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown' - 'enqueued_by')::text,
+SELECT id, (to_jsonb(r) - 'result' - 'sub_mchid' - 'outcome_unknown' - 'enqueued_by' - 'timeline')::text,
        (to_jsonb(result) - 'sub_openid' - 'sub_mchid' - 'sub_appid')::text
 FROM wxpay_stop_request r ORDER BY id};
 my $rows_before;
@@ -127,6 +127,10 @@ for my $v (@from)
 	is( $node->safe_psql($db,
 			"SELECT count(*) FROM wxpay_stop_request WHERE enqueued_by IS NULL"),
 		'3', 'rows queued before 0.4.0 have no enqueuer');
+	# issue 18: of no timeline, so their next claim queries first
+	is( $node->safe_psql($db,
+			"SELECT count(*) FROM wxpay_stop_request WHERE timeline IS NULL"),
+		'3', 'they have no timeline (queried before any stop)');
 	is( $node->safe_psql($db,
 			"SELECT (result).cancel_sign_type || '|' || (result).total_actual_price || '|'"
 			  . " || ((result).sub_mchid IS NULL) FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'up-2'"),

@@ -26,7 +26,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(
-  pki_file sim_url new_node queue_test_node config_insert_sql certmode_config_sql
+  pki_file sim_url new_node queue_test_node queue_test_conf config_insert_sql certmode_config_sql
   config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish session_ok_query session_wait_until
@@ -162,14 +162,13 @@ sub new_node
 	return $node;
 }
 
-# A started cluster for the queue tests: the library preloaded, the worker
-# serving "postgres" with the settings they share (fast retries, no rate
-# limit, 4 in flight, restart after a crash), then %set (a setting's name
-# and its value as written in postgresql.conf; undef leaves it out); the
-# extension created with the default config.
-sub queue_test_node
+# The postgresql.conf lines of the queue tests: the library preloaded, the
+# worker serving "postgres" with the settings they share (fast retries, no
+# rate limit, 4 in flight, restart after a crash), then %set (a setting's
+# name and its value as written in postgresql.conf; undef leaves it out).
+sub queue_test_conf
 {
-	my ($name, %set) = @_;
+	my (%set) = @_;
 	my %conf = (
 		shared_preload_libraries => "'wxpay_signplan'",
 		'wxpay.database_name' => "'postgres'",
@@ -180,10 +179,17 @@ sub queue_test_node
 		'wxpay.worker_concurrency' => 4,
 		restart_after_crash => 'on',
 		%set);
+	return join('', map { "$_ = $conf{$_}\n" } grep { defined $conf{$_} } sort keys %conf);
+}
+
+# A started cluster for the queue tests (queue_test_conf(%set)), the
+# extension created with the default config.
+sub queue_test_node
+{
+	my ($name, %set) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-	$node->append_conf('postgresql.conf',
-		join('', map { "$_ = $conf{$_}\n" } grep { defined $conf{$_} } sort keys %conf));
+	$node->append_conf('postgresql.conf', queue_test_conf(%set));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
 	$node->safe_psql('postgres', config_insert_sql());
