@@ -1020,7 +1020,9 @@ PipeClaim(Pipe *p)
 		CHECK_FOR_INTERRUPTS();
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("canceling the wait for synchronous replication of %d claimed stop requests", (int) total),
+				 errmsg_plural("canceling the wait for synchronous replication of %d claimed stop request",
+							   "canceling the wait for synchronous replication of %d claimed stop requests",
+							   total, (int) total),
 				 errdetail("The claim committed locally but the synchronous standbys have not confirmed it, so none of these requests was sent."),
 				 errhint("They are sent once a claim of them is confirmed by the synchronous standbys.")));
 	}

@@ -282,7 +282,7 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 	ok(worker_waits_for('SyncRep'), "item 1: the claim's commit waits for the standby");
 	my $offset = -s $node->logfile;
 	$node->safe_psql('postgres', "SELECT pg_cancel_backend($w)");
-	my $cancelled = qr/canceling the wait for synchronous replication of 1 claimed stop requests/;
+	my $cancelled = qr/canceling the wait for synchronous replication of 1 claimed stop request$/m;
 	ok( poll_until(
 			sub {
 				return 1 if count_for('stop_attempts', $p) > 0;
