@@ -18,11 +18,16 @@
  *	  claim		due requests of every config with queued ones, up to
  *				worker_concurrency each beyond those already waiting here,
  *				committed with synchronous_commit = on (queue.c) before any
- *				of them is sent;
+ *				of them is sent, and confirmed by the synchronous standbys:
+ *				a cancel of the commit's wait for them leaves the claim
+ *				local with only a warning, so the worker looks itself
+ *				(PipeClaimReplicated) and makes that its error;
  *	  config	a config's keys, looked up when first needed and again
- *				after a committed change (process.c's generation counter);
- *				each request keeps a reference-counted copy, so a change
- *				never pulls keys from under a request in flight;
+ *				after a committed change (process.c's generation counter,
+ *				compared at every poll and kept from one run to the next,
+ *				so a change made while the worker slept counts too); each
+ *				request keeps a reference-counted copy, so a change never
+ *				pulls keys from under a request in flight;
  *	  certs		a certificate refresh (certs.c's prepare and finish); its
  *				download is one more request in the stream, so a backlog
  *				never postpones it and it never blocks the stops.
@@ -31,12 +36,14 @@
  * has the fewest in flight (ties in turn), skipping configs at their cap
  * and merchants at their rate limit (ratelimit.c: each query and each stop
  * takes a token as it is about to leave).  With more than one config in
- * wxpay_config (counted at a claim after each change of it), no config may hold the last quarter
- * of the slots (at least one), whether or not the others have work at the
- * moment: a merchant whose requests hang never takes the slot another
- * merchant's next stop needs, not even the first stop of a merchant that
- * was idle until then.  The request is built (PipeBuildCall) and signed at
- * that moment, never earlier.
+ * wxpay_config (counted at a claim after each change of it), no config may
+ * hold the last quarter of the slots (at least one), whether or not the
+ * others have work at the moment, and a config's certificate download
+ * counts toward its cap like its stops: a merchant whose requests hang
+ * never takes the slot another merchant's next stop needs, not even the
+ * first stop of a merchant that was idle until then.  That needs two slots,
+ * hence wxpay.worker_concurrency's minimum of 2.  The request is built
+ * (PipeBuildCall) and signed at that moment, never earlier.
  *
  * One attempt of one request (PipeAttemptFinished decides, README "How the
  * worker sends and retries"):
@@ -50,24 +57,28 @@
  *		  2xx verified				succeeded
  *		  4xx but 429, no mark		failed with WeChat Pay's code
  *		  4xx but 429, the mark		query again (same attempt): stopped by
- *									the merchant, succeeded; still there or
- *									404, failed with the stop's code (mark
- *									cleared); anything else, queued again
+ *									the merchant, succeeded; anything else,
+ *									queued again with WX003, the mark kept
+ *									(the earlier stop may still be applied,
+ *									so a refusal decides nothing)
  *		  429, WX004				queued again, the mark as it was
  *		  WX003 (5xx, timeout, ...)	queued again, the mark set, not before
  *									wxpay.reconcile_delay
  *	  config unusable (WX001, 42704) before sending: queued again, the mark
  *	  as it was; bad input (class 22): failed.
  * After wxpay.max_attempts attempts a retry is final: failed, and with the
- * mark set, error_code WX003 (the plan may or may not be stopped).
+ * mark set, error_code WX003 (the plan may or may not be stopped).  So the
+ * mark is cleared only by a success: a row that had it ends succeeded or
+ * failed with WX003, never with WeChat Pay's code.
  *
  * Errors.  Only those documented per-request failures become outcomes.
  * Anything else (a cancel, lock_timeout, a deadlock, out of memory, an SPI
  * error) propagates to the worker (worker.c), whose recovery calls
- * wxpay_pipeline_abandon(): outcomes already decided are recorded, requests
- * claimed but never sent are released (queued again as they were), and
- * those in flight are left in "sending" for reconcile (queue.c), their mark
- * intact.
+ * wxpay_pipeline_abandon(): outcomes already decided are recorded (those
+ * recorded by a transaction that the error rolled back too: they are kept
+ * until a commit of them), requests claimed but never sent are released
+ * (queued again as they were), and those in flight are left in "sending"
+ * for reconcile (queue.c), their mark intact.
  *
  * Memory.  Each request has a small memory context of its own (its signed
  * request, its answer), deleted when its attempt is decided; outcomes wait
@@ -82,14 +93,19 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/latch.h"
 #include "postmaster/interrupt.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -192,10 +208,13 @@ typedef struct Pipe
 	TimestampTz cert_list_at;
 	WxpayCertRefresh *cert;		/* the refresh in flight, or NULL */
 	CertSchedule *cert_sched;
+	PipeConfig *cert_pc;		/* its config, whose cap it counts toward */
 } Pipe;
 
 /* local state */
 static Pipe *Current = NULL;
+static uint64 SeenGens[WXPAY_NUM_WAKES];	/* as of the last look, across runs */
+static bool SeenGensValid = false;
 static HTAB *CertSchedules = NULL;	/* by config name, for the worker's life */
 static TimestampTz NextPurge = 0;
 
@@ -209,6 +228,7 @@ static void PipeGenerations(Pipe *p);
 static void PipeFlush(Pipe *p);
 static bool PipeClaimWanted(Pipe *p, TimestampTz now);
 static void PipeClaim(Pipe *p);
+static bool PipeClaimReplicated(XLogRecPtr lsn);
 static PipeConfig *PipeConfigFind(Pipe *p, const char *name);
 static bool PipeConfigReady(Pipe *p, PipeConfig *pc);
 static PipeConfigCopy *PipeConfigCopyMake(const WxpayConfig *src,
@@ -264,7 +284,16 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 	p->maybe_more = true;
 	p->next_due = DT_NOEND;
 	p->cert_list_at = 0;
-	wxpay_worker_generations(p->gens);
+	/*
+	 * The counters as the last run left them, not as they are now: a change
+	 * committed while the worker slept is then seen by the first poll
+	 * (certificates refreshed at once, keys reloaded).  The first run of a
+	 * worker starts from nothing cached, so it starts from the present.
+	 */
+	if (!SeenGensValid)
+		wxpay_worker_generations(SeenGens);
+	SeenGensValid = true;
+	memcpy(p->gens, SeenGens, sizeof(SeenGens));
 	p->nconfigs_all = -1;
 
 	/* the answer's row type, kept for the whole run */
@@ -488,6 +517,7 @@ PipeGenerations(Pipe *p)
 		p->nconfigs_all = -1;	/* a config may have come or gone */
 	}
 	memcpy(p->gens, gens, sizeof(gens));
+	memcpy(SeenGens, gens, sizeof(gens));
 }
 
 /* ----------------------------------------------------------------
@@ -744,12 +774,21 @@ PipeAttemptFinished(Pipe *p, PipeItem *it, WxpayOperation op, bool ok,
 		if (it->stage == PIPE_RECHECK)
 		{
 			/*
-			 * Refused, and the plan is still not stopped by the merchant (or
-			 * does not exist): no stop of this request has landed, so the
-			 * refusal is the outcome.
+			 * Refused, and the plan is not stopped by the merchant (or does
+			 * not exist) as far as this query can tell.  The stop just
+			 * refused did nothing, but the earlier one whose outcome is
+			 * unknown may still be applied after this answer, as after any
+			 * query: the refusal decides nothing.  Queued again, the mark
+			 * kept; once attempts run out the request ends failed with
+			 * WX003, never with WeChat Pay's code.
 			 */
-			it->unknown = false;
-			PipeFinish(p, it, WXPAY_QUEUE_FAILED, &it->refused, NULL);
+			WxpayCallResult *r = &it->refused;
+
+			r->detail = psprintf("The stop was refused, but an earlier stop of this request whose outcome is unknown may still be applied: %s",
+								 wxpay_report_text(r));
+			r->classified = true;
+			r->error_code = "WX003";
+			PipeFinish(p, it, WXPAY_QUEUE_RETRY, r, NULL);
 			return;
 		}
 
@@ -905,16 +944,19 @@ PipeClaim(Pipe *p)
 	WxpayQueueRow *rows;
 	int		   *counts;
 	volatile int i = 0;
-	volatile bool recorded = false;
+	volatile int recorded = 0;
 
 	PipeTxnBegin(p, "claiming stop requests");
-	/* the outcomes gathered so far commit with the claim */
+
+	/*
+	 * The outcomes gathered so far commit with the claim.  They are kept
+	 * until that commit: if anything below fails, the worker's recovery
+	 * records them again (wxpay_pipeline_abandon).
+	 */
 	if (p->nouts > 0)
 	{
 		wxpay_queue_record(p->q, p->outs, p->nouts, p->plan_type);
-		p->nouts = 0;
-		MemoryContextReset(p->out_cxt);
-		recorded = true;
+		recorded = p->nouts;
 	}
 	names = wxpay_queue_configs(p->q);
 	if (p->nconfigs_all < 0)
@@ -952,11 +994,37 @@ PipeClaim(Pipe *p)
 		i++;
 	}
 	PipeTxnEnd(p);				/* durable before anything is sent */
-	if (recorded)
+	if (recorded > 0)
 	{
+		/* committed; those decided meanwhile (bad input) wait for the next */
+		p->nouts -= recorded;
+		memmove(p->outs, p->outs + recorded, sizeof(WxpayQueueOutcome) * p->nouts);
+		if (p->nouts == 0)
+			MemoryContextReset(p->out_cxt);
 		pgstat_report_stat(false);
 		/* after the commit: waiting sessions read the outcomes now */
 		wxpay_worker_broadcast_finished();
+	}
+
+	/*
+	 * The commit waited for the synchronous standbys, unless a cancel or
+	 * SIGTERM cut that wait short: PostgreSQL then only warns, and the
+	 * claim is local.  Nothing of it may be sent before they have it.  A
+	 * claim that wrote rows wrote its commit record at XactLastCommitEnd,
+	 * after every earlier transaction of the worker (releases, outcomes),
+	 * so this also covers those.
+	 */
+	if (total > 0 && !PipeClaimReplicated(XactLastCommitEnd))
+	{
+		/* SIGTERM or the postmaster gone: exit, reconcile decides */
+		CHECK_FOR_INTERRUPTS();
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg_plural("canceling the wait for synchronous replication of %d claimed stop request",
+							   "canceling the wait for synchronous replication of %d claimed stop requests",
+							   total, (int) total),
+				 errdetail("The claim committed locally but the synchronous standbys have not confirmed it, so none of these requests was sent."),
+				 errhint("They are sent once a claim of them is confirmed by the synchronous standbys.")));
 	}
 
 	if (total == 0)
@@ -968,6 +1036,35 @@ PipeClaim(Pipe *p)
 	}
 	else
 		p->maybe_more = true;
+}
+
+/*
+ * Have the synchronous standbys confirmed the commit record ending at lsn
+ * as the claim's synchronous_commit = on asks (flushed there)?  True when
+ * no synchronous standby is required.  The same test as PostgreSQL's
+ * SyncRepWaitForLSN(), which gives no other way to learn whether its wait
+ * ended by confirmation or by an interrupt.
+ */
+static bool
+PipeClaimReplicated(XLogRecPtr lsn)
+{
+	bool		done;
+
+	if (max_wal_senders == 0 || WalSndCtl == NULL)
+		return true;
+	LWLockAcquire(SyncRepLock, LW_SHARED);
+#ifdef SYNC_STANDBY_DEFINED
+	if (WalSndCtl->sync_standbys_status & SYNC_STANDBY_INIT)
+		done = !(WalSndCtl->sync_standbys_status & SYNC_STANDBY_DEFINED);
+	else						/* not yet read by the checkpointer */
+		done = SyncRepStandbyNames == NULL || SyncRepStandbyNames[0] == '\0';
+#else
+	done = !WalSndCtl->sync_standbys_defined;
+#endif
+	if (!done)
+		done = lsn <= WalSndCtl->lsn[SYNC_REP_WAIT_FLUSH];
+	LWLockRelease(SyncRepLock);
+	return done;
 }
 
 static void
@@ -1352,6 +1449,7 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 	WxpayCertRefresh *r;
 	WxpayCallResult failure;
 	volatile bool failed = false;
+	PipeConfig *pc = NULL;
 
 	/* the configs with an apiv3_key, looked up now and then */
 	if (now >= TimestampTzPlusMilliseconds(p->cert_list_at, CERT_LIST_MS))
@@ -1376,6 +1474,15 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 
 		if (cs->next <= now)
 		{
+			/*
+			 * A download counts toward its config's cap like a stop, so a
+			 * merchant whose API hangs never holds the slots kept for the
+			 * others with its refresh either.  A config at its cap waits:
+			 * the next finished request of it asks again.
+			 */
+			pc = PipeConfigFind(p, cs->name);
+			if (pc->inflight >= PipeCap(p))
+				continue;
 			due = cs;
 			break;
 		}
@@ -1432,6 +1539,8 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 	PipeTxnEnd(p);
 	p->cert = r;
 	p->cert_sched = due;
+	p->cert_pc = pc;
+	pc->inflight++;
 	p->inflight++;
 	return &r->req;
 }
@@ -1443,6 +1552,7 @@ PipeCertFinish(Pipe *p)
 	CertSchedule *due = p->cert_sched;
 	bool		ok;
 
+	p->cert_pc->inflight--;
 	p->inflight--;
 	PipeTxnBegin(p, "storing platform certificates");
 	ok = wxpay_cert_refresh_finish(r);
@@ -1467,4 +1577,5 @@ PipeCertFinish(Pipe *p)
 	MemoryContextDelete(r->cxt);
 	p->cert = NULL;
 	p->cert_sched = NULL;
+	p->cert_pc = NULL;
 }

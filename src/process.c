@@ -131,9 +131,9 @@ WorkerInit(void)
 
 	DefineCustomIntVariable("wxpay.worker_concurrency",
 							"Sets how many requests the background worker keeps in flight at once.",
-							NULL,
+							"At least 2: with more than one config, a quarter of the slots (at least one) is kept from each config, so that a merchant whose requests hang never holds the slot another merchant's next request needs.",
 							&wxpay_worker_concurrency,
-							8, 1, 64,
+							8, 2, 64,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 

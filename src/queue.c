@@ -25,14 +25,16 @@
  * reached WeChat Pay".  The claim sets it, in the same transaction that
  * moves the row to sending and counts the attempt, and that transaction
  * commits with synchronous_commit = on, so the mark is flushed to disk (and
- * to synchronous standbys) before the worker sends anything.  An attempt
- * whose row has the mark queries the plan before any stop.  Only the
- * worker's record clears it, and only with the request's fate decided by
- * an answer: succeeded (a verified 2xx to a stop, or a query that shows the
- * plan stopped by the merchant), or failed on a refusal of the stop (4xx
- * but 429) after which a query still shows the plan not stopped.  A query
+ * to synchronous standbys) before the worker sends anything; the worker
+ * checks that the standbys confirmed it, since a cancel of the commit's wait
+ * leaves it local (pipeline.c).  An attempt whose row has the mark queries
+ * the plan before any stop.  Only the worker's record clears it, and only
+ * with a success: a verified 2xx to a
+ * stop, or a query that shows the plan stopped by the merchant.  A query
  * that shows the plan still running lets the stop follow but keeps the
- * mark: the earlier stop may yet be applied after that answer.  A stop that
+ * mark: the earlier stop may yet be applied after that answer, so a refusal
+ * of that stop decides nothing either (a row that had the mark ends
+ * succeeded, or failed with WX003 when attempts run out).  A stop that
  * never left (WX004) or was refused with 429 leaves the mark as it was.
  * Release restores the mark the row had before the claim (as the claim
  * read it: with the timeline rule below).  Reconcile keeps it.  Nothing
@@ -691,7 +693,8 @@ wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
 	}
 	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts OPERATOR(pg_catalog.-) 1,"
 				   " outcome_unknown = u.unknown"
-				   " FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.bool[]) u(id, unknown)"
+				   " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
+				   "  pg_catalog.unnest($2::pg_catalog.bool[])) u(id, unknown)"
 				   " WHERE q.id OPERATOR(pg_catalog.=) u.id AND " QUEUE_BY_ID_SENDING("q."), q);
 	if (QueueExec(sql, 2, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID},
 				  (Datum[]) {

@@ -287,7 +287,8 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 
 # ---- item 6: signed right before sending, not at claim time ----
 {
-	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 1");
+	# the least allowed: with three configs, one may have a single request in flight
+	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 2");
 	is(wait_req(enqueue('q13-6-warm'))->{state}, 'succeeded', 'item 6: warm-up');
 	fault('q13-6-stall', 'stall');
 	$node->safe_psql('postgres',
@@ -321,7 +322,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 
 # ---- item 8: certificates are refreshed under a backlog, at once on a change ----
 {
-	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 1");
+	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 2");
 	ctl_post('/settings', { latency_ms => 30 });
 	$node->safe_psql('postgres',
 		"SELECT wxpay_stop_sign_plan_async('q13-8a-' || i, 'r') FROM generate_series(1, 150) i");

@@ -31,7 +31,7 @@ our @EXPORT = qw(
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish session_ok_query session_wait_until
   sim_stop_attempts sim_stops
-  start_sim stop_sim ctl_get_at
+  start_sim stop_sim ctl_get_at ctl_post_at
 );
 
 BEGIN
@@ -234,6 +234,21 @@ sub ctl_get_at
 	my ($sim, $path) = @_;
 	my $r = $http->get("$sim->{control}$path");
 	die "control GET $sim->{control}$path failed: $r->{status} $r->{reason}"
+	  unless $r->{success};
+	return $json->decode($r->{content});
+}
+
+# POST to the control server of another simulator instance (start_sim).
+sub ctl_post_at
+{
+	my ($sim, $path, $obj) = @_;
+	my $r = $http->post(
+		"$sim->{control}$path",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => $json->encode($obj)
+		});
+	die "control POST $sim->{control}$path failed: $r->{status} $r->{reason} $r->{content}"
 	  unless $r->{success};
 	return $json->decode($r->{content});
 }
