@@ -574,7 +574,7 @@ GRANT SELECT ON TABLE @extschema@.wxpay_queue_status TO pg_monitor;
 -- role that is not a superuser and can create objects in this schema (its
 -- owner, the database owner when pg_database_owner owns it, a role granted
 -- CREATE, or PUBLIC) is untrusted under the extension's threat model
--- (README "Security"): warn now, while it is cheap to move.
+-- (doc/security.md "Where to install it"): warn now, while it is cheap to move.
 --
 DO $wxpay_schema_check$
 DECLARE

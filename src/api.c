@@ -12,7 +12,7 @@
  * turns that description into an ereport, wxpay_report_text() into a
  * row's text.
  *
- * Classification, the contract callers branch on (README "Errors"):
+ * Classification, the contract callers branch on (doc/reference.md "Errors"):
  *	  WX004 request not sent: nothing reached WeChat Pay; safe to retry.
  *	  WX002 rejected: a 4xx answer; this call did not stop the plan.
  *	  WX003 outcome unknown: the request may have been acted on (timeout or

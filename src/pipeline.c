@@ -45,8 +45,8 @@
  * hence wxpay.worker_concurrency's minimum of 2.  The request is built
  * (PipeBuildCall) and signed at that moment, never earlier.
  *
- * One attempt of one request (PipeAttemptFinished decides, README "How the
- * worker sends and retries"):
+ * One attempt of one request (PipeAttemptFinished decides, doc/queue.md
+ * "How the worker sends and retries"):
  *	  the row has the unknown mark	query first:
  *		  stopped by the merchant	succeeded, the plan as result
  *		  still there, or 404		the stop follows (same attempt); the
@@ -449,7 +449,7 @@ PipeTxnEnd(Pipe *p)
 
 /*
  * The failures that are properties of one request or its config, and so
- * may become its outcome (README "How the worker sends and retries").
+ * may become its outcome (doc/queue.md "How the worker sends and retries").
  * Everything else is the worker's error.
  */
 static bool

@@ -54,14 +54,14 @@
  * Within one timeline a claim is never lost once committed (it is flushed
  * before anything is sent), so a row written on the current timeline shows
  * every claim of it.  (A copy of the data directory started without archive
- * recovery, such as a file-system snapshot, keeps its timeline: README.)
+ * recovery, such as a file-system snapshot, keeps its timeline: doc/operations.md.)
  * The cost is one query for each unfinished request after a promotion.  A
  * claim records the current timeline; release, record and reconcile leave
  * it (they run on the timeline of the claim, or carry the mark anyway).
  * What replication cannot give back, no rule here can: an enqueue committed
  * on an asynchronous primary and lost with it was sent or not, and the new
- * primary has no row for it at all (README, "Backups, replicas and
- * failover").
+ * primary has no row for it at all (doc/operations.md,
+ * "Backups, replicas and failover").
  *
  * "Sent iff commit".  The enqueue inserts in the caller's transaction;
  * nothing happens before it commits.  Because the claim's commit record

@@ -3,7 +3,8 @@
 # build, and stop a sign plan on the bundled WeChat Pay simulator, printing
 # the row and its detail rows; then show the transaction-safe queue: a
 # trigger whose rolled-back DELETE sends nothing and whose committed DELETE
-# stops the plan through the background worker.  Leaves nothing running.
+# stops the plan through the background worker; last, checks that
+# test/sandbox.sh prints a working config.  Leaves nothing running.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -57,3 +58,18 @@ SELECT r.id, r.merchant_sign_plan_no, r.state, r.attempts, r.http_status,
        (r.result).sign_state, (r.result).cancel_sign_type
 FROM wxpay_stop_request q, LATERAL wxpay_wait_stop_request(q.id, '30s') r;
 SQL
+
+# test/sandbox.sh (README "Try it on the simulator"): its printed INSERT
+# works as printed, and a stop goes through; then it is stopped.
+exec 8< <(exec bash "$WX_ROOT/test/sandbox.sh" --name sandbox 2>/dev/null)
+sandbox_pid=$!
+sandbox_sql=""
+while IFS= read -r -t 60 line <&8; do
+    sandbox_sql+="$line"$'\n'
+    case "$line" in "-- The keys above are test keys"*) break ;; esac
+done
+case "$sandbox_sql" in *"INSERT INTO wxpay_config"*) ;; *) echo "test/sandbox.sh printed no config" >&2; exit 1 ;; esac
+printf '%s' "$sandbox_sql" | wx_as_pg psql -X -q -v ON_ERROR_STOP=1 -d postgres -o /dev/null -f -
+kill "$sandbox_pid"
+wait "$sandbox_pid" 2>/dev/null || true
+wx_log "test/sandbox.sh: its INSERT INTO wxpay_config worked; sandbox-plan-1 stopped through it"

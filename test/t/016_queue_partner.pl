@@ -100,7 +100,8 @@ sub key_stat
 	is(key_stat('stop_attempts', 'q13-badrow'), 0, 'and is not sent');
 }
 
-# ---- the README recipe: a provider's subscriptions stop from a trigger ----
+# ---- the README recipe (its table is member_subscription there): a provider's
+# subscriptions stop from a trigger ----
 {
 	sq(q{
 CREATE TABLE subscription (

@@ -1,7 +1,7 @@
 
 # Copyright: wxpay_signplan authors
 #
-# The threat model of README "Security notes", one block per role of its
+# The threat model of doc/security.md "Threat model", one block per role of its
 # table: PUBLIC, an application role with the documented grants, the owner
 # of the queue's database, the owner of the extension's schema, and a
 # monitoring role (issue 18, privileges).  And item 6: a queued request is
@@ -92,8 +92,8 @@ CREATE ROLE regress_tm_nobody LOGIN;
 CREATE ROLE regress_tm_monitor LOGIN IN ROLE pg_monitor;
 CREATE ROLE regress_tm_nspowner LOGIN;
 ALTER DATABASE postgres OWNER TO regress_tm_dbowner;
--- the documented grants of an application role (README "The queue and its
--- background worker"), without the optional SELECT
+-- the documented grants of an application role (README "The queue: set-up
+-- and grants"), without the optional SELECT
 GRANT EXECUTE ON FUNCTION wxpay_stop_sign_plan(text, text, text, text),
     wxpay_stop_sign_plan_async(text, text, text, text),
     wxpay_wait_stop_request(bigint, interval)
@@ -161,7 +161,7 @@ my $pure = 'wxpay_sign_plan_details(jsonb) wxpay_sign_plan_details(wxpay_sign_pl
 		my ($ret, $out, $err) = as('regress_tm_nobody', $sql);
 		like($err, qr/permission denied/, "PUBLIC: refused: $sql");
 	}
-	# what PostgreSQL allows any role (README): listen for finished ids
+	# what PostgreSQL allows any role (doc/security.md): listen for finished ids
 	as_ok('regress_tm_nobody', 'LISTEN wxpay_stop_request', 'PUBLIC: can LISTEN wxpay_stop_request');
 }
 
@@ -467,7 +467,7 @@ CREATE OPERATOR wxs.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = wxs.eq);
 		'the update warns about the schema');
 	is($node->safe_psql('tm_upgrade', 'SELECT pg_catalog.count(*) FROM wxs.tm_ran'),
 		'0', 'schema owner: none of her look-alikes ran during the install or the update');
-	# what she can do (README): capture the application's own calls into
+	# what she can do (doc/security.md): capture the application's own calls into
 	# her schema with a closer match ...
 	as_ok('regress_tm_nspowner', q{
 GRANT USAGE ON SCHEMA wxs TO PUBLIC;

@@ -160,7 +160,7 @@ for my $v (@from)
 }
 
 # an object of the user's that depends on an old signature stops the update
-# (README "Upgrading from 0.2.0"), and the failed update changes nothing
+# (doc/operations.md "Upgrading", from 0.2.0), and the failed update changes nothing
 {
 	$node->safe_psql('postgres', 'CREATE DATABASE upgraded_dep');
 	$node->safe_psql('upgraded_dep', "CREATE EXTENSION wxpay_signplan VERSION '0.2.0'");

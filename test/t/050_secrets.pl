@@ -6,7 +6,7 @@
 # log_min_error_statement = debug5, verbose error fields; every client
 # session runs with client_min_messages = debug5 and VERBOSITY verbose;
 # pg_stat_statements tracks nested statements too.  Keys are loaded the way
-# the README recommends (the server reads the files: pg_read_file), then
+# README.md and doc/security.md recommend (the server reads the files: pg_read_file), then
 # calls succeed and fail in every class.  Afterwards neither the log, the
 # clients' output, pg_stat_statements nor pg_dump output may contain:
 #   - any line of the Base64 body of any merchant private key used,
@@ -14,7 +14,7 @@
 #   - any Authorization header value the simulator received, or its
 #     signature.
 # Positive controls show that each place searched is really being written
-# (a key in literal SQL text does reach the log: the README's warning).
+# (a key in literal SQL text does reach the log: doc/security.md's warning).
 
 use strict;
 use warnings FATAL => 'all';

@@ -6,7 +6,7 @@
 #  - a stop of a plan whose plan_name is Chinese (plus a Latin-1 letter and
 #    a character beyond U+FFFF) reads as a stop, with its state, times and
 #    amounts; characters the database lacks come back as \uXXXX /
-#    \UXXXXXXXX text (README "Database encodings"), in raw UTF-8 answers
+#    \UXXXXXXXX text (doc/reference.md "Database encodings"), in raw UTF-8 answers
 #    and in answers using JSON \u escapes alike; a byte that is not UTF-8
 #    comes back as \xHH;
 #  - a 4xx with a Chinese message keeps SQLSTATE WX002 (never 22021), its

@@ -112,7 +112,7 @@ sub certmode_config_sql
 
 # The same INSERT with the secrets read by the server from the PKI files
 # (pg_read_file, superuser), so that the statement text holds only file
-# names: the way the README recommends when statements are logged.
+# names: the way doc/security.md recommends when statements are logged.
 # %files maps a column to a PKI file name (defaults: private_key from
 # merchant.key, apiv3_key from apiv3_key.txt); %over as for
 # config_insert_sql.
