@@ -7,7 +7,8 @@
 # mode), while a private simulator follows a per-plan fault script (answers
 # lost after the stop was applied, 5xx before or after applying, 429 on
 # stops and on queries, timeouts, resets, bad signatures, slow answers,
-# requests held in flight), and the test kills the queue worker (SIGKILL,
+# requests held in flight, stops applied late after a 403), and the test
+# kills the queue worker (SIGKILL,
 # SIGTERM), cancels it (pg_cancel_backend), terminates the launcher, stops
 # the server in immediate mode, breaks and restores a config's key and runs
 # an unprivileged DROP DATABASE.  After the queue drained, every plan is checked against the
@@ -33,8 +34,18 @@
 # whole schedule is drawn before it runs, so the same seed gives the same
 # requests, fault scripts and actions whatever the timing.  The cancels of
 # the worker are drawn from a second stream of their own (seed, schedule
-# number + 2^20), so a seed of a run before they existed still draws the
-# same requests, scripts and other actions, now with cancels in between.
+# number + 2^20), and the late stops from a third (seed, schedule number +
+# 2^21), so a seed of a run before they existed still draws the same
+# requests, scripts and other actions, now with cancels and late stops in
+# between.
+#
+# Late stops: a request's first stop may be one the platform applies only
+# later ("defer": the worker gives up waiting, the outcome is unknown), and
+# its next stop may then be refused with 403 NO_AUTH while the plan is still
+# active; the deferred stops are released at random steps (and after the
+# drain), so they land after whatever the worker did in the meantime.  A
+# request that was refused after such an unknown outcome must never end
+# failed with WeChat Pay's code once the late stop landed (I3).
 #
 #   WXPAY_RANDOM_SEED=N          replay a seed (printed at the start)
 #   WXPAY_RANDOM_SCHEDULES=N     number of schedules (default 12; a soak: 1000)
@@ -432,7 +443,32 @@ sub draw_schedule
 	my $mid = chance($r, 50) ? { do => pick($r, @KILLS) } : undef;
 	push @steps, { do => 'restore_key', config => $broken } if $broken;
 	add_cancels($n, \@steps, \$mid);
+	add_late_stops($n, \@steps, \@reqs);
 	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid };
+}
+
+# Stops applied late, from a stream of their own: a committed request's
+# first stop deferred (and, half the time, its next stop refused with 403),
+# and a release of every deferred stop after some steps.  A request held in
+# flight by the test keeps its own script.
+sub add_late_stops
+{
+	my ($n, $steps, $reqs) = @_;
+	my $r = prng_new($seed, $n + (1 << 21));
+	for my $q (@$reqs)
+	{
+		next if !$q->{committed} || grep { $_ eq 'hold' } @{ $q->{script}{stop} };
+		next unless chance($r, 12);
+		splice(@{ $q->{script}{stop} }, 0, 0, 'defer', chance($r, 50) ? ('http403') : ());
+	}
+	my @out;
+	for my $s (@$steps)
+	{
+		push @out, $s;
+		push @out, { do => 'release_deferred' } if chance($r, 10);
+	}
+	@$steps = @out;
+	return;
 }
 
 # The worker cancelled (pg_cancel_backend) at random points, from a stream
@@ -570,6 +606,13 @@ sub run_step
 		note($in_flight ? "$s->{plan} held in flight: $s->{kill}" : "$s->{plan} never arrived; $s->{kill} anyway");
 		do_kill($s->{kill});
 		sim_post('/release', { plan => $s->{plan} });
+	}
+	elsif ($do eq 'release_deferred')
+	{
+		# the platform applies the stops it deferred, now, after whatever
+		# came for those plans in the meantime
+		my $rel = sim_post('/release', {});
+		note("released $rel->{released} held or deferred request(s)");
 	}
 	elsif ($do eq 'break_key')
 	{
