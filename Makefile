@@ -49,10 +49,11 @@ include $(PGXS)
 # PGXS tracks no header dependencies; every object depends on the shared
 # header, or a changed struct leaves objects with two layouts.
 $(OBJS): $(WX_HEADERS)
-# In another build directory, the objects' directory must exist.
-$(OBJS): | src
-src:
-	$(MKDIR_P) $@
+# In another build directory, the objects' directory must exist (not a
+# target: VPATH would find the source directory's src/).
+ifneq ($(WX_SRC),)
+$(shell $(MKDIR_P) src)
+endif
 
 ifeq ($(WXPAY_SIM_URL),)
 installcheck:
