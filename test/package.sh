@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# test/package.sh: the Debian package, built and tested as installed.
+#
+# Builds postgresql-NN-wxpay-signplan with "dpkg-buildpackage -us -uc -b"
+# (debian/: pg_buildext, dh --with pgxs) in a clean copy of this tree, for
+# PostgreSQL $WX_PG_MAJOR (15) only; installs it into the system's
+# PostgreSQL with apt; starts the WeChat Pay simulator and a cluster of
+# the system's server in a scratch directory; runs the pg_regress files
+# (sql/, expected/) with "make installcheck" against that cluster, so
+# that CREATE EXTENSION loads the packaged library and scripts; and
+# removes the package again, whatever happened, so that nothing of it
+# stays on the machine.  Refuses to run when the package is installed
+# already (it would remove it).  WX_MAKE_ARGS as in test/run.sh (default:
+# the regression files only, "TAP_TESTS=").  Run as root or with sudo.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+WX_MAKE_ARGS=${WX_MAKE_ARGS-TAP_TESTS=}
+pkg="postgresql-$WX_PG_MAJOR-wxpay-signplan"
+
+wx_install_deps
+# pg_buildext and the pgxs debhelper sequence, and dpkg-buildpackage
+wx_install_packages postgresql-server-dev-all debhelper dpkg-dev
+if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    echo "$pkg is installed already; this test installs and then removes it: remove it first" >&2
+    exit 1
+fi
+
+wx_make_work
+package_cleanup() {
+    if dpkg -s "$pkg" >/dev/null 2>&1; then
+        wx_log "removing $pkg"
+        DEBIAN_FRONTEND=noninteractive $WX_SUDO apt-get purge -y -qq "$pkg" >/dev/null || true
+    fi
+    wx_cleanup
+}
+trap package_cleanup EXIT
+
+wx_log "building $pkg (dpkg-buildpackage -us -uc -b, log in $WX_WORK/build.log)"
+wx_copy_tree "$WX_WORK/src"
+if ! (cd "$WX_WORK/src" && PG_SUPPORTED_VERSIONS=$WX_PG_MAJOR dpkg-buildpackage -us -uc -b) \
+        >"$WX_WORK/build.log" 2>&1; then
+    tail -n 60 "$WX_WORK/build.log"
+    echo "---- dpkg-buildpackage failed; replay: (cd a clean clone && dpkg-buildpackage -us -uc -b)"
+    exit 1
+fi
+deb=$(ls "$WX_WORK"/"${pkg}"_*.deb)
+wx_log "installing $(basename "$deb")"
+DEBIAN_FRONTEND=noninteractive $WX_SUDO apt-get install -y -qq "$deb" >/dev/null
+# what CREATE EXTENSION loads is the package's
+for f in "$("$WX_PG_CONFIG" --pkglibdir)/wxpay_signplan.so" \
+         "$("$WX_PG_CONFIG" --sharedir)/extension/wxpay_signplan.control"; do
+    owner=$(dpkg -S "$f" 2>/dev/null | cut -d: -f1)
+    if [ "$owner" != "$pkg" ]; then
+        echo "$f is not installed by $pkg (owner: ${owner:-none})" >&2
+        exit 1
+    fi
+done
+
+wx_start_sim
+wx_start_cluster
+wx_log "regression tests against the installed package"
+wx_run_suite
