@@ -57,8 +57,8 @@ endif
 
 ifeq ($(WXPAY_SIM_URL),)
 installcheck:
-	WX_BINDIR='$(bindir)' WX_VERSION='$(EXTVERSION)' WX_TAP='$(TAP_TESTS)' \
-		$(SHELL) $(srcdir)/test/installcheck.sh $(MAKE) \
+	@WX_BINDIR='$(bindir)' WX_VERSION='$(EXTVERSION)' WX_TAP='$(TAP_TESTS)' \
+		bash $(srcdir)/test/installcheck.sh $(MAKE) \
 		$(if $(WX_SRC),-f $(abspath $(firstword $(MAKEFILE_LIST))) VPATH=$(srcdir)) \
 		PG_CONFIG=$(PG_CONFIG) installcheck
 endif
@@ -67,6 +67,8 @@ endif
 # checks), and the archive holds what "git archive HEAD" does.
 .PHONY: dist
 dist:
+	@git -C $(srcdir) diff --quiet HEAD || \
+		echo "make dist: uncommitted changes are not in the archive (git archive HEAD)" >&2
 	git -C $(srcdir) archive --format zip --prefix=$(EXTENSION)-$(EXTVERSION)/ \
 		-o $(CURDIR)/$(EXTENSION)-$(EXTVERSION).zip HEAD
 	@echo "$(EXTENSION)-$(EXTVERSION).zip"

@@ -39,6 +39,7 @@ fi
 
 target="the server at ${PGHOST:-the default socket}${PGPORT:+ port $PGPORT}"
 if ! err=$(psql -X -A -t -c 'SELECT 1' postgres 2>&1 >/dev/null); then
+    err=${err#psql: error: }
     need "cannot connect to $target as ${PGUSER:-$(id -un)}: start the server, or name it with PGHOST, PGPORT and PGUSER (psql: ${err%%$'\n'*})"
 else
     q() { psql -X -A -t -q -c "$1" postgres; }
@@ -48,7 +49,7 @@ else
         need "$target is not on this machine: the extension must reach the simulator at 127.0.0.1"
     avail=$(q "SELECT default_version FROM pg_available_extensions WHERE name = 'wxpay_signplan'")
     if [ -z "$avail" ]; then
-        need "extension wxpay_signplan is not installed in $target ($(q 'SHOW server_version')): run make install (as root or with sudo, with PG_CONFIG naming that server's pg_config)"
+        need "extension wxpay_signplan is not installed in $target ($(q 'SHOW server_version')): run make install (as root or with sudo, with PG_CONFIG naming that server's pg_config), or install its Debian package (doc/packaging.md)"
     elif [ "$avail" != "${WX_VERSION:-$avail}" ]; then
         need "$target has wxpay_signplan $avail installed, this tree is $WX_VERSION: run make install"
     fi
