@@ -27,7 +27,7 @@ need() {
 [ -n "${WX_BINDIR:-}" ] && export PATH="$WX_BINDIR:$PATH"
 
 command -v node >/dev/null 2>&1 ||
-    need "node not found: the tests' WeChat Pay simulator (test/sim/simulator.js) runs on Node.js 18 or later (Debian: apt-get install nodejs)"
+    need "node not found: the tests' WeChat Pay simulator (test/sim/simulator.js) runs on Node.js (Debian: apt-get install nodejs)"
 command -v openssl >/dev/null 2>&1 ||
     need "openssl not found: it makes the simulator's test PKI (Debian: apt-get install openssl)"
 if [ -n "${WX_TAP:-}" ]; then
