@@ -40,7 +40,8 @@ wx_copy_tree "$WX_WORK/src"
 if ! (cd "$WX_WORK/src" && PG_SUPPORTED_VERSIONS=$WX_PG_MAJOR dpkg-buildpackage -us -uc -b) \
         >"$WX_WORK/build.log" 2>&1; then
     tail -n 60 "$WX_WORK/build.log"
-    echo "---- dpkg-buildpackage failed; replay: (cd a clean clone && dpkg-buildpackage -us -uc -b)"
+    echo "---- dpkg-buildpackage failed (the last 60 lines of its log above; WX_KEEP=1 keeps the whole log)"
+    echo "replay: bash test/package.sh, or in a clean clone: dpkg-buildpackage -us -uc -b"
     exit 1
 fi
 deb=$(ls "$WX_WORK"/"${pkg}"_*.deb)
@@ -59,4 +60,7 @@ done
 wx_start_sim
 wx_start_cluster
 wx_log "regression tests against the installed package"
-wx_run_suite
+if ! wx_run_suite; then
+    echo "replay: bash test/package.sh"
+    exit 1
+fi
