@@ -10,7 +10,8 @@
 # that CREATE EXTENSION loads the packaged library and scripts; and
 # removes the package again, whatever happened, so that nothing of it
 # stays on the machine.  Refuses to run when the package is installed
-# already (it would remove it).  WX_MAKE_ARGS as in test/run.sh (default:
+# already (it would remove it); the files of a "make install" into the
+# system's server (test/demo.sh's) are set aside first and put back after.  WX_MAKE_ARGS as in test/run.sh (default:
 # the regression files only, "TAP_TESTS=").  Run as root or with sudo.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -26,14 +27,32 @@ if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
 fi
 
 wx_make_work
+libdir=$("$WX_PG_CONFIG" --pkglibdir)
+extdir=$("$WX_PG_CONFIG" --sharedir)/extension
 package_cleanup() {
     if dpkg -s "$pkg" >/dev/null 2>&1; then
         wx_log "removing $pkg"
         DEBIAN_FRONTEND=noninteractive $WX_SUDO apt-get purge -y -qq "$pkg" >/dev/null || true
     fi
+    if [ -f "$WX_WORK/installed.tar" ]; then
+        wx_log "putting back the extension's files that were installed before"
+        $WX_SUDO tar -xpPf "$WX_WORK/installed.tar"
+    fi
     wx_cleanup
 }
 trap package_cleanup EXIT
+
+# The extension's files in the system's server, from "make install": aside
+# (absolute names, removed from their place) until package_cleanup.
+installed=()
+for f in "$libdir/wxpay_signplan.so" "$libdir/bitcode/wxpay_signplan.index.bc" \
+         "$libdir/bitcode/wxpay_signplan" "$extdir"/wxpay_signplan.control "$extdir"/wxpay_signplan--*.sql; do
+    [ -e "$f" ] && installed+=("$f")
+done
+if [ ${#installed[@]} -gt 0 ]; then
+    wx_log "setting aside ${#installed[@]} files of an installed wxpay_signplan"
+    $WX_SUDO tar -cPf "$WX_WORK/installed.tar" --remove-files "${installed[@]}"
+fi
 
 wx_log "building $pkg (dpkg-buildpackage -us -uc -b, log in $WX_WORK/build.log)"
 wx_copy_tree "$WX_WORK/src"
@@ -48,8 +67,7 @@ deb=$(ls "$WX_WORK"/"${pkg}"_*.deb)
 wx_log "installing $(basename "$deb")"
 DEBIAN_FRONTEND=noninteractive $WX_SUDO apt-get install -y -qq "$deb" >/dev/null
 # what CREATE EXTENSION loads is the package's
-for f in "$("$WX_PG_CONFIG" --pkglibdir)/wxpay_signplan.so" \
-         "$("$WX_PG_CONFIG" --sharedir)/extension/wxpay_signplan.control"; do
+for f in "$libdir/wxpay_signplan.so" "$extdir/wxpay_signplan.control"; do
     owner=$(dpkg -S "$f" 2>/dev/null | cut -d: -f1)
     if [ "$owner" != "$pkg" ]; then
         echo "$f is not installed by $pkg (owner: ${owner:-none})" >&2
