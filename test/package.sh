@@ -4,10 +4,13 @@
 # Builds postgresql-NN-wxpay-signplan with "dpkg-buildpackage -us -uc -b"
 # (debian/: pg_buildext, dh --with pgxs) in a clean copy of this tree, for
 # PostgreSQL $WX_PG_MAJOR (15) only; installs it into the system's
-# PostgreSQL with apt; starts the WeChat Pay simulator and a cluster of
-# the system's server in a scratch directory; runs the pg_regress files
-# (sql/, expected/) with "make installcheck" against that cluster, so
-# that CREATE EXTENSION loads the packaged library and scripts; and
+# PostgreSQL with apt; starts a cluster of the system's server in a
+# scratch directory; runs the pg_regress files (sql/, expected/) against
+# it with a plain "make installcheck", as a user would, so that
+# CREATE EXTENSION loads the packaged library and scripts and the Makefile
+# starts the WeChat Pay simulator (test/installcheck.sh; before the
+# package is installed, the same command must fail naming what is
+# missing); and
 # removes the package again, whatever happened, so that nothing of it
 # stays on the machine.  Refuses to run when the package is installed
 # already (it would remove it); the files of a "make install" into the
@@ -54,6 +57,30 @@ if [ ${#installed[@]} -gt 0 ]; then
     $WX_SUDO tar -cPf "$WX_WORK/installed.tar" --remove-files "${installed[@]}"
 fi
 
+# "make installcheck" as a user runs it: no WXPAY_* variables, the server
+# named by PGHOST/PGPORT/PGUSER.
+wx_start_cluster
+wx_copy_tree "$WX_WORK/tree"
+[ "$(id -u)" = 0 ] && chown -R postgres "$WX_WORK/tree"
+installcheck() {
+    (cd "$WX_WORK/tree" &&
+     wx_as_pg env -u WXPAY_PKI -u WXPAY_SIM_URL -u WXPAY_SIM_CONTROL \
+        PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=postgres \
+        make -s PG_CONFIG="$WX_PG_CONFIG" installcheck "$@")
+}
+eval "margs=(${WX_MAKE_ARGS:-})"
+
+wx_log "make installcheck before the package is installed: names what is missing"
+status=0
+out=$(installcheck "${margs[@]}" 2>&1) || status=$?
+want="make installcheck: extension wxpay_signplan is not installed in the server at $PGHOST port $PGPORT"
+if [ "$status" != 2 ] || ! grep -qF "$want" <<<"$out"; then
+    printf '%s\n' "$out" | tail -n 20
+    echo "---- expected exit status 2 (got $status) and: $want"
+    echo "replay: bash test/package.sh"
+    exit 1
+fi
+
 wx_log "building $pkg (dpkg-buildpackage -us -uc -b, log in $WX_WORK/build.log)"
 wx_copy_tree "$WX_WORK/src"
 if ! (cd "$WX_WORK/src" && PG_SUPPORTED_VERSIONS=$WX_PG_MAJOR dpkg-buildpackage -us -uc -b) \
@@ -75,10 +102,14 @@ for f in "$libdir/wxpay_signplan.so" "$extdir/wxpay_signplan.control"; do
     fi
 done
 
-wx_start_sim
-wx_start_cluster
-wx_log "regression tests against the installed package"
-if ! wx_run_suite; then
-    echo "replay: bash test/package.sh"
+wx_log "make installcheck against the installed package (${WX_MAKE_ARGS:-all tests})"
+if ! installcheck "${margs[@]}"; then
+    [ -f "$WX_WORK/tree/regression.diffs" ] && cat "$WX_WORK/tree/regression.diffs"
+    for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
+        [ -f "$f" ] && grep -q '^not ok' "$f" &&
+            { echo "-- $(basename "$f")"; grep -A 25 '^not ok' "$f" | head -n 120; }
+    done
+    echo "---- make installcheck failed against the installed package"
+    echo "replay: bash test/package.sh (WX_KEEP=1 keeps $WX_WORK)"
     exit 1
 fi
