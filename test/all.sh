@@ -5,15 +5,17 @@
 # failure:
 #   1. test/static.sh    -Werror build, clang's analyzer, cppcheck
 #   2. test/run.sh       the fast suite: pg_regress + TAP, fuzz corpora replayed
-#   3. test/sanitize.sh  the same suite with the extension under ASan + UBSan
-#   4. test/fuzz.sh      bounded libFuzzer runs (WX_FUZZ_SECONDS per target)
-#   5. test/matrix.sh    the fast suite against PostgreSQL 17, 18 and 19 in
+#   3. test/package.sh   the Debian package (debian/) built, installed for 15,
+#                        the pg_regress files run against it, removed again
+#   4. test/sanitize.sh  the same suite with the extension under ASan + UBSan
+#   5. test/fuzz.sh      bounded libFuzzer runs (WX_FUZZ_SECONDS per target)
+#   6. test/matrix.sh    the fast suite against PostgreSQL 17, 18 and 19 in
 #                        cached Debian chroots (WX_MATRIX=0 skips it)
 # Prints the time each step took.  Developers iterate with test/run.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 start=$SECONDS
-steps="static run sanitize fuzz"
+steps="static run package sanitize fuzz"
 if [ "${WX_MATRIX:-1}" != 0 ]; then steps="$steps matrix"; fi
 for step in $steps; do
     t0=$SECONDS

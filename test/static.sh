@@ -7,13 +7,48 @@
 #    libcurl and OpenSSL headers; any finding fails.
 # 3. cppcheck (warning, performance and portability checks) over src/ and
 #    the fuzz targets; any finding fails.
+# 4. The release metadata agree with the control file's default_version:
+#    META.json (PGXN: version, provides' version and install script) and
+#    debian/changelog's upstream version.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# Prints each disagreement of the release metadata with the control file;
+# returns non-zero if there is one.
+wx_check_metadata() {
+    local control version
+    control=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$WX_ROOT/wxpay_signplan.control")
+    WX_CONTROL_VERSION=$control perl -MJSON::PP -e '
+        my $v = $ENV{WX_CONTROL_VERSION};
+        local $/; open my $f, "<", "$ARGV[0]/META.json" or die "META.json: $!\n";
+        my $m = JSON::PP->new->decode(<$f>);
+        my $p = $m->{provides}{wxpay_signplan} || {};
+        my @bad;
+        for my $k (qw(name abstract version maintainer license provides meta-spec)) {
+            push @bad, "META.json has no \"$k\" (PGXN Meta Spec 1.0.0)" unless exists $m->{$k};
+        }
+        push @bad, "META.json version \"$m->{version}\" differs from the control file\x27s default_version \"$v\""
+            if ($m->{version} // "") ne $v;
+        push @bad, "META.json provides.wxpay_signplan.version \"" . ($p->{version} // "") . "\" differs from \"$v\""
+            if ($p->{version} // "") ne $v;
+        push @bad, "META.json provides.wxpay_signplan.file is not \"sql/wxpay_signplan--$v.sql\""
+            if ($p->{file} // "") ne "sql/wxpay_signplan--$v.sql";
+        push @bad, "META.json meta-spec version is not 1.0.0" if ($m->{"meta-spec"}{version} // "") ne "1.0.0";
+        print "$_\n" for @bad;
+        exit(@bad ? 1 : 0);' "$WX_ROOT" || return 1
+    [ -f "$WX_ROOT/sql/wxpay_signplan--$control.sql" ] ||
+        { echo "sql/wxpay_signplan--$control.sql (default_version's install script) is missing"; return 1; }
+    version=$(sed -n '1s/^[^(]*(\([^-)]*\)-[^)]*).*/\1/p' "$WX_ROOT/debian/changelog")
+    [ "$version" = "$control" ] ||
+        { echo "debian/changelog's upstream version \"$version\" differs from the control file's default_version \"$control\""; return 1; }
+}
 wx_install_deps
 wx_install_harden_deps
 wx_make_work
 status=0
+
+wx_log "release metadata (META.json, debian/changelog)"
+wx_check_metadata || status=1
 
 wx_log "-Werror build"
 wx_copy_tree "$WX_WORK/werror"
