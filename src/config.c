@@ -426,6 +426,7 @@ ConfigLoad(const char *name, Oid nspoid)
 static void
 ConfigBadSerial(const char *name, const char *s)
 {
+	char		buf[128];
 	const char *detail;
 	const char *hint;
 
@@ -441,7 +442,10 @@ ConfigBadSerial(const char *name, const char *s)
 	}
 	else
 	{
-		detail = "The merchant certificate serial number must be 1 to " CppAsString2(WXPAY_SERIAL_MAX) " hexadecimal digits.";
+		snprintf(buf, sizeof(buf),
+				 "The merchant certificate serial number must be 1 to %d hexadecimal digits.",
+				 WXPAY_SERIAL_MAX);
+		detail = buf;
 		hint = "Copy it from the merchant platform, or take the digits that \"openssl x509 -noout -serial -in apiclient_cert.pem\" prints after \"serial=\".";
 	}
 	ereport(ERROR,
