@@ -41,6 +41,11 @@ UPDATE wxpay_config SET mchid = '19000x' WHERE name = 'c';
 SELECT wxpay_stop_sign_plan('cfg-1', 'r', 'c');
 UPDATE wxpay_config SET mchid = '1900000001', serial_no = 'XYZ' WHERE name = 'c';
 SELECT wxpay_stop_sign_plan('cfg-1', 'r', 'c');
+-- what "openssl x509 -serial" prints, label included: the hint says to drop it
+UPDATE wxpay_config SET serial_no = 'serial=' || :'serial' WHERE name = 'c';
+SELECT wxpay_stop_sign_plan('cfg-1', 'r', 'c');
+UPDATE wxpay_config SET serial_no = '1A:2B:3C' WHERE name = 'c';
+SELECT wxpay_stop_sign_plan('cfg-1', 'r', 'c');
 UPDATE wxpay_config SET serial_no = :'serial' WHERE name = 'c';
 
 -- base_url: https host and port only

@@ -63,6 +63,7 @@ static void ConfigFreeAll(void);
 static void ConfigFreeKeys(WxpayConfig *cfg);
 static void ConfigSelectLatest(const char *sql, const char *name, long limit);
 static CacheEntry *ConfigLoad(const char *name, Oid nspoid);
+static void ConfigBadSerial(const char *name, const char *s);
 static void ConfigParse(const char *name, HeapTuple tup, TupleDesc desc,
 						WxpayConfig *cfg);
 static void ConfigParseCertificates(const char *name, WxpayConfig *cfg,
@@ -170,7 +171,8 @@ wxpay_config_get(const char *name, Oid nspoid)
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
 				 errdetail("Neither wechatpay_public_key nor an unexpired platform certificate is configured."),
-				 errhint("Set wechatpay_public_key_id and wechatpay_public_key, or add rows to wxpay_platform_certificate.")));
+				 errhint("Run SELECT * FROM wxpay_refresh_platform_certificates(%s) to download the platform certificates (it needs apiv3_key; with the extension preloaded the queue worker repeats it every wxpay.certificate_refresh_interval), or set wechatpay_public_key_id and wechatpay_public_key for public-key mode.",
+						 quote_literal_cstr(name))));
 	return cfg;
 }
 
@@ -417,6 +419,42 @@ ConfigLoad(const char *name, Oid nspoid)
 	return e;
 }
 
+/*
+ * Refuse serial_no s of config name, saying what is wrong with it: the
+ * "serial=" prefix and the colons that openssl prints are the usual slips.
+ */
+static void
+ConfigBadSerial(const char *name, const char *s)
+{
+	char		buf[128];
+	const char *detail;
+	const char *hint;
+
+	if (pg_strncasecmp(s, "serial=", 7) == 0)
+	{
+		detail = "The value starts with \"serial=\", the label \"openssl x509 -serial\" prints before the number.";
+		hint = "Remove the \"serial=\" prefix and store only the hexadecimal digits that follow it.";
+	}
+	else if (strchr(s, ':') != NULL)
+	{
+		detail = "The value contains colons; a serial number is hexadecimal digits alone.";
+		hint = "Remove the colons, or copy the digits that \"openssl x509 -noout -serial -in apiclient_cert.pem\" prints after \"serial=\".";
+	}
+	else
+	{
+		snprintf(buf, sizeof(buf),
+				 "The merchant certificate serial number must be 1 to %d hexadecimal digits.",
+				 WXPAY_SERIAL_MAX);
+		detail = buf;
+		hint = "Copy it from the merchant platform, or take the digits that \"openssl x509 -noout -serial -in apiclient_cert.pem\" prints after \"serial=\".";
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+			 errmsg("wxpay configuration \"%s\" has an invalid serial_no", name),
+			 errdetail("%s", detail),
+			 errhint("%s", hint)));
+}
+
 /* Parse one wxpay_config row; runs in CacheCxt. */
 static void
 ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
@@ -442,11 +480,7 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 	cfg->mchid = mchid;
 
 	if (!wxpay_check_serial(serial))
-		ereport(ERROR,
-				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
-				 errmsg("wxpay configuration \"%s\" has an invalid serial_no", name),
-				 errdetail("The merchant certificate serial number must be hexadecimal."),
-				 errhint("Copy it from the merchant platform or from \"openssl x509 -noout -serial -in apiclient_cert.pem\".")));
+		ConfigBadSerial(name, serial);
 	for (char *p = serial; *p; p++)
 		*p = pg_toupper((unsigned char) *p);
 	cfg->serial_no = serial;

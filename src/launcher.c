@@ -8,7 +8,11 @@
  * The launcher starts the queue worker, a dynamic background worker, at
  * startup, whenever a backend asks for it (a committed enqueue), and again
  * after a failure with growing delays (1 s doubling to 5 min), so that a
- * worker that keeps failing never becomes a crash loop.
+ * worker that keeps failing never becomes a crash loop.  Before starting
+ * one it looks up wxpay.database_name in pg_database: for a database that
+ * does not exist it logs why no worker runs (3D000, once per look) and
+ * looks again with the same growing delays, instead of starting a worker
+ * that would die in a FATAL error while connecting.
  *
  * The launcher keeps no state that matters in its own memory: who serves
  * the queue and how the last worker ended live in shared memory
@@ -21,6 +25,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "libpq/pqsignal.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -29,6 +39,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "wxpay_signplan.h"
@@ -38,6 +49,7 @@
 #define WORKER_GOING_MS			(10 * 1000)
 #define WORKER_START_GRACE_MS	(30 * 1000)
 
+static bool LauncherDatabaseExists(void);
 static void LauncherStartWorker(BackgroundWorkerHandle **handle);
 
 void
@@ -47,6 +59,7 @@ wxpay_launcher_main(Datum arg)
 	TimestampTz next_start = GetCurrentTimestamp();	/* serve at startup */
 	long		delay_ms = WORKER_RETRY_MIN_MS;
 	WxpayWorkerStatus st;
+	bool		no_database = false;	/* the last look found none */
 
 	(void) arg;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -76,6 +89,7 @@ wxpay_launcher_main(Datum arg)
 		long		timeout = -1;
 		bool		wake = st.wake;
 		bool		running;
+		bool		due;
 		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
@@ -137,8 +151,29 @@ wxpay_launcher_main(Datum arg)
 			  now < TimestampTzPlusMilliseconds(st.starting_since,
 												WORKER_START_GRACE_MS)));
 
-		if (!running &&
-			((wake && next_start == DT_NOEND) || now >= next_start))
+		/*
+		 * Start one when asked or when the delay is over.  A backend that
+		 * asks while the database was missing is in it: no need to wait.
+		 */
+		due = !running &&
+			((wake && (next_start == DT_NOEND || no_database)) ||
+			 now >= next_start);
+		if (due)
+			no_database = !LauncherDatabaseExists();
+		if (due && no_database)
+		{
+			/* nothing to connect to: say so, and look again later */
+			ereport(LOG,
+					(errcode(ERRCODE_UNDEFINED_DATABASE),
+					 errmsg("wxpay_signplan worker not started: database \"%s\" does not exist",
+							wxpay_database_name),
+					 errdetail("wxpay.database_name names it.  The launcher looks again in %ld s.",
+							   delay_ms / 1000),
+					 errhint("Create that database and run CREATE EXTENSION wxpay_signplan in it, or set wxpay.database_name to the database where the extension is installed and restart the server.")));
+			next_start = TimestampTzPlusMilliseconds(now, delay_ms);
+			delay_ms = Min(delay_ms * 2, WORKER_RETRY_MAX_MS);
+		}
+		else if (due)
 		{
 			LauncherStartWorker(&handle);
 			if (handle != NULL)
@@ -197,4 +232,38 @@ LauncherStartWorker(BackgroundWorkerHandle **handle)
 				 errhint("Raise max_worker_processes.")));
 		*handle = NULL;
 	}
+}
+
+/*
+ * Whether the database wxpay.database_name names exists: a worker started
+ * for one that does not would only die in a FATAL error while connecting.
+ * The launcher has no database, but pg_database is a shared catalog (read
+ * the way the autovacuum launcher lists databases).
+ */
+static bool
+LauncherDatabaseExists(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	/* a plain heap scan: without a database, no index can be opened */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "looking up wxpay.database_name");
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found &&
+		   HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		found = strcmp(NameStr(db->datname), wxpay_database_name) == 0;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
 }

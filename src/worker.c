@@ -7,8 +7,9 @@
  * The launcher (launcher.c) starts it.  Before it connects to its database
  * it takes the worker slot (process.c); if a live worker holds it, it exits
  * at once, so there is never more than one.  It lives as long as the
- * extension exists in its database; when it finds none it exits cleanly
- * and waits to be asked again.
+ * extension exists in its database; when it finds none it says so in one
+ * LOG line (42704, with the CREATE EXTENSION hint), exits cleanly and
+ * waits to be asked again.
  *
  * The extension dropped under it (DROP EXTENSION, which dropguard.c allows
  * only with nothing queued or in flight, wakes it at commit): the worker
@@ -172,6 +173,13 @@ wxpay_queue_worker_main(Datum arg)
 			if (OidIsValid(ServedExtension))
 				WorkerStops(InvalidOid);
 			/* the extension is not installed here: wait to be asked */
+			ereport(LOG,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("wxpay_signplan worker stops: the extension is not installed in database \"%s\"",
+							wxpay_database_name),
+					 errdetail("wxpay.database_name names the database whose queue the worker serves."),
+					 errhint("Run CREATE EXTENSION wxpay_signplan in database \"%s\", or set wxpay.database_name to the database where it is installed and restart the server.",
+							 wxpay_database_name)));
 			wxpay_worker_slot_report(true, true);
 			proc_exit(0);
 		}
