@@ -505,7 +505,7 @@ sub add_failover
 	return undef unless chance($r, 20);
 	my $at = rint($r, @$steps + 1);    # before step $at; @$steps: in the drain
 	my $freeze = chance($r, 70) ? rint($r, 3) : undef;    # steps before
-	my $fo = { do => 'failover', frozen => defined $freeze };
+	my $fo = { do => 'failover' };
 	if ($at == @$steps)
 	{
 		my @drain = ($fo);
@@ -670,7 +670,7 @@ sub failover
 		{
 			my ($ok, $out) = try_sql(
 				"SELECT pg_current_wal_lsn() > sent_lsn FROM pg_stat_replication WHERE pid = $frozen");
-			last if !$ok || $out ne 't';
+			last if !$ok || $out ne 'f';    # written past it, or no sender
 			Time::HiRes::sleep(0.05);
 		}
 	}
@@ -693,6 +693,13 @@ sub failover
 	wait_server() or die 'the promoted standby does not answer';
 	$failovers++;
 
+	# a PREPARE beyond the replay position may be lost (whichever way the
+	# transaction was to be resolved)
+	for my $q (values %$plans_by_no)
+	{
+		my $t = $q->{txn} or next;
+		$t->{prep_lost} = 1 if defined $t->{prep_lsn} && lsn_num($t->{prep_lsn}) > lsn_num($replay);
+	}
 	my $lost = 0;
 	for my $q (values %$plans_by_no)
 	{
@@ -701,10 +708,9 @@ sub failover
 		{
 			$q->{may_be_lost} = 1 if lsn_num($q->{lsn}) > lsn_num($replay);
 		}
-		elsif ($q->{txn} && defined $q->{txn}{prep_lsn} && lsn_num($q->{txn}{prep_lsn}) > lsn_num($replay))
+		elsif ($q->{txn} && $q->{txn}{prep_lost})
 		{
 			$q->{may_be_lost} = 1;
-			$q->{txn}{prep_lost} = 1;
 		}
 		$lost++ if $q->{may_be_lost};
 	}
