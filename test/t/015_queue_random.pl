@@ -10,9 +10,10 @@
 # requests held in flight, stops applied late after a 403), and the test
 # kills the queue worker (SIGKILL,
 # SIGTERM), cancels it (pg_cancel_backend), terminates the launcher, stops
-# the server in immediate mode, breaks and restores a config's key and runs
-# an unprivileged DROP DATABASE.  After the queue drained, every plan is checked against the
-# simulator's own event record:
+# the server in immediate mode, breaks and restores a config's key, runs
+# an unprivileged DROP DATABASE and fails the primary over to its
+# asynchronous streaming standby.  After the queue drained, every plan is
+# checked against the simulator's own event record:
 #
 #  I1  nothing of a rolled-back transaction (or savepoint, or ROLLBACK
 #      PREPARED) reached WeChat Pay;
@@ -25,7 +26,9 @@
 #  I4  never two queue workers at once (pg_stat_activity sampled at every
 #      step, and the server log's "queue worker started/stopped" lines when
 #      the worker writes them);
-#  I5  every committed request finished, within wxpay.max_attempts;
+#  I5  every committed request finished, within wxpay.max_attempts (one
+#      committed, or prepared, beyond what the standby had replayed when
+#      it was promoted may have no row: lost in the failover);
 #  I6  an unprivileged DROP DATABASE fails ("must be owner") and leaves the
 #      queue worker alone.
 #
@@ -37,7 +40,23 @@
 # number + 2^20), and the late stops from a third (seed, schedule number +
 # 2^21), so a seed of a run before they existed still draws the same
 # requests, scripts and other actions, now with cancels and late stops in
-# between.
+# between.  Failovers come from a fourth stream (seed, schedule number +
+# 2^22), likewise.
+#
+# Failovers: in about one schedule in five, the primary (streaming to an
+# asynchronous standby) is stopped in immediate mode after a random step or
+# in the middle of the drain, usually after its WAL sender was frozen
+# (SIGSTOP) up to two steps before, so that what it committed meanwhile
+# never reached the standby.  The standby is promoted and becomes the
+# test's server (every helper talks to $node); two-phase decisions and keys
+# the new primary lacks are taken again, and it gets a new standby from a
+# base backup.  The old primary is never started again.  A request whose
+# commit LSN lies beyond the promoted standby's replay LSN may have been
+# lost: no row is then allowed (I5), its stops are still judged by I2; a
+# request with a row is judged in full.  Rows whose claim or outcome was
+# lost are queued again on the new primary; the timeline rule (src/queue.c)
+# has them queried before any stop, or I2/I3 would catch a blind second
+# stop.
 #
 # Late stops: a request's first stop may be one the platform applies only
 # later ("defer": the worker gives up waiting, the outcome is unknown), and
@@ -168,9 +187,11 @@ sub sim_post
 }
 
 my $node = PostgreSQL::Test::Cluster->new('queue_random');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$node->init(allows_streaming => 1, extra => [ '--encoding=UTF8', '--locale=C' ]);
 $node->append_conf(
 	'postgresql.conf', qq{
+max_connections = 40
+shared_buffers = 16MB
 shared_preload_libraries = 'wxpay_signplan'
 wxpay.database_name = 'postgres'
 max_prepared_transactions = 20
@@ -194,6 +215,29 @@ $node->safe_psql('postgres', 'CREATE ROLE t15_mallory LOGIN');
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'cert'"),
 	'the certificate-mode config has its platform certificate');
+
+# The streaming standby (asynchronous) that a failover promotes; each
+# promotion makes the promoted node $node and gives it a new standby from a
+# base backup.  A discarded primary is never started again (it may have
+# commits the new one lacks); its log is still checked at the end.
+my $standby;
+my $standbys = 0;
+my @retired;    # discarded primaries
+
+sub new_standby
+{
+	my $bk = 'bk' . ++$standbys;
+	$node->backup($bk);
+	$standby = PostgreSQL::Test::Cluster->new("queue_random_sb$standbys");
+	$standby->init_from_backup($node, $bk, has_streaming => 1);
+	$standby->start;
+	my $name = $standby->name;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_replication WHERE application_name = '$name' AND state = 'streaming'")
+	  or die "the standby $name does not stream";
+	return;
+}
+new_standby();
 
 my %good_key = (pk => pki_file('merchant.key'), cert => pki_file('merchant.key'));
 my $invalid_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
@@ -444,7 +488,38 @@ sub draw_schedule
 	push @steps, { do => 'restore_key', config => $broken } if $broken;
 	add_cancels($n, \@steps, \$mid);
 	add_late_stops($n, \@steps, \@reqs);
-	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid };
+	my $fo_drain = add_failover($n, \@steps);
+	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid, fo_drain => $fo_drain };
+}
+
+# A primary failover, from a stream of its own (seed, schedule number +
+# 2^22), in about one schedule in five: after a random step or in the middle
+# of the drain, the primary is stopped (immediate) and its asynchronous
+# standby promoted.  Most of the time its WAL sender is frozen (SIGSTOP, a
+# partition) first, up to two steps before: what the primary commits after
+# that is lost with it.  Returns the steps run in the drain, if any.
+sub add_failover
+{
+	my ($n, $steps) = @_;
+	my $r = prng_new($seed, $n + (1 << 22));
+	return undef unless chance($r, 20);
+	my $at = rint($r, @$steps + 1);    # before step $at; @$steps: in the drain
+	my $freeze = chance($r, 70) ? rint($r, 3) : undef;    # steps before
+	my $fo = { do => 'failover' };
+	if ($at == @$steps)
+	{
+		my @drain = ($fo);
+		if (defined $freeze && $freeze == 0) { unshift @drain, { do => 'freeze' }; }
+		elsif (defined $freeze) { splice(@$steps, @$steps - $freeze + 1, 0, { do => 'freeze' }); }
+		return \@drain;
+	}
+	splice(@$steps, $at, 0, $fo);
+	if (defined $freeze)
+	{
+		my $f = $at - $freeze;
+		splice(@$steps, $f < 0 ? 0 : $f, 0, { do => 'freeze' });
+	}
+	return undef;
 }
 
 # Stops applied late, from a stream of their own: a committed request's
@@ -564,6 +639,95 @@ sub do_kill
 	return;
 }
 
+sub lsn_num
+{
+	my ($lsn) = @_;
+	my ($hi, $lo) = $lsn =~ m{^([0-9A-F]+)/([0-9A-F]+)$} or die "not an LSN: $lsn";
+	return (hex($hi) << 32) | hex($lo);
+}
+
+# The primary stopped (immediate) and its standby promoted; the promoted
+# node becomes $node and gets a standby of its own.  A request whose commit
+# (or PREPARE) lies beyond what the standby replayed may be lost: see
+# judge_plan.  Decisions the old primary took that the new one lacks are
+# taken again, as an operator would: COMMIT/ROLLBACK PREPARED of a
+# transaction still prepared there, and the keys the schedule has set.
+my $log_offset = 0;    # of I4's check of $node's log
+my %log_live;
+my $frozen;       # pid of the frozen WAL sender
+my $failovers = 0;
+my $lost_total = 0;
+
+sub failover
+{
+	my $old = $node;
+	if ($frozen)
+	{
+		# the primary writes on alone for a moment (the worker's claims
+		# and outcomes, if it is working)
+		my $t0 = time;
+		while (time - $t0 < 5)
+		{
+			my ($ok, $out) = try_sql(
+				"SELECT pg_current_wal_lsn() > sent_lsn FROM pg_stat_replication WHERE pid = $frozen");
+			last if !$ok || $out ne 'f';    # written past it, or no sender
+			Time::HiRes::sleep(0.05);
+		}
+	}
+	check_log();
+	$old->stop('immediate');
+	$frozen = undef;
+	# everything the standby received, replayed (the last record received
+	# may be incomplete: the replay position need not reach it)
+	$standby->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)"
+		  . " AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'startup'"
+		  . " AND wait_event IN ('RecoveryWalStream', 'RecoveryRetrieveRetryInterval'))")
+	  or die 'the standby did not settle after the primary stopped';
+	my $replay = $standby->safe_psql('postgres', 'SELECT pg_last_wal_replay_lsn()');
+	$standby->promote;
+	push @retired, $old;
+	$node = $standby;
+	$standby = undef;
+	($log_offset, %log_live) = (0);
+	wait_server() or die 'the promoted standby does not answer';
+	$failovers++;
+
+	# a PREPARE beyond the replay position may be lost (whichever way the
+	# transaction was to be resolved)
+	for my $q (values %$plans_by_no)
+	{
+		my $t = $q->{txn} or next;
+		$t->{prep_lost} = 1 if defined $t->{prep_lsn} && lsn_num($t->{prep_lsn}) > lsn_num($replay);
+	}
+	my $lost = 0;
+	for my $q (values %$plans_by_no)
+	{
+		next unless $q->{committed};
+		if (defined $q->{lsn})
+		{
+			$q->{may_be_lost} = 1 if lsn_num($q->{lsn}) > lsn_num($replay);
+		}
+		elsif ($q->{txn} && $q->{txn}{prep_lost})
+		{
+			$q->{may_be_lost} = 1;
+		}
+		$lost++ if $q->{may_be_lost};
+	}
+	my %resolved = map { $_->{txn}{gid} => $_->{txn} } grep { $_->{txn} && $_->{txn}{resolved} } values %$plans_by_no;
+	for my $gid (split /\n/, must_sql("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 't15\\_${cur_sched}\\_%'"))
+	{
+		my $t = $resolved{$gid} or next;
+		my $verb = $t->{kind} eq 'prepare_commit' ? 'COMMIT PREPARED' : 'ROLLBACK PREPARED';
+		must_sql("$verb '$gid'");
+		note("$gid resolved again on the new primary");
+	}
+	set_key($_, $key_now{$_}) for sort keys %key_now;
+	note("failover: primary stopped, standby promoted at replay LSN $replay; $lost committed request(s) beyond it");
+	new_standby();
+	return;
+}
+
 sub run_step
 {
 	my ($s) = @_;
@@ -579,13 +743,48 @@ sub run_step
 		elsif ($s->{kind} eq 'commit') { $sql .= "COMMIT;\n"; }
 		elsif ($s->{kind} eq 'rollback') { $sql .= "ROLLBACK;\n"; }
 		else { $sql .= "PREPARE TRANSACTION '$s->{gid}';\n"; }
-		must_sql($sql);
+		# where the WAL was once it committed (or prepared): a failover
+		# may lose it if the standby had not replayed that far
+		my ($lsn) = must_sql($sql . "SELECT pg_current_wal_lsn();\n") =~ /([0-9A-F]+\/[0-9A-F]+)\s*\z/
+		  or die 'no WAL position after the transaction';
+		$_->{txn} = $s for @{ $s->{before} }, @{ $s->{after} }, @{ $s->{tail} };
+		if ($s->{kind} =~ /^prepare_/) { $s->{prep_lsn} = $lsn; }
+		else { $_->{lsn} = $lsn for @{ $s->{before} }, @{ $s->{tail} }; }
 	}
 	elsif ($do eq 'resolve')
 	{
 		my $t = $s->{txn};
 		my $verb = $t->{kind} eq 'prepare_commit' ? 'COMMIT PREPARED' : 'ROLLBACK PREPARED';
-		must_sql("$verb '$t->{gid}'");
+		my ($ok, $out, $err) = try_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();");
+		if (!$ok && $t->{prep_lost} && $err =~ /prepared transaction with identifier .* does not exist/)
+		{
+			# its PREPARE was lost in a failover: so are its requests
+			note("$t->{gid} was lost in the failover");
+		}
+		else
+		{
+			$out = must_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();") unless $ok;
+			my ($lsn) = $out =~ /([0-9A-F]+\/[0-9A-F]+)\s*\z/ or die "no WAL position after $verb";
+			$_->{lsn} = $lsn for @{ $t->{before} }, @{ $t->{tail} };
+		}
+		$t->{resolved} = 1;
+	}
+	elsif ($do eq 'freeze')
+	{
+		# a partition: the standby receives nothing more
+		my $name = $standby->name;
+		my $pid = must_sql("SELECT pid FROM pg_stat_replication WHERE application_name = '$name'");
+		if ($pid =~ /^\d+$/)
+		{
+			kill 'STOP', $pid;
+			$frozen = $pid;
+			note("WAL sender $pid frozen");
+		}
+		else { note('no WAL sender to freeze'); }
+	}
+	elsif ($do eq 'failover')
+	{
+		failover();
 	}
 	elsif ($do eq 'hold_kill')
 	{
@@ -638,6 +837,7 @@ sub run_step
 		$plans_by_no->{$probe} = { plan => $probe, config => $s->{config}, committed => 1,
 			probe => 1, script => { stop => [], query => [] } };
 		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', '$s->{config}')");
+		$plans_by_no->{$probe}{lsn} = must_sql('SELECT pg_current_wal_lsn()');
 		my ($wok) = try_sql("SELECT state FROM wxpay_wait_stop_request($id, '${WAIT}s')");
 		my $after = pid_of($WORKER_TYPE);
 		violation('I6', undef, 'an unprivileged DROP DATABASE disturbed the queue worker: pid '
@@ -658,7 +858,7 @@ sub run_step
 # wait until nothing of this schedule is queued or sending (or prepared)
 sub drain
 {
-	my ($n, $mid) = @_;
+	my ($n, $mid, $fo) = @_;
 	my $t0 = time;
 	my $did_mid = !$mid;
 	while (time - $t0 < $WAIT)
@@ -667,11 +867,18 @@ sub drain
 		my ($ok, $out) = try_sql(
 			"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' AND state IN ('queued', 'sending')"
 		);
-		if ($ok && $out eq '0') { return 1; }
+		# a failover drawn for the drain happens even if the queue drained
+		# first (a WAL sender may be frozen), and the new primary drains
+		if ($ok && $out eq '0' && !$fo) { return 1; }
 		if (!$did_mid && $ok)
 		{
 			run_step($mid);
 			$did_mid = 1;
+		}
+		elsif ($fo && $ok)
+		{
+			run_step($_) for @$fo;
+			$fo = undef;
 		}
 		Time::HiRes::sleep(0.1);    # polling interval
 	}
@@ -723,13 +930,25 @@ sub judge_plan
 		return @v;
 	}
 
-	# I5
-	return ([ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
-	my $row = $rs->[0];
-	push @v, [ 'I5', "not finished after draining (state $row->{state})", $row->{line} ]
-	  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
-	push @v, [ 'I5', "$row->{attempts} attempts, more than wxpay.max_attempts = $MAX_ATTEMPTS", $row->{line} ]
-	  if $row->{attempts} > $MAX_ATTEMPTS;
+	# I5; an enqueue committed (or prepared) beyond what the standby had
+	# replayed when it was promoted may be lost with asynchronous
+	# replication: no row, and whatever stops the old primary sent for it
+	# are still judged by I2 (I3 needs a row)
+	my $row;
+	if (!@$rs && $req->{may_be_lost})
+	{
+		$row = { line => '(no row: its enqueue was lost in a failover)', state => 'lost', attempts => 0 };
+		$lost_total++;
+	}
+	else
+	{
+		return ([ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
+		$row = $rs->[0];
+		push @v, [ 'I5', "not finished after draining (state $row->{state})", $row->{line} ]
+		  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
+		push @v, [ 'I5', "$row->{attempts} attempts, more than wxpay.max_attempts = $MAX_ATTEMPTS", $row->{line} ]
+		  if $row->{attempts} > $MAX_ATTEMPTS;
+	}
 
 	# I2: walk the record; after a stop whose answer the client could not
 	# trust (not delivered intact, or 5xx) only a query answered 200 intact
@@ -788,9 +1007,6 @@ sub judge_plan
 # died without its "stopped" line is over when the postmaster logs its exit,
 # a crash restart or a shutdown.  Without such lines only pg_stat_activity
 # is sampled.
-my $log_offset = 0;
-my %log_live;
-
 sub check_log
 {
 	my $log = slurp_file($node->logfile, $log_offset);
@@ -873,13 +1089,21 @@ sub check_log
 			'I3' ],
 		[ 'unfinished, too many attempts', 1, $row->('queued', $MAX_ATTEMPTS + 1, ''), [], 'I5 I5' ],
 		[ 'committed, no row', 1, [], [], 'I5' ],
+		[ 'clean: committed after the promoted standby\'s replay position, lost', 1, [],
+			[ $ev->(1, 'stop', applied => 1) ], '', 1 ],
+		[ 'lost in a failover, yet stopped blindly twice by the old primary', 1, [],
+			[ $ev->(1, 'stop', applied => 1, status => 500), $ev->(2, 'stop', already_stopped => 1, status => 400) ],
+			'I2 I2', 1 ],
+		[ 'may have been lost in a failover, but has a row: judged in full', 1, $row->('succeeded', 1, ''),
+			[ $ev->(1, 'query') ], 'I3', 1 ],
 	);
 	for my $c (@cases)
 	{
-		my ($name, $committed, $rows, $events, $want) = @$c;
-		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed }, $rows, $events);
+		my ($name, $committed, $rows, $events, $want, $lost) = @$c;
+		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed, may_be_lost => $lost }, $rows, $events);
 		is($got, $want, "the judge on a synthetic record: $name");
 	}
+	$lost_total = 0;    # counted by the synthetic records too
 }
 
 # ---------------------------------------------------------------------------
@@ -903,7 +1127,7 @@ for my $n ($first .. $first + $schedules - 1)
 	my $t0 = time;
 	my $drained = eval {
 		run_step($_) for @{ $sched->{steps} };
-		drain($n, $sched->{mid_drain});
+		drain($n, $sched->{mid_drain}, $sched->{fo_drain});
 	};
 	if (!defined $drained)
 	{
@@ -921,6 +1145,7 @@ for my $n ($first .. $first + $schedules - 1)
 
 	my $desc = join(' ', map { $_->{do} eq 'txn' ? $_->{kind} : $_->{do} } @{ $sched->{steps} });
 	$desc .= " | drain+$sched->{mid_drain}{do}" if $sched->{mid_drain};
+	$desc .= ' | drain+' . join('+', map { $_->{do} } @{ $sched->{fo_drain} }) if $sched->{fo_drain};
 	note(sprintf('schedule %d: %d requests, %.1f s: %s', $n, scalar @{ $sched->{reqs} }, time - $t0, $desc));
 	ok(!@violations, "schedule $n (seed $seed): invariants I1-I6 hold")
 	  or diag(join("\n", @violations));
@@ -928,15 +1153,20 @@ for my $n ($first .. $first + $schedules - 1)
 }
 
 cmp_ok($max_workers_seen, '<=', 1, 'never two queue workers at once in pg_stat_activity');
+note("$failovers failover(s), $lost_total committed request(s) lost in them");
 cmp_ok($cancels, '>', 0, 'the worker was cancelled in some schedule')
   if $schedules >= 6;
 note(sprintf('%d schedules, %d requests, %d violations, %d worker cancels in %.0f s (seed %s)',
 		$schedules, $total_reqs, $total_violations, $cancels, time - $t_start, $seed));
 
-my $log = slurp_file($node->logfile);
-unlike($log, qr/TRAP:|PANIC|server process .* was terminated by signal (?!9\b)\d+/,
-	'no assertion failure, PANIC or crash we did not cause');
+for my $n ($node, @retired)
+{
+	my $log = slurp_file($n->logfile);
+	unlike($log, qr/TRAP:|PANIC|server process .* was terminated by signal (?!9\b)\d+/,
+		'no assertion failure, PANIC or crash we did not cause (' . $n->name . ')');
+}
 
 $node->stop('fast');
+$standby->stop('fast');
 stop_sim($sim);
 done_testing();
