@@ -12,10 +12,12 @@ WX_SRC := $(patsubst ./,,$(dir $(firstword $(MAKEFILE_LIST))))
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(WX_SRC)$(EXTENSION).control)
 
 MODULE_big = $(EXTENSION)
-OBJS = $(patsubst $(WX_SRC)%.c,%.o,$(wildcard $(WX_SRC)src/*.c))
+# src/ holds one folder per layer (src/wxpay_signplan.h has the map).
+WX_SRCDIRS = $(patsubst $(WX_SRC)%/,%,$(sort $(dir $(wildcard $(WX_SRC)src/*.c $(WX_SRC)src/*/*.c))))
+OBJS = $(patsubst $(WX_SRC)%.c,%.o,$(wildcard $(WX_SRC)src/*.c $(WX_SRC)src/*/*.c))
 # Not HEADERS: PGXS would install these into the server's include
 # directory, and they are internal.
-WX_HEADERS = $(wildcard $(WX_SRC)src/*.h)
+WX_HEADERS = $(wildcard $(WX_SRC)src/*.h $(WX_SRC)src/*/*.h)
 
 # Install scripts live in sql/ beside the regression inputs; the two are told
 # apart by name.
@@ -25,7 +27,7 @@ REGRESS_OPTS = --inputdir=$(or $(WX_SRC),.)
 TAP_TESTS = 1
 PROVE_TESTS = $(sort $(patsubst $(WX_SRC)%,%,$(wildcard $(WX_SRC)test/t/*.pl)))
 
-PG_CPPFLAGS += $(shell pkg-config --cflags libcurl openssl) -DWXPAY_VERSION='"$(EXTVERSION)"'
+PG_CPPFLAGS += -I$(or $(WX_SRC),.)/src $(shell pkg-config --cflags libcurl openssl) -DWXPAY_VERSION='"$(EXTVERSION)"'
 # The server's headers are not -Wextra clean; treat them as system headers so
 # that -Wextra judges our code only.
 PG_CPPFLAGS += -isystem $(includedir_server)
@@ -52,7 +54,7 @@ $(OBJS): $(WX_HEADERS)
 # In another build directory, the objects' directory must exist (not a
 # target: VPATH would find the source directory's src/).
 ifneq ($(WX_SRC),)
-$(shell $(MKDIR_P) src)
+$(shell $(MKDIR_P) $(WX_SRCDIRS))
 endif
 
 ifeq ($(WXPAY_SIM_URL),)

@@ -3,40 +3,57 @@
  * wxpay_signplan.h
  *	  Declarations shared by the modules of wxpay_signplan.
  *
- * The modules and their one job each:
- *	  wxpay_signplan.c	_PG_init and the GUCs
- *	  protocol.c		pure WeChat Pay syntax: input rules, RFC 3339, Base64,
- *						header lines, mchid/serial/key ID rules (no palloc,
- *						no ereport: fuzzable alone; declared in protocol.h)
- *	  sign.c			OpenSSL: keys, request signatures, answer verification
- *	  config.c			the protected config tables and the per-backend cache
- *	  transport.c		libcurl: one kept-alive multi handle, latch-aware waits
- *	  encoding.c		what WeChat Pay sends (UTF-8) into the database encoding
- *	  response.c		answer bodies to SQL values (jsonb, composites)
- *	  api.c				one signed, sent, verified call: the one classifier of
- *						an attempt's outcome and the one reporter of it
- *	  signplan.c		SQL-callable entry points
- *	  certs.c			platform certificates: download, decrypt, verify,
- *						store (SQL function and the worker's C API)
- *	  checkconfig.c		wxpay_check_config(): each piece of a config
- *						checked alone, and one live request
- *	  process.c			the background processes' shared memory: the worker
- *						slot, wakeups, settings, the ProcessUtility hook
- *	  launcher.c		the launcher: starts the one queue worker
- *	  pinned.c			the settings the launcher and the worker pin against
- *						ALTER DATABASE/ROLE ... SET (search_path, ...)
- *	  ratelimit.c		the per-merchant rate limit
- *	  queue.c			the one owner of wxpay_stop_request: its state
- *						machine, enqueue, wait, claim, record, reconcile
- *	  pipeline.c		the sending pipeline: requests in flight across
- *						merchants, certificate refreshes among them
- *	  worker.c			the queue worker process: its loop and its errors
- *	  batch.c			wxpay_stop_sign_plans: many stops at once, one row each
- *	  dropguard.c		the event trigger that refuses to drop the extension
- *						while stop requests are queued or in flight
- *	  waitevent.c		the named wait events of every wait (pg_stat_activity)
- *	  stats.c			cumulative call statistics in shared memory (the
- *						wxpay_stat view); callers classify, it counts
+ * The map of src/: one folder per layer, each file one job.  A file calls
+ * only files of its own folder or of the folders listed above it; sql/ and
+ * queue/ are peers that do not call each other.  test/static.sh fails on any
+ * other call between files, and on a cycle inside a folder.
+ *
+ *	  protocol/protocol.c	pure WeChat Pay syntax: input rules, RFC 3339,
+ *							Base64, header lines, mchid/serial/key ID rules
+ *							(no palloc, no ereport: fuzzable alone;
+ *							declared in protocol/protocol.h)
+ *	  runtime/			what every process shares
+ *		shmem.c				the background processes' shared memory: the
+ *							worker slot, wakeups, the ProcessUtility hook
+ *		waitevent.c			the named wait events of every wait
+ *		stats.c				cumulative call statistics (wxpay_stat); callers
+ *							classify, it counts
+ *	  wire/				signing, transport, response parsing
+ *		sign.c				OpenSSL: keys, request signatures, answer
+ *							verification, nonces
+ *		transport.c			libcurl: one kept-alive multi handle, latch-aware
+ *							waits, the timeouts
+ *		encoding.c			what WeChat Pay sends (UTF-8) into the database
+ *							encoding
+ *		response.c			answer bodies to SQL values (jsonb, composites)
+ *	  config/			config and keys
+ *		config.c			the protected config tables and the per-backend
+ *							key cache
+ *	  call/				the call: sign, send, verify, classify
+ *		call.c				one signed, sent, verified call: the one classifier
+ *							of an attempt's outcome and the one reporter of it
+ *		certs.c				platform certificates: download, decrypt, verify,
+ *							store (SQL function and the worker's C API)
+ *	  sql/				SQL entry points
+ *		signplan.c			stop, query, signed_detail_list
+ *		batch.c				wxpay_stop_sign_plans: many stops, one row each
+ *		checkconfig.c		wxpay_check_config: each piece checked alone, and
+ *							one live request
+ *		dropguard.c			the event trigger that refuses to drop the
+ *							extension while stop requests are to be sent
+ *	  queue/			the durable queue and the background processes
+ *		queue.c				the one owner of wxpay_stop_request: its state
+ *							machine, enqueue, wait, claim, record, reconcile
+ *		pipeline.c			the sending pipeline: requests in flight across
+ *							merchants, certificate refreshes among them
+ *		ratelimit.c			the per-merchant rate limit (namehash.h: the
+ *							worker's name-keyed local tables)
+ *		worker.c			the queue worker process: its loop and its errors
+ *		launcher.c			the launcher: starts the queue worker
+ *		pinned.c			the settings the launcher and the worker pin
+ *							against ALTER DATABASE/ROLE ... SET
+ *	  wxpay_signplan.c	_PG_init: calls each module's Init, which defines
+ *						the settings that module reads
  *
  *-------------------------------------------------------------------------
  */
@@ -53,7 +70,7 @@
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 
-#include "protocol.h"
+#include "protocol/protocol.h"
 
 #ifndef WXPAY_VERSION
 #define WXPAY_VERSION "unknown"
@@ -265,7 +282,7 @@ extern bool wxpay_container_to_tuple(JsonbContainer *obj, TupleDesc tupdesc,
 extern void wxpay_error_body(const char *body, size_t len,
 							 char **code, char **message);
 
-/* ---------- api.c ---------- */
+/* ---------- call.c ---------- */
 
 #define WXPAY_PLAN_PATH	"/v3/payscore/sign-plan/user-sign-plans/merchant-sign-plan-no/"
 /* a service provider's calls for a sub-merchant (partner mode) */
@@ -435,7 +452,7 @@ extern void wxpay_cert_refresh_prepare(WxpayCertRefresh *r,
 extern void wxpay_cert_refresh_send(WxpayCertRefresh *r);
 extern bool wxpay_cert_refresh_finish(WxpayCertRefresh *r);
 extern List *wxpay_cert_refresh_configs(Oid nspoid);
-/* ---------- process.c ---------- */
+/* ---------- shmem.c ---------- */
 
 /* GUC variables of the background worker */
 extern char *wxpay_database_name;

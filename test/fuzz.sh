@@ -2,7 +2,7 @@
 # test/fuzz.sh: bounded libFuzzer runs over the pure-C parsers.
 #
 # Builds each target test/fuzz/fuzz_*.c with clang
-# (-fsanitize=fuzzer,address,undefined) against src/protocol.c alone, and
+# (-fsanitize=fuzzer,address,undefined) against src/protocol/protocol.c alone, and
 # fuzzes it for WX_FUZZ_SECONDS (default 20) seconds, starting from the seed
 # corpus (test/fuzz/corpus/<target>/) and the inputs of past crashes
 # (test/fuzz/regressions/<target>/).  New corpus entries stay in the scratch
@@ -25,8 +25,8 @@ for src in "$WX_ROOT"/test/fuzz/fuzz_*.c; do
     t=$(basename "$src" .c)
     if [ -n "${WX_FUZZ_TARGETS:-}" ] && ! [[ " $WX_FUZZ_TARGETS " == *" $t "* ]]; then continue; fi
     clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-        -Wall -Wextra -Werror -I"$WX_ROOT/src" -isystem "$inc" \
-        -o "$out/$t" "$src" "$WX_ROOT/src/protocol.c"
+        -Wall -Wextra -Werror -I"$WX_ROOT/src/protocol" -isystem "$inc" \
+        -o "$out/$t" "$src" "$WX_ROOT/src/protocol/protocol.c"
     mkdir -p "$out/$t.corpus" "$out/$t.crash"
     cp "$WX_ROOT/test/fuzz/corpus/$t"/* "$out/$t.corpus/"
     seeds=("$out/$t.corpus")

@@ -217,9 +217,9 @@ wx_fuzz_replay() {
     for t in "$WX_ROOT"/test/fuzz/fuzz_*.c; do
         t=$(basename "$t" .c)
         gcc -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -Wall -Wextra -Werror \
-            -I"$WX_ROOT/src" -isystem "$inc" -DWXPAY_FUZZ_REPLAY \
+            -I"$WX_ROOT/src/protocol" -isystem "$inc" -DWXPAY_FUZZ_REPLAY \
             -o "$out/$t" "$WX_ROOT/test/fuzz/$t.c" "$WX_ROOT/test/fuzz/replay.c" \
-            "$WX_ROOT/src/protocol.c" || return 1
+            "$WX_ROOT/src/protocol/protocol.c" || return 1
         ASAN_OPTIONS=detect_leaks=1 "$out/$t" "$WX_ROOT/test/fuzz/corpus/$t" \
             "$WX_ROOT/test/fuzz/regressions/$t" || return 1
     done

@@ -7,7 +7,11 @@
 #    libcurl and OpenSSL headers; any finding fails.
 # 3. cppcheck (warning, performance and portability checks) over src/ and
 #    the fuzz targets; any finding fails.
-# 4. The release metadata agree with the control file's default_version:
+# 4. The layers of src/ (the map in src/wxpay_signplan.h): from the built
+#    objects' symbols, every call between files goes down the list of
+#    folders or stays inside one, and no folder's files call each other in a
+#    cycle.
+# 5. The release metadata agree with the control file's default_version:
 #    META.json (PGXN: version, provides' version and install script) and
 #    debian/changelog's upstream version.
 set -euo pipefail
@@ -42,6 +46,57 @@ wx_check_metadata() {
     [ "$version" = "$control" ] ||
         { echo "debian/changelog's upstream version \"$version\" differs from the control file's default_version \"$control\""; return 1; }
 }
+# Prints each call between files that breaks the layering of src/ (the map in
+# src/wxpay_signplan.h); returns non-zero if there is one.  $1 is a built tree.
+wx_check_layers() {
+    (cd "$1" && for o in src/*.o src/*/*.o; do
+        nm -A --defined-only -g "$o" | awk '$2 ~ /^[TDBRC]$/ {print "D", $1, $3}'
+        nm -A -u "$o" | awk '{print "U", $1, $NF}'
+    done) | perl -e '
+        # lower rank first; one rank for peers that must not call each other
+        my %rank = (protocol => 0, runtime => 1, wire => 2, config => 3, call => 4,
+                    sql => 5, queue => 5, "" => 6);
+        my (%def, @use, %edge, $bad);
+        while (<STDIN>) {
+            my ($k, $file, $sym) = split;
+            $file =~ s/\.o:.*//;
+            if ($k eq "D") { $def{$sym} = $file } else { push @use, [$file, $sym] }
+        }
+        for (@use) {
+            my ($from, $sym) = @$_;
+            my $to = $def{$sym} // next;
+            next if $to eq $from;
+            $edge{$from}{$to} .= " $sym";
+        }
+        sub layer { my ($d) = $_[0] =~ m{^src/(?:([a-z_]+)/)?}; $d // "" }
+        for my $from (sort keys %edge) {
+            for my $to (sort keys %{$edge{$from}}) {
+                my ($lf, $lt) = (layer($from), layer($to));
+                die "$from: folder $lf is not in the map of test/static.sh\n" unless exists $rank{$lf};
+                die "$to: folder $lt is not in the map of test/static.sh\n" unless exists $rank{$lt};
+                next if $lf eq $lt || $rank{$lt} < $rank{$lf};
+                print "$from.c calls up into $to.c:$edge{$from}{$to}\n";
+                $bad = 1;
+            }
+        }
+        # cycles inside a folder: depth-first search over same-folder edges
+        my (%state, @path);
+        my $visit; $visit = sub {
+            my $n = shift;
+            $state{$n} = 1; push @path, $n;
+            for my $m (sort keys %{$edge{$n} // {}}) {
+                next unless layer($m) eq layer($n);
+                if (($state{$m} // 0) == 1) {
+                    my @c = @path; shift @c while $c[0] ne $m;
+                    print "call cycle: ", join(" -> ", map { "$_.c" } @c, $m), "\n";
+                    $bad = 1;
+                } elsif (!$state{$m}) { $visit->($m) }
+            }
+            pop @path; $state{$n} = 2;
+        };
+        $state{$_} or $visit->($_) for sort keys %edge;
+        exit($bad ? 1 : 0);'
+}
 wx_install_deps
 wx_install_harden_deps
 wx_make_work
@@ -57,9 +112,12 @@ if ! make -C "$WX_WORK/werror" -s PG_CONFIG="$WX_PG_CONFIG" COPT=-Werror >"$WX_W
     status=1
 fi
 
+wx_log "layers of src/ (calls only go down; no cycle inside a folder)"
+wx_check_layers "$WX_WORK/werror" || status=1
+
 wx_log "clang static analyzer"
 inc=$("$WX_PG_CONFIG" --includedir-server)
-for f in "$WX_ROOT"/src/*.c; do
+for f in "$WX_ROOT"/src/*.c "$WX_ROOT"/src/*/*.c; do
     if ! clang --analyze -Xanalyzer -analyzer-output=text -Xanalyzer -analyzer-werror \
             -I"$WX_ROOT/src" $(pkg-config --cflags libcurl openssl) -isystem "$inc" \
             -D_GNU_SOURCE -DWXPAY_VERSION='"analyzer"' -o /dev/null "$f"; then
@@ -69,7 +127,7 @@ done
 
 wx_log "cppcheck"
 if ! cppcheck --enable=warning,performance,portability --error-exitcode=1 --quiet \
-        --inline-suppr --std=c99 -I"$WX_ROOT/src" "$WX_ROOT"/src/*.c "$WX_ROOT"/test/fuzz/*.c; then
+        --inline-suppr --std=c99 -I"$WX_ROOT/src" -I"$WX_ROOT/src/protocol" "$WX_ROOT"/src/*.c "$WX_ROOT"/src/*/*.c "$WX_ROOT"/test/fuzz/*.c; then
     status=1
 fi
 

@@ -3,7 +3,7 @@
  * fuzz_common.h
  *	  What every fuzz target of test/fuzz/ shares.
  *
- * The targets link src/protocol.c alone (no server): it includes
+ * The targets link src/protocol/protocol.c alone (no server): it includes
  * postgres.h for its types and macros only.  A broken property aborts
  * with a message, which libFuzzer and the replay driver both report as a
  * crash.

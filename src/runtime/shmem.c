@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * process.c
+ * shmem.c
  *	  The background processes' shared memory: who runs, wakeups, the
  *	  worker's settings, and the ProcessUtility hook.
  *

@@ -23,7 +23,7 @@
  *				local with only a warning, so the worker looks itself
  *				(PipeClaimReplicated) and makes that its error;
  *	  config	a config's keys, looked up when first needed and again
- *				after a committed change (process.c's generation counter,
+ *				after a committed change (shmem.c's generation counter,
  *				compared at every poll and kept from one run to the next,
  *				so a change made while the worker slept counts too); each
  *				request keeps a reference-counted copy, so a change never
@@ -471,7 +471,7 @@ PipeFailure(ErrorData *edata, WxpayCallResult *res)
 	res->hint = edata->hint;
 }
 
-/* What changed since the last look (process.c's counters). */
+/* What changed since the last look (shmem.c's counters). */
 static void
 PipeGenerations(Pipe *p)
 {

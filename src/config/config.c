@@ -147,7 +147,7 @@ ConfigFreeAll(void)
 
 /*
  * Forget every parsed config: the next lookup reads the table again.  For
- * the queue worker, which learns of a committed change (process.c) a moment
+ * the queue worker, which learns of a committed change (shmem.c) a moment
  * before the change's cache invalidation arrives.
  */
 void

@@ -5,7 +5,7 @@
  *	  wxpay.database_name that serves wxpay_stop_request.
  *
  * The launcher (launcher.c) starts it.  Before it connects to its database
- * it takes the worker slot (process.c); if a live worker holds it, it exits
+ * it takes the worker slot (shmem.c); if a live worker holds it, it exits
  * at once, so there is never more than one.  It lives as long as the
  * extension exists in its database; when it finds none it says so in one
  * LOG line (42704, with the CREATE EXTENSION hint), exits cleanly and

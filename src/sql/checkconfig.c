@@ -557,7 +557,7 @@ CheckSignErrorAdvice(const char *message)
 
 /*
  * One signed query for a plan that does not exist, judged by the one
- * classifier (api.c), so that its words are those of every other call;
+ * classifier (call.c), so that its words are those of every other call;
  * then read here: a 404 is what a correct configuration gets.
  */
 static void

@@ -75,7 +75,7 @@
  * wxpay_stop_sign_plan_async() checks its arguments and the config exactly
  * as wxpay_stop_sign_plan() does, then inserts a row through SPI, as the
  * extension owner (SECURITY DEFINER), in the caller's transaction, and asks
- * process.c to wake the worker once that transaction commits.
+ * shmem.c to wake the worker once that transaction commits.
  *
  * Who may see a request.  The enqueue records the role that queued it
  * (enqueued_by: the role its session acts as, see QueueCaller); the wait

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * api.c
+ * call.c
  *	  One WeChat Pay APIv3 call: checked input, a signed request, and a
  *	  verified, classified answer.
  *

@@ -16,7 +16,7 @@
  *
  * The launcher keeps no state that matters in its own memory: who serves
  * the queue and how the last worker ended live in shared memory
- * (process.c).  A restarted launcher therefore finds a running worker and
+ * (shmem.c).  A restarted launcher therefore finds a running worker and
  * leaves it alone; a worker it started that finds the slot taken exits
  * before connecting.  A worker tells the launcher when it exits (its latch),
  * whoever started it.

@@ -19,7 +19,7 @@
  * tag verifies comes from WeChat Pay.  The answer must also be signed, by
  * one of the certificates it carries or by one already held, valid now;
  * all four Wechatpay-* headers and the timestamp are checked as for any
- * answer (api.c).  Only then is anything written: a failed refresh changes
+ * answer (call.c).  Only then is anything written: a failed refresh changes
  * nothing, so the certificates already held stay in use.
  *
  * Rotation.  WeChat Pay announces a new certificate before it starts
