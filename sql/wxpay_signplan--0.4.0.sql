@@ -423,7 +423,7 @@ REVOKE ALL ON FUNCTION @extschema@.wxpay_purge_stop_requests(interval) FROM PUBL
 -- its owner) is refused while wxpay_stop_request holds queued requests or
 -- requests in "sending": dropping would discard promised stops and stops
 -- whose outcome is unknown.  It counts the protected queue as the
--- extension's owner, only for a user allowed to drop it (src/dropguard.c).
+-- extension's owner, only for a user allowed to drop it (src/sql/dropguard.c).
 --
 CREATE FUNCTION @extschema@.wxpay_drop_guard()
 RETURNS event_trigger

@@ -18,6 +18,9 @@
  *		waitevent.c			the named wait events of every wait
  *		stats.c				cumulative call statistics (wxpay_stat); callers
  *							classify, it counts
+ *		pinned.c			the settings the launcher and the worker pin
+ *							against ALTER DATABASE/ROLE ... SET, and the
+ *							check hook of the settings they rely on
  *	  wire/				signing, transport, response parsing
  *		sign.c				OpenSSL: keys, request signatures, answer
  *							verification, nonces
@@ -50,8 +53,6 @@
  *							worker's name-keyed local tables)
  *		worker.c			the queue worker process: its loop and its errors
  *		launcher.c			the launcher: starts the queue worker
- *		pinned.c			the settings the launcher and the worker pin
- *							against ALTER DATABASE/ROLE ... SET
  *	  wxpay_signplan.c	_PG_init: calls each module's Init, which defines
  *						the settings that module reads
  *
@@ -103,12 +104,6 @@
 #define ERRCODE_WXPAY_REQUEST_REJECTED	MAKE_SQLSTATE('W','X','0','0','2')
 #define ERRCODE_WXPAY_OUTCOME_UNKNOWN	MAKE_SQLSTATE('W','X','0','0','3')
 #define ERRCODE_WXPAY_REQUEST_NOT_SENT	MAKE_SQLSTATE('W','X','0','0','4')
-
-/* GUC variables (wxpay_signplan.c) */
-extern int	wxpay_connect_timeout;
-extern int	wxpay_request_timeout;
-extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
-extern int	wxpay_batch_concurrency;
 
 /* ---------- waitevent.c ---------- */
 
@@ -204,6 +199,9 @@ extern const WxpayVerifyKey *wxpay_config_find_key(const WxpayConfig *cfg,
 												   TimestampTz now);
 
 /* ---------- transport.c ---------- */
+
+extern int	wxpay_connect_timeout;	/* ms */
+extern int	wxpay_request_timeout;	/* ms */
 
 typedef enum WxpayTransportOutcome
 {
@@ -387,6 +385,9 @@ extern bool wxpay_call_finish(WxpayCall *call, TupleDesc tupdesc,
 
 /* ---------- certs.c ---------- */
 
+extern int	wxpay_certificate_refresh_interval;	/* seconds, 0 = off */
+
+extern void CertsInit(void);
 /*
  * Refreshing the platform certificates of one config, in three phases so
  * that no transaction is open during network I/O (the background worker)
@@ -456,13 +457,6 @@ extern List *wxpay_cert_refresh_configs(Oid nspoid);
 
 /* GUC variables of the background worker */
 extern char *wxpay_database_name;
-extern int	wxpay_worker_concurrency;
-extern int	wxpay_max_attempts;
-extern int	wxpay_retry_base_delay;
-extern int	wxpay_retry_max_delay;
-extern int	wxpay_rate_limit;
-extern int	wxpay_stop_request_retention;
-extern int	wxpay_reconcile_delay;
 
 /* what a wakeup is about; each has a generation counter */
 typedef enum WxpayWake
@@ -515,10 +509,18 @@ extern PGDLLEXPORT void wxpay_launcher_main(Datum arg);
 
 /* ---------- ratelimit.c ---------- */
 
+extern int	wxpay_rate_limit;	/* per second per merchant */
+
+extern void RateLimitInit(void);
 extern bool wxpay_rate_take(const char *mchid, TimestampTz now, long *wait_ms);
 
 /* ---------- queue.c ---------- */
 
+extern int	wxpay_max_attempts;
+extern int	wxpay_reconcile_delay;	/* ms */
+extern int	wxpay_stop_request_retention;	/* s, 0 = keep */
+
+extern void QueueInit(void);
 /* a claimed request, as the pipeline gets it */
 typedef struct WxpayQueueRow
 {
@@ -567,6 +569,11 @@ extern void wxpay_queue_purge(const char *q);
 
 /* ---------- pipeline.c ---------- */
 
+extern int	wxpay_worker_concurrency;
+extern int	wxpay_retry_base_delay;	/* ms */
+extern int	wxpay_retry_max_delay;	/* ms */
+
+extern void PipelineInit(void);
 extern int	wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms);
 extern void wxpay_pipeline_abandon(void);
 
@@ -621,6 +628,9 @@ extern void wxpay_stat_call(const WxpayCall *call, WxpayStatSource source,
 
 /* ---------- batch.c ---------- */
 
+extern int	wxpay_batch_concurrency;
+
+extern void BatchInit(void);
 /* most requests wxpay_stop_sign_plans keeps in flight (transport's pool) */
 #define WXPAY_BATCH_CONCURRENCY_MAX	64
 

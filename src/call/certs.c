@@ -50,6 +50,9 @@
 
 #include "wxpay_signplan.h"
 
+/* settings (defined in CertsInit) */
+int			wxpay_certificate_refresh_interval = 12 * 3600;	/* s */
+
 #define CERTS_PATH		"/v3/certificates"
 /* the end of every hint about a failed refresh */
 #define CERTS_HELD	"The certificates already held stay in use."
@@ -315,6 +318,22 @@ wxpay_cert_refresh_finish(WxpayCertRefresh *r)
 	ok = wxpay_classify_attempt(&a, &r->result);
 	MemoryContextSwitchTo(old);
 	return ok;
+}
+
+/*
+ * Defines the setting the certificate refresh reads.
+ */
+void
+CertsInit(void)
+{
+	DefineCustomIntVariable("wxpay.certificate_refresh_interval",
+							"Sets how often the background worker downloads the WeChat Pay platform certificates.",
+							"Applies to each configuration with an apiv3_key; 0 turns the automatic refresh off. A failed refresh keeps the certificates already held.",
+							&wxpay_certificate_refresh_interval,
+							12 * 3600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 }
 
 static void

@@ -119,6 +119,11 @@
 #include "namehash.h"
 #include "wxpay_signplan.h"
 
+/* settings (defined in PipelineInit) */
+int			wxpay_worker_concurrency = 8;
+int			wxpay_retry_base_delay = 1000;	/* ms */
+int			wxpay_retry_max_delay = 600 * 1000;	/* ms */
+
 #define CERT_RETRY_MS		(5 * 60 * 1000)
 #define CERT_LIST_MS		(60 * 1000)
 #define CLAIM_RECHECK_MS	1000
@@ -436,6 +441,37 @@ PipeTxnBegin(Pipe *p, const char *activity)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 	MemoryContextSwitchTo(p->tmp);
+}
+
+/*
+ * Defines the settings of the sending pipeline.
+ */
+void
+PipelineInit(void)
+{
+	DefineCustomIntVariable("wxpay.worker_concurrency",
+							"Sets how many requests the background worker keeps in flight at once.",
+							"At least 2: with more than one config, a quarter of the slots (at least one) is kept from each config, so that a merchant whose requests hang never holds the slot another merchant's next request needs.",
+							&wxpay_worker_concurrency,
+							8, 2, 64,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.retry_base_delay",
+							"Sets the delay before the second attempt of a stop request.",
+							"Each further attempt waits twice as long, up to wxpay.retry_max_delay, with random jitter.",
+							&wxpay_retry_base_delay,
+							1000, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.retry_max_delay",
+							"Sets the longest delay between two attempts of a stop request.",
+							NULL,
+							&wxpay_retry_max_delay,
+							600 * 1000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 static void

@@ -117,6 +117,11 @@
 
 #include "wxpay_signplan.h"
 
+/* settings (defined in QueueInit) */
+int			wxpay_max_attempts = 10;
+int			wxpay_reconcile_delay = 10000;	/* ms */
+int			wxpay_stop_request_retention = 0;	/* s, 0 = keep */
+
 /*
  * "The row is still in sending", for statements that find their rows by id.
  * Compared in the "C" collation (the same equality for this ASCII word) so
@@ -445,6 +450,37 @@ typedef struct QueuePlan
 	char	   *q;
 	SPIPlanPtr	plan;
 } QueuePlan;
+
+/*
+ * Defines the settings of the queue's state machine.
+ */
+void
+QueueInit(void)
+{
+	DefineCustomIntVariable("wxpay.max_attempts",
+							"Sets how many times the background worker tries one stop request.",
+							"A request whose attempts all end in a retryable failure is marked failed.",
+							&wxpay_max_attempts,
+							10, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.reconcile_delay",
+							"Sets how long the background worker waits before settling an attempt whose outcome is unknown.",
+							"The request may still be in progress at WeChat Pay; the plan is queried only after this delay.",
+							&wxpay_reconcile_delay,
+							10000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.stop_request_retention",
+							"Sets how long finished stop requests are kept before the background worker deletes them.",
+							"Zero keeps them until wxpay_purge_stop_requests() deletes them.",
+							&wxpay_stop_request_retention,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
 
 static SPIPlanPtr
 QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,

@@ -25,6 +25,9 @@
 #include "namehash.h"
 #include "wxpay_signplan.h"
 
+/* settings (defined in RateLimitInit) */
+int			wxpay_rate_limit = 50;	/* requests per second per merchant */
+
 typedef struct RateWindow
 {
 	char		mchid[64];		/* hash key */
@@ -37,6 +40,21 @@ typedef struct RateWindow
 static HTAB *RateWindows = NULL;
 
 static RateWindow *RateFind(const char *mchid);
+
+/*
+ * Defines the rate limit's setting.
+ */
+void
+RateLimitInit(void)
+{
+	DefineCustomIntVariable("wxpay.rate_limit",
+							"Sets the most requests per second the background worker sends for one merchant.",
+							"Zero means no limit.",
+							&wxpay_rate_limit,
+							50, 0, 10000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+}
 
 static RateWindow *
 RateFind(const char *mchid)

@@ -62,13 +62,6 @@
 
 /* GUC variables */
 char	   *wxpay_database_name = NULL;
-int			wxpay_worker_concurrency = 8;
-int			wxpay_max_attempts = 10;
-int			wxpay_retry_base_delay = 1000;	/* ms */
-int			wxpay_retry_max_delay = 600 * 1000;	/* ms */
-int			wxpay_rate_limit = 50;	/* requests per second per merchant */
-int			wxpay_stop_request_retention = 0;	/* s, 0 = keep */
-int			wxpay_reconcile_delay = 10000;	/* ms */
 
 /* Shared state, in the main shared memory segment. */
 typedef struct WxpayShared
@@ -128,62 +121,6 @@ void
 WorkerInit(void)
 {
 	BackgroundWorker bgw;
-
-	DefineCustomIntVariable("wxpay.worker_concurrency",
-							"Sets how many requests the background worker keeps in flight at once.",
-							"At least 2: with more than one config, a quarter of the slots (at least one) is kept from each config, so that a merchant whose requests hang never holds the slot another merchant's next request needs.",
-							&wxpay_worker_concurrency,
-							8, 2, 64,
-							PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.max_attempts",
-							"Sets how many times the background worker tries one stop request.",
-							"A request whose attempts all end in a retryable failure is marked failed.",
-							&wxpay_max_attempts,
-							10, 1, 1000,
-							PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.retry_base_delay",
-							"Sets the delay before the second attempt of a stop request.",
-							"Each further attempt waits twice as long, up to wxpay.retry_max_delay, with random jitter.",
-							&wxpay_retry_base_delay,
-							1000, 1, 3600 * 1000,
-							PGC_SIGHUP, GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.retry_max_delay",
-							"Sets the longest delay between two attempts of a stop request.",
-							NULL,
-							&wxpay_retry_max_delay,
-							600 * 1000, 1, 24 * 3600 * 1000,
-							PGC_SIGHUP, GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.reconcile_delay",
-							"Sets how long the background worker waits before settling an attempt whose outcome is unknown.",
-							"The request may still be in progress at WeChat Pay; the plan is queried only after this delay.",
-							&wxpay_reconcile_delay,
-							10000, 0, 3600 * 1000,
-							PGC_SIGHUP, GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.rate_limit",
-							"Sets the most requests per second the background worker sends for one merchant.",
-							"Zero means no limit.",
-							&wxpay_rate_limit,
-							50, 0, 10000,
-							PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("wxpay.stop_request_retention",
-							"Sets how long finished stop requests are kept before the background worker deletes them.",
-							"Zero keeps them until wxpay_purge_stop_requests() deletes them.",
-							&wxpay_stop_request_retention,
-							0, 0, INT_MAX,
-							PGC_SIGHUP, GUC_UNIT_S,
-							NULL, NULL, NULL);
 
 	/* the rest exists only when preloaded (PGC_POSTMASTER needs it, too) */
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)

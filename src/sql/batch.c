@@ -72,6 +72,9 @@
 
 #include "wxpay_signplan.h"
 
+/* settings (defined in BatchInit) */
+int			wxpay_batch_concurrency = 8;
+
 /* result columns (see the install script) */
 #define COL_PLAN_NO			0
 #define COL_OK				1
@@ -169,6 +172,22 @@ BatchPut(BatchState *st, int ordinal, const char *plan_no, bool ok,
 
 	ExecStoreVirtualTuple(slot);
 	tuplesort_puttupleslot(st->sort, slot);
+}
+
+/*
+ * Defines the setting the batch reads.
+ */
+void
+BatchInit(void)
+{
+	DefineCustomIntVariable("wxpay.batch_concurrency",
+							"Sets how many requests wxpay_stop_sign_plans keeps in flight at once.",
+							"Each request in flight uses its own kept-alive connection to WeChat Pay.",
+							&wxpay_batch_concurrency,
+							8, 1, WXPAY_BATCH_CONCURRENCY_MAX,
+							PGC_USERSET,
+							0,
+							wxpay_pinned_check_hook, NULL, NULL);
 }
 
 static void

@@ -76,6 +76,10 @@
 
 #include "wxpay_signplan.h"
 
+/* settings (defined in TransportInit) */
+int			wxpay_connect_timeout = 10000;	/* ms */
+int			wxpay_request_timeout = 30000;	/* ms */
+
 #define MAX_EASY		64		/* most transfers in flight at once */
 #define MAX_SOCKETS		256		/* most sockets libcurl may watch at once */
 
@@ -139,6 +143,24 @@ static void FailoverStart(CURL *easy, WxpayHttpRequest *req, CURLcode rc);
 void
 TransportInit(void)
 {
+	DefineCustomIntVariable("wxpay.connect_timeout",
+							"Sets the time allowed to connect to WeChat Pay, TLS handshake included.",
+							"A request that cannot connect in time fails with SQLSTATE WX004: nothing was sent.",
+							&wxpay_connect_timeout,
+							10000, 1, 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							wxpay_pinned_check_hook, NULL, NULL);
+
+	DefineCustomIntVariable("wxpay.request_timeout",
+							"Sets the total time allowed for one WeChat Pay request, connecting included.",
+							"A request still unanswered after this time fails; once sent, its outcome is unknown (SQLSTATE WX003).",
+							&wxpay_request_timeout,
+							30000, 1, 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							wxpay_pinned_check_hook, NULL, NULL);
+
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
