@@ -188,6 +188,9 @@ WXPAY_NORETURN extern void wxpay_config_missing(const char *name);
 extern char *wxpay_schema_quoted(Oid nspoid);
 extern int	wxpay_config_count(Oid nspoid);
 extern void wxpay_spi_connect(void);
+WXPAY_NORETURN extern void wxpay_config_no_key_error(const char *name,
+												 const char *detail);
+WXPAY_NORETURN extern void wxpay_spi_error(const char *call, int rc);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern void wxpay_config_invalidate(void);
@@ -366,6 +369,7 @@ extern void wxpay_result_fail(WxpayCallResult *res, int sqlstate,
 extern void wxpay_report(const WxpayCallResult *res, int elevel);
 extern char *wxpay_report_text(const WxpayCallResult *res);
 
+extern char *wxpay_config_name_arg(FunctionCallInfo fcinfo, int argno);
 extern const WxpayConfig *wxpay_resolve_config(FunctionCallInfo fcinfo,
 											   int argno);
 extern void wxpay_check_plan_no_arg(const char *plan_no);

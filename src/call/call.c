@@ -64,6 +64,21 @@ static bool CallAnswerField(JsonbContainer *obj, const char *key,
 							const char *want);
 
 /*
+ * The config_name argument argno of a SQL function: not null, as text.
+ * Every function that takes a config name reads it here, so that they all
+ * refuse a null alike (the name itself is looked up by wxpay_config_get).
+ */
+char *
+wxpay_config_name_arg(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("config_name must not be null")));
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+/*
  * The config named by argument argno, looked up in the schema of the called
  * function (the extension's), never through search_path.
  */
@@ -73,11 +88,7 @@ wxpay_resolve_config(FunctionCallInfo fcinfo, int argno)
 	char	   *name;
 	Oid			nspoid;
 
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("config_name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	name = wxpay_config_name_arg(fcinfo, argno);
 	nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
 	return wxpay_config_get(name, nspoid);
 }
@@ -237,11 +248,8 @@ wxpay_call_prepare(WxpayCall *call)
 	StringInfoData body;
 
 	if (wxpay_config_find_key(cfg, NULL, GetCurrentTimestamp()) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
-				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", cfg->name),
-				 errdetail("No configured platform certificate is in its validity period now."),
-				 errhint("Add the current platform certificates to wxpay_platform_certificate.")));
+		wxpay_config_no_key_error(cfg->name,
+								  "No configured platform certificate is in its validity period now.");
 
 	/*
 	 * The plan number is checked by every caller; the sub-merchant here, for

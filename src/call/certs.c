@@ -129,7 +129,7 @@ wxpay_cert_refresh_configs(Oid nspoid)
 	wxpay_spi_connect();
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute", rc);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		char	   *name = SPI_getvalue(SPI_tuptable->vals[i],
@@ -174,7 +174,7 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 										wxpay_schema_quoted(nspoid)),
 							   1, argtype, arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_with_args", rc);
 	if (SPI_processed == 0)
 		wxpay_config_missing(config_name);
 	has_pubkey = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
@@ -378,7 +378,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 										"WHERE name OPERATOR(pg_catalog.=) $1", qnsp),
 							   1, argtype, arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_with_args", rc);
 	if (SPI_processed == 0)
 		ok = false;
 	else
@@ -415,7 +415,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 										"WHERE config_name OPERATOR(pg_catalog.=) $1", qnsp),
 							   1, argtype, arg, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_with_args", rc);
 
 	{
 		MemoryContext spi = MemoryContextSwitchTo(work);
@@ -730,11 +730,11 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 			/* one row per certificate: drop a differently spelled serial */
 			rc = SPI_execute_with_args(respell, 2, deltypes, args, NULL, false, 0);
 			if (rc != SPI_OK_DELETE)
-				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+				wxpay_spi_error("SPI_execute_with_args", rc);
 		}
 		rc = SPI_execute_with_args(upsert, 5, uptypes, args, NULL, false, 0);
 		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+			wxpay_spi_error("SPI_execute_with_args", rc);
 
 		out[nout].serial_no = MemoryContextStrdup(r->cxt, e->serial);
 		out[nout].effective_time = e->row_effective;
@@ -763,7 +763,7 @@ CertsStore(WxpayCertRefresh *r, CertsWork *w)
 			args[1] = CStringGetTextDatum(e->serial);
 			rc = SPI_execute_with_args(delete, 2, deltypes, args, NULL, false, 0);
 			if (rc != SPI_OK_DELETE)
-				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+				wxpay_spi_error("SPI_execute_with_args", rc);
 			continue;
 		}
 		out[nout].serial_no = MemoryContextStrdup(r->cxt, e->serial);
@@ -788,11 +788,7 @@ wxpay_refresh_platform_certificates(PG_FUNCTION_ARGS)
 	char	   *name;
 	volatile bool ok = false;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("config_name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	name = wxpay_config_name_arg(fcinfo, 0);
 
 	InitMaterializedSRF(fcinfo, 0);
 

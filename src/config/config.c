@@ -167,13 +167,36 @@ wxpay_config_get(const char *name, Oid nspoid)
 	const WxpayConfig *cfg = wxpay_config_get_signing(name, nspoid);
 
 	if (cfg->nkeys == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
-				 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
-				 errdetail("Neither wechatpay_public_key nor an unexpired platform certificate is configured."),
-				 errhint("Run SELECT * FROM wxpay_refresh_platform_certificates(%s) to download the platform certificates (it needs apiv3_key; with the extension preloaded the queue worker repeats it every wxpay.certificate_refresh_interval), or set wechatpay_public_key_id and wechatpay_public_key for public-key mode.",
-						 quote_literal_cstr(name))));
+		wxpay_config_no_key_error(name,
+								  "Neither wechatpay_public_key nor an unexpired platform certificate is configured.");
 	return cfg;
+}
+
+/*
+ * The one error for a config with no key to verify WeChat Pay's answers
+ * with (WX001, nothing sent); detail says what is missing.
+ */
+void
+wxpay_config_no_key_error(const char *name, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+			 errmsg("wxpay configuration \"%s\" has no key to verify WeChat Pay's answers", name),
+			 errdetail_internal("%s", detail),
+			 errhint("Run SELECT * FROM wxpay_refresh_platform_certificates(%s) to download the platform certificates (it needs apiv3_key; with the extension preloaded the queue worker repeats it every wxpay.certificate_refresh_interval), or set wechatpay_public_key_id and wechatpay_public_key for public-key mode.",
+					 quote_literal_cstr(name))));
+	pg_unreachable();
+}
+
+/*
+ * An SPI call that failed where it cannot fail but for a bug or a broken
+ * installation: an internal error naming the call and SPI's result code.
+ */
+void
+wxpay_spi_error(const char *call, int rc)
+{
+	elog(ERROR, "%s failed: %s", call, SPI_result_code_string(rc));
+	pg_unreachable();
 }
 
 /*
@@ -270,7 +293,7 @@ wxpay_config_count(Oid nspoid)
 
 	rc = SPI_execute(sql, true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute", rc);
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									1, &isnull));
 	pfree(sql);
@@ -284,7 +307,7 @@ wxpay_spi_connect(void)
 	int			rc = SPI_connect();
 
 	if (rc != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_connect", rc);
 }
 
 /* A text column of an SPI row as a C string in the current context, or NULL. */
@@ -342,11 +365,11 @@ ConfigSelectLatest(const char *sql, const char *name, long limit)
 
 	plan = SPI_prepare(sql, 1, &argtype);
 	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		wxpay_spi_error("SPI_prepare", SPI_result);
 	rc = SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, limit);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_snapshot", rc);
 }
 
 /*

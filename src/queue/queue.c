@@ -358,7 +358,7 @@ wxpay_wait_stop_request(PG_FUNCTION_ARGS)
 	wxpay_spi_connect();
 	plan = SPI_prepare(sql, 1, (Oid[]) {INT8OID});
 	if (plan == NULL)
-		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		wxpay_spi_error("SPI_prepare", SPI_result);
 
 	for (;;)
 	{
@@ -499,7 +499,7 @@ QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
 	sql = psprintf(fmt, q, q);
 	slot->plan = SPI_prepare(sql, nargs, types);
 	if (slot->plan == NULL || SPI_keepplan(slot->plan) != 0)
-		elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+		wxpay_spi_error("SPI_prepare", SPI_result);
 	slot->q = MemoryContextStrdup(TopMemoryContext, q);
 	return slot->plan;
 }
@@ -790,12 +790,12 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 		{
 			ok_plan = SPI_prepare(ok_sql, 4, (Oid[]) {INT8OID, INT4OID, TEXTOID, plan_type});
 			if (ok_plan == NULL || SPI_keepplan(ok_plan) != 0)
-				elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+				wxpay_spi_error("SPI_prepare", SPI_result);
 		}
 		fail_plan = SPI_prepare(fail_sql, 8, (Oid[]) {INT8OID, INT4OID, TEXTOID, TEXTOID,
 			TEXTOID, BOOLOID, FLOAT8OID, BOOLOID});
 		if (fail_plan == NULL || SPI_keepplan(fail_plan) != 0)
-			elog(ERROR, "could not prepare: %s", SPI_result_code_string(SPI_result));
+			wxpay_spi_error("SPI_prepare", SPI_result);
 		plans_q = MemoryContextStrdup(TopMemoryContext, q);
 		plans_type = plan_type;
 	}

@@ -391,11 +391,7 @@ wxpay_stop_sign_plans(PG_FUNCTION_ARGS)
 	memset(&st, 0, sizeof(st));
 	st.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
 	st.sub_mchid = wxpay_sub_mchid_arg(fcinfo, 3);
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("config_name must not be null")));
-	config_name = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	config_name = wxpay_config_name_arg(fcinfo, 2);
 
 	/* from here on errors are calls that ended in error (BatchCountError) */
 	PG_TRY();

@@ -145,7 +145,7 @@ CheckRead(const char *name, Oid nspoid, CheckRow *row)
 										qnsp),
 							   1, argtype, arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_with_args", rc);
 	if (SPI_processed == 0)
 		wxpay_config_missing(name);
 	{
@@ -171,7 +171,7 @@ CheckRead(const char *name, Oid nspoid, CheckRow *row)
 										qnsp),
 							   1, argtype, arg, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_with_args", rc);
 	{
 		MemoryContext spi = MemoryContextSwitchTo(outer);
 		int			n = (int) SPI_processed;
@@ -755,15 +755,11 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 	bool		live;
 	volatile bool request_ok = false;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("config_name must not be null")));
+	name = wxpay_config_name_arg(fcinfo, 0);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("live must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	live = PG_GETARG_BOOL(1);
 	nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
 

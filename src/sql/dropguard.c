@@ -228,7 +228,7 @@ GuardCheckQueue(Oid nspoid, Oid owner)
 						   SECURITY_RESTRICTED_OPERATION);
 	plan = SPI_prepare(sql, 0, NULL);
 	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		wxpay_spi_error("SPI_prepare", SPI_result);
 	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
 							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)

@@ -63,11 +63,7 @@ SignPlanCall(FunctionCallInfo fcinfo, WxpayOperation op, int config_arg)
 	if (op == WXPAY_OP_STOP)
 		call.stop_reason = wxpay_check_stop_reason_arg(PG_GETARG_TEXT_PP(1));
 	call.sub_mchid = wxpay_sub_mchid_arg(fcinfo, config_arg + 1);
-	if (PG_ARGISNULL(config_arg))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("config_name must not be null")));
-	config_name = text_to_cstring(PG_GETARG_TEXT_PP(config_arg));
+	config_name = wxpay_config_name_arg(fcinfo, config_arg);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
