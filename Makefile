@@ -48,6 +48,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Each TAP file's time and CPU, as prove measures them (test/run.sh sums).
+PROVE_FLAGS += --timer
+
 # PGXS tracks no header dependencies; every object depends on the shared
 # header, or a changed struct leaves objects with two layouts.
 $(OBJS): $(WX_HEADERS)

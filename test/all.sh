@@ -11,19 +11,31 @@
 #   5. test/fuzz.sh      bounded libFuzzer runs (WX_FUZZ_SECONDS per target)
 #   6. test/matrix.sh    the fast suite against PostgreSQL 17, 18 and 19 in
 #                        cached Debian chroots (WX_MATRIX=0 skips it)
-# Prints the time each step took.  Developers iterate with test/run.sh.
+# Prints the time each step took (each TAP file's, too: prove --timer), and
+# on a failure, last, the command that replays each failed part alone.
+# Developers iterate with test/run.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 start=$SECONDS
 steps="static run package sanitize fuzz"
 if [ "${WX_MATRIX:-1}" != 0 ]; then steps="$steps matrix"; fi
+# Each failed part's replay command is collected here and printed last.
+export WX_REPLAY_FILE
+WX_REPLAY_FILE=$(mktemp /tmp/wxpay-replay.XXXXXX)
+trap 'rm -f "$WX_REPLAY_FILE"' EXIT
+times=""
 for step in $steps; do
     t0=$SECONDS
     printf '== test/%s.sh\n' "$step" >&2
-    if ! bash "$here/$step.sh"; then
-        printf '== test/%s.sh FAILED after %ss\n' "$step" $((SECONDS - t0)) >&2
+    if ! WX_REPLAY_CMD="bash test/$step.sh" bash "$here/$step.sh"; then
+        printf '%s' "$times" >&2
+        printf '== test/%s.sh FAILED after %ss; to replay:\n' "$step" $((SECONDS - t0)) >&2
+        if [ -s "$WX_REPLAY_FILE" ]; then sort -u "$WX_REPLAY_FILE" >&2
+        else printf 'replay: bash test/%s.sh\n' "$step" >&2; fi
         exit 1
     fi
+    times="$times$(printf '== test/%s.sh passed in %ss' "$step" $((SECONDS - t0)))"$'\n'
     printf '== test/%s.sh passed in %ss\n' "$step" $((SECONDS - t0)) >&2
 done
+printf '%s' "$times" >&2
 printf '== all steps passed in %ss\n' $((SECONDS - start)) >&2

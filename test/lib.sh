@@ -201,8 +201,39 @@ wx_run_suite() {
             [ -f "$f" ] && grep -q '^not ok' "$f" &&
                 { echo "-- $(basename "$f")"; grep -A 25 '^not ok' "$f" | head -n 120; }
         done
+        wx_replay_lines "${margs[@]}"
     fi
     return $status
+}
+
+# Prints, last, one "replay:" line per failed part of the suite: the exact
+# command that runs that part alone (a random test's seed included), as
+# WX_REPLAY_CMD (default "bash test/run.sh") runs the suite.  With
+# WX_REPLAY_FILE set, the lines are appended there too (test/all.sh prints
+# them after its verdict, so that they are the last lines CI shows).
+# $@: the make arguments of the failed run.
+wx_replay_lines() {
+    local cmd=${WX_REPLAY_CMD:-bash test/run.sh} f name seed regress="" lines="" extra="" a
+    for a in "$@"; do
+        case $a in REGRESS=*|PROVE_TESTS=*|TAP_TESTS=*) ;; *) extra="$extra $a" ;; esac
+    done
+    if [ -f "$WX_WORK/tree/regression.diffs" ]; then
+        regress=$(sed -n 's|^diff .* [^ ]*/expected/\([^ /]*\)\.out .*|\1|p' \
+            "$WX_WORK/tree/regression.diffs" | sed 's/_[0-9]*$//' | sort -u | grep -vx 01_setup | tr '\n' ' ')
+        [ -n "$regress" ] &&
+            lines="${lines}replay: WX_MAKE_ARGS=\"TAP_TESTS= REGRESS='01_setup ${regress% }'$extra\" $cmd"$'\n'
+    fi
+    for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
+        [ -f "$f" ] || continue
+        grep -qE '^not ok|^# Looks like your test (exited|died)|^Bail out' "$f" || continue
+        name=${f##*/regress_log_}
+        seed=$(grep -oE 'WXPAY_RANDOM_SEED=[0-9]+' "$f" | head -n 1 || true)
+        lines="${lines}replay: ${seed:+$seed }WX_MAKE_ARGS=\"REGRESS= PROVE_TESTS='test/t/$name.pl'$extra\" $cmd"$'\n'
+    done
+    [ -n "$lines" ] || lines="replay: ${WX_MAKE_ARGS:+WX_MAKE_ARGS=\"$WX_MAKE_ARGS\" }$cmd"$'\n'
+    echo "---- replay (each failed part alone)"
+    printf '%s' "$lines"
+    if [ -n "${WX_REPLAY_FILE:-}" ]; then printf '%s' "$lines" >>"$WX_REPLAY_FILE"; fi
 }
 
 # The fuzz targets' C entry points run once over every stored input (seed

@@ -311,6 +311,7 @@ run_major() {
     # in the background, so that an interrupt runs the traps at once (they
     # stop everything in the chroot) instead of after the suite
     in_chroot "$dir" env ${WX_MAKE_ARGS:+WX_MAKE_ARGS="$WX_MAKE_ARGS"} \
+        WX_REPLAY_CMD="WX_MATRIX_MAJORS=$major bash test/matrix.sh" \
         bash /wxpay-matrix-run/test/matrix.sh --inside "$major" >"$LOGS/$major.log" 2>&1 &
     wait $! || true
     release_chroot "$dir"
@@ -384,5 +385,14 @@ if [ $status != 0 ]; then
         fi
     done
     echo "logs kept in $LOGS" >&2
+    # last, the command that replays each failed part
+    for major in $WX_MATRIX_MAJORS; do
+        replay=$(grep '^replay: ' "$LOGS/$major.log" 2>/dev/null || true)
+        [ -n "$replay" ] || grep -q "^WXMATRIX|$major|[^|]*|0|ok|ok$" "$RESULTS" ||
+            replay="replay: WX_MATRIX_MAJORS=$major bash test/matrix.sh"
+        [ -n "$replay" ] || continue
+        echo "$replay"
+        if [ -n "${WX_REPLAY_FILE:-}" ]; then echo "$replay" >>"$WX_REPLAY_FILE"; fi
+    done
 fi
 exit $status

@@ -16,29 +16,16 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 use WxpayTest;
 
-# A port that refuses connections: bound, never listening (the port stays
-# ours, so nothing else can take it meanwhile).
-my $closed = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	ReuseAddr => 0) or die "cannot bind: $!";
+my $closed = refusing_port();    # refuses connections
 my $closed_port = $closed->sockport;
 
-# A port that completes the TCP handshake (the kernel does it for the listen
-# backlog) but never says a word: the TLS handshake never completes.
-my $silent = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	Listen => 16) or die "cannot listen: $!";
+my $silent = silent_port();    # accepts TCP, never says a word
 my $silent_port = $silent->sockport;
 
 my $node = new_node('cancel');

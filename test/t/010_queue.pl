@@ -51,51 +51,7 @@ sub setup_db
 	return;
 }
 
-sub enqueue
-{
-	my ($node, $plan, $db) = @_;
-	return $node->safe_psql($db // 'postgres',
-		"SELECT wxpay_stop_sign_plan_async('$plan', 'subscription ended')");
-}
-
 # The finished row as a hash (waits up to 60 s).
-sub wait_req
-{
-	my ($node, $id, $db) = @_;
-	my $out = $node->safe_psql(
-		$db // 'postgres', qq{
-SELECT state, attempts, coalesce(http_status::text, ''),
-       coalesce(error_code, ''), coalesce(request_id, ''),
-       coalesce((result).cancel_sign_type, ''),
-       coalesce((result).merchant_sign_plan_no, ''),
-       coalesce(error_message, '')
-  FROM wxpay_wait_stop_request($id, '60s')});
-	my @f = split /\|/, $out, 8;
-	return {
-		state => $f[0],
-		attempts => $f[1],
-		http_status => $f[2],
-		error_code => $f[3],
-		request_id => $f[4],
-		cancel_sign_type => $f[5],
-		plan => $f[6],
-		error_message => $f[7],
-	};
-}
-
-sub count_for
-{
-	my ($stats, $what, $plan) = @_;
-	return $stats->{$what}{$plan} // 0;
-}
-
-sub fault
-{
-	my ($plan, $fault, $times) = @_;
-	ctl_post('/faults', { plan => $plan, fault => $fault, times => $times // 1 });
-	return;
-}
-
 my $node = queue_node('queue', "wxpay.database_name = 'postgres'");
 setup_db($node, 'postgres');
 
@@ -123,15 +79,15 @@ SELECT 'id=' || :id;
 		qr/Asynchronous notification "wxpay_stop_request" with payload "$id" received/,
 		'a NOTIFY with the id as payload');
 
-	my $r = wait_req($node, $id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{attempts}, 1, 'one attempt');
 	is($r->{http_status}, 200, 'http_status 200');
 	is($r->{cancel_sign_type}, 'MERCHANT', 'result is the stopped plan');
 	is($r->{plan}, 'q10-commit', 'result names the plan');
 	isnt($r->{request_id}, '', 'Request-ID recorded');
 	my $st = sim_stats();
-	is(count_for($st, 'stop_attempts', 'q10-commit'), 1, 'sent once');
-	is(count_for($st, 'stops', 'q10-commit'), 1, 'stopped once');
+	is(sim_count('stop_attempts', 'q10-commit', $st), 1, 'sent once');
+	is(sim_count('stops', 'q10-commit', $st), 1, 'stopped once');
 
 	ok( $node->poll_query_until(
 			'postgres',
@@ -156,13 +112,13 @@ COMMIT;
 });
 	my $id = $node->safe_psql('postgres',
 		"SELECT id FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'q10-sp-kept'");
-	is(wait_req($node, $id)->{state}, 'succeeded', 'the kept request succeeded');
-	my $barrier = enqueue($node, 'q10-barrier1');
-	is(wait_req($node, $barrier)->{state}, 'succeeded', 'a later request succeeded');
+	is(wait_stop_request($node, $id)->{state}, 'succeeded', 'the kept request succeeded');
+	my $barrier = enqueue_stop($node, 'q10-barrier1');
+	is(wait_stop_request($node, $barrier)->{state}, 'succeeded', 'a later request succeeded');
 	my $st = sim_stats();
-	is(count_for($st, 'stop_attempts', 'q10-rolledback'), 0, 'rolled back: never sent');
-	is(count_for($st, 'stop_attempts', 'q10-sp-gone'), 0, 'rolled back to savepoint: never sent');
-	is(count_for($st, 'stop_attempts', 'q10-sp-kept'), 1, 'savepoint survivor sent once');
+	is(sim_count('stop_attempts', 'q10-rolledback', $st), 0, 'rolled back: never sent');
+	is(sim_count('stop_attempts', 'q10-sp-gone', $st), 0, 'rolled back to savepoint: never sent');
+	is(sim_count('stop_attempts', 'q10-sp-kept', $st), 1, 'savepoint survivor sent once');
 	is($node->safe_psql('postgres',
 		"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no IN ('q10-rolledback', 'q10-sp-gone')"),
 		0, 'no rows for rolled-back requests');
@@ -182,22 +138,22 @@ BEGIN;
 SELECT wxpay_stop_sign_plan_async('q10-2pc-rb', 'r');
 PREPARE TRANSACTION 'wx2pc_rb';
 });
-	my $barrier = enqueue($node, 'q10-barrier2');
-	is(wait_req($node, $barrier)->{state}, 'succeeded', 'barrier after PREPARE');
-	is(count_for(sim_stats(), 'stop_attempts', 'q10-2pc'), 0, 'prepared: not sent');
+	my $barrier = enqueue_stop($node, 'q10-barrier2');
+	is(wait_stop_request($node, $barrier)->{state}, 'succeeded', 'barrier after PREPARE');
+	is(sim_count('stop_attempts', 'q10-2pc'), 0, 'prepared: not sent');
 	my ($ret, $out, $err) =
 	  $node->psql('postgres', "SELECT wxpay_wait_stop_request($id, '0s')");
 	like($err, qr/stop request $id does not exist/, 'a prepared request is not visible');
 
 	$node->safe_psql('postgres', "ROLLBACK PREPARED 'wx2pc_rb'");
 	$node->safe_psql('postgres', "COMMIT PREPARED 'wx2pc'");
-	my $r = wait_req($node, $id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{state}, 'succeeded', 'COMMIT PREPARED: sent and succeeded');
-	my $barrier2 = enqueue($node, 'q10-barrier3');
-	wait_req($node, $barrier2);
+	my $barrier2 = enqueue_stop($node, 'q10-barrier3');
+	wait_stop_request($node, $barrier2);
 	my $st = sim_stats();
-	is(count_for($st, 'stop_attempts', 'q10-2pc'), 1, 'prepared request sent once');
-	is(count_for($st, 'stop_attempts', 'q10-2pc-rb'), 0, 'ROLLBACK PREPARED: never sent');
+	is(sim_count('stop_attempts', 'q10-2pc', $st), 1, 'prepared request sent once');
+	is(sim_count('stop_attempts', 'q10-2pc-rb', $st), 0, 'ROLLBACK PREPARED: never sent');
 }
 
 # ---- waiting in the enqueuing transaction; argument errors ----
@@ -210,7 +166,7 @@ SELECT wxpay_wait_stop_request(:id);
 });
 	like($err, qr/cannot wait for stop request \d+ in the transaction that queued it/,
 		'waiting in the enqueuing transaction is an error');
-	is(count_for(sim_stats(), 'stop_attempts', 'q10-samexact'), 0, 'and nothing was sent');
+	is(sim_count('stop_attempts', 'q10-samexact'), 0, 'and nothing was sent');
 
 	my @cases = (
 		[ "SELECT wxpay_stop_sign_plan_async('bad plan', 'r')", '22023', 'invalid plan number' ],
@@ -234,46 +190,46 @@ SELECT wxpay_wait_stop_request(:id);
 
 # ---- retries ----
 {
-	fault('q10-500', 'http500', 2);
-	my $r = wait_req($node, enqueue($node, 'q10-500'));
+	sim_fault('q10-500', 'http500', 2);
+	my $r = wait_stop_request($node, enqueue_stop($node, 'q10-500'));
 	is($r->{state}, 'succeeded', '500 twice, then success');
 	is($r->{attempts}, 3, 'three attempts');
 	my $st = sim_stats();
 	# the second fault hits the second attempt's query (faults match the
 	# plan, whatever the request): a failed query is an attempt too
-	is(count_for($st, 'stop_attempts', 'q10-500'), 2, 'two stops sent');
-	is(count_for($st, 'queries', 'q10-500'), 2, 'each retry after a 5xx queried first');
-	is(count_for($st, 'stops', 'q10-500'), 1, 'stopped once');
+	is(sim_count('stop_attempts', 'q10-500', $st), 2, 'two stops sent');
+	is(sim_count('queries', 'q10-500', $st), 2, 'each retry after a 5xx queried first');
+	is(sim_count('stops', 'q10-500', $st), 1, 'stopped once');
 
-	fault('q10-429', 'http429', 2);
-	$r = wait_req($node, enqueue($node, 'q10-429'));
+	sim_fault('q10-429', 'http429', 2);
+	$r = wait_stop_request($node, enqueue_stop($node, 'q10-429'));
 	is($r->{state}, 'succeeded', '429 twice, then success');
 	is($r->{attempts}, 3, 'three attempts');
 	$st = sim_stats();
-	is(count_for($st, 'queries', 'q10-429'), 0, 'a 429 needs no query');
+	is(sim_count('queries', 'q10-429', $st), 0, 'a 429 needs no query');
 
-	fault('q10-stall', 'stall', 1);
-	$r = wait_req($node, enqueue($node, 'q10-stall'));
+	sim_fault('q10-stall', 'stall', 1);
+	$r = wait_stop_request($node, enqueue_stop($node, 'q10-stall'));
 	is($r->{state}, 'succeeded', 'timeout, then success');
 	is($r->{attempts}, 2, 'two attempts');
 	$st = sim_stats();
-	is(count_for($st, 'queries', 'q10-stall'), 1, 'the retry after a timeout queried first');
-	is(count_for($st, 'stops', 'q10-stall'), 1, 'stopped once');
+	is(sim_count('queries', 'q10-stall', $st), 1, 'the retry after a timeout queried first');
+	is(sim_count('stops', 'q10-stall', $st), 1, 'stopped once');
 
-	fault('q10-reset', 'reset', 1);
-	$r = wait_req($node, enqueue($node, 'q10-reset'));
+	sim_fault('q10-reset', 'reset', 1);
+	$r = wait_stop_request($node, enqueue_stop($node, 'q10-reset'));
 	is($r->{state}, 'succeeded', 'connection reset, then success')
 	  or diag explain $r;
-	is(count_for(sim_stats(), 'stops', 'q10-reset'), 1, 'stopped once');
+	is(sim_count('stops', 'q10-reset'), 1, 'stopped once');
 
-	fault('q10-badsig', 'bad_signature', 1);
-	$r = wait_req($node, enqueue($node, 'q10-badsig'));
+	sim_fault('q10-badsig', 'bad_signature', 1);
+	$r = wait_stop_request($node, enqueue_stop($node, 'q10-badsig'));
 	is($r->{state}, 'succeeded', 'an unverifiable answer is retried');
 	$st = sim_stats();
-	is(count_for($st, 'queries', 'q10-badsig'), 1, 'reconciled by a query');
-	is(count_for($st, 'stop_attempts', 'q10-badsig'), 1,
+	is(sim_count('queries', 'q10-badsig', $st), 1, 'reconciled by a query');
+	is(sim_count('stop_attempts', 'q10-badsig', $st), 1,
 		'the plan (stopped by the unverifiable attempt) is not stopped again');
-	is(count_for($st, 'already_stopped', 'q10-badsig'), 0, 'no blind double stop');
+	is(sim_count('already_stopped', 'q10-badsig', $st), 0, 'no blind double stop');
 }
 
 # ---- reconciliation after an unknown outcome ----
@@ -281,21 +237,21 @@ for my $f (qw(stop_then_500 stop_then_reset))
 {
 	my $plan = "q10-$f";
 	$plan =~ s/_/-/g;
-	fault($plan, $f, 1);
-	my $r = wait_req($node, enqueue($node, $plan));
+	sim_fault($plan, $f, 1);
+	my $r = wait_stop_request($node, enqueue_stop($node, $plan));
 	is($r->{state}, 'succeeded', "$f: succeeded") or diag explain $r;
 	is($r->{attempts}, 2, "$f: settled on the second attempt");
 	is($r->{cancel_sign_type}, 'MERCHANT', "$f: result is the queried plan");
 	my $st = sim_stats();
-	is(count_for($st, 'stop_attempts', $plan), 1, "$f: the stop was sent once");
-	is(count_for($st, 'queries', $plan), 1, "$f: one query settled it");
-	is(count_for($st, 'already_stopped', $plan), 0, "$f: no blind double stop");
+	is(sim_count('stop_attempts', $plan, $st), 1, "$f: the stop was sent once");
+	is(sim_count('queries', $plan, $st), 1, "$f: one query settled it");
+	is(sim_count('already_stopped', $plan, $st), 0, "$f: no blind double stop");
 }
 
 # ---- rejections are final ----
 {
-	fault('q10-403', 'http403', 1);
-	my $r = wait_req($node, enqueue($node, 'q10-403'));
+	sim_fault('q10-403', 'http403', 1);
+	my $r = wait_stop_request($node, enqueue_stop($node, 'q10-403'));
 	is($r->{state}, 'failed', '403: failed');
 	is($r->{attempts}, 1, '403: not retried');
 	is($r->{http_status}, 403, '403: status recorded');
@@ -304,7 +260,7 @@ for my $f (qw(stop_then_500 stop_then_reset))
 	isnt($r->{request_id}, '', '403: Request-ID recorded');
 
 	# a second request for a stopped plan: the platform refuses it
-	$r = wait_req($node, enqueue($node, 'q10-commit'));
+	$r = wait_stop_request($node, enqueue_stop($node, 'q10-commit'));
 	is($r->{state}, 'failed', 'stopping a stopped plan fails');
 	is($r->{http_status}, 400, '... with 400');
 	is($r->{error_code}, 'INVALID_REQUEST', '... INVALID_REQUEST');
@@ -317,14 +273,14 @@ for my $f (qw(stop_then_500 stop_then_reset))
 	$node->safe_psql('postgres', "ALTER SYSTEM SET wxpay.retry_max_delay = '300ms'");
 	$node->reload;
 	# the worker reads its settings between cycles; a request makes it cycle
-	wait_req($node, enqueue($node, 'q10-reload'));
+	wait_stop_request($node, enqueue_stop($node, 'q10-reload'));
 
-	fault('q10-always500', 'http500', 20);
-	my $id = enqueue($node, 'q10-always500');
+	sim_fault('q10-always500', 'http500', 20);
+	my $id = enqueue_stop($node, 'q10-always500');
 	my $early = $node->safe_psql('postgres',
 		"SELECT state FROM wxpay_wait_stop_request($id, '1ms')");
 	like($early, qr/^(queued|sending)$/, 'a wait that times out returns the unfinished row');
-	my $r = wait_req($node, $id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{state}, 'failed', 'failed after the attempt limit');
 	is($r->{attempts}, 3, 'exactly wxpay.max_attempts attempts');
 	# attempts 2 and 3 query first; those queries meet the 500s too, so the
@@ -334,12 +290,12 @@ for my $f (qw(stop_then_500 stop_then_reset))
 	like($r->{error_message}, qr/query to settle it failed.*SYSTEM_ERROR/,
 		'the message says the settling query failed, with the platform code');
 	my $st = sim_stats();
-	is(count_for($st, 'stop_attempts', 'q10-always500'), 1, 'one stop sent');
-	is(count_for($st, 'queries', 'q10-always500'), 2, 'two settling queries');
+	is(sim_count('stop_attempts', 'q10-always500', $st), 1, 'one stop sent');
+	is(sim_count('queries', 'q10-always500', $st), 2, 'two settling queries');
 
 	$node->safe_psql('postgres', "ALTER SYSTEM RESET ALL");
 	$node->reload;
-	wait_req($node, enqueue($node, 'q10-reload2'));
+	wait_stop_request($node, enqueue_stop($node, 'q10-reload2'));
 }
 
 # ---- a config that cannot be used: requests wait unsent, then fail ----
@@ -403,7 +359,7 @@ for my $f (qw(stop_then_500 stop_then_reset))
 # ---- DROP EXTENSION is not blocked by a request in flight ----
 {
 	ctl_post('/settings', { latency_ms => 3000 });
-	my $id = enqueue($node, 'q10-dropext');
+	my $id = enqueue_stop($node, 'q10-dropext');
 	ok( $node->poll_query_until('postgres',
 			"SELECT state = 'sending' FROM wxpay_stop_request WHERE id = $id"),
 		'a request is in flight');
@@ -420,12 +376,12 @@ for my $f (qw(stop_then_500 stop_then_reset))
 	ok(time - $t0 < 2.5, 'DROP EXTENSION did not wait for the network');
 	ctl_post('/settings', { latency_ms => 0 });
 	# ... and goes through once it finished
-	is(wait_req($node, $id)->{state}, 'succeeded', 'the request in flight finished');
+	is(wait_stop_request($node, $id)->{state}, 'succeeded', 'the request in flight finished');
 	$node->safe_psql('postgres', "SET lock_timeout = '2s'; DROP EXTENSION wxpay_signplan");
 
 	# and the queue works again once the extension is back
 	setup_db($node, 'postgres');
-	is(wait_req($node, enqueue($node, 'q10-after-drop'))->{state},
+	is(wait_stop_request($node, enqueue_stop($node, 'q10-after-drop'))->{state},
 		'succeeded', 'the worker serves the recreated extension');
 }
 
@@ -441,7 +397,7 @@ $node->stop;
 
 	$n2->safe_psql('postgres', 'CREATE DATABASE wxdb');
 	setup_db($n2, 'wxdb');
-	is(wait_req($n2, enqueue($n2, 'q10-wxdb', 'wxdb'), 'wxdb')->{state},
+	is(wait_stop_request($n2, enqueue_stop($n2, 'q10-wxdb', db => 'wxdb'), db => 'wxdb')->{state},
 		'succeeded', 'served in wxpay.database_name');
 	ok( $n2->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'wxdb'"),
@@ -453,7 +409,7 @@ $node->stop;
 
 	$n2->safe_psql('postgres', 'CREATE DATABASE wxdb');
 	setup_db($n2, 'wxdb');
-	is(wait_req($n2, enqueue($n2, 'q10-wxdb2', 'wxdb'), 'wxdb')->{state},
+	is(wait_stop_request($n2, enqueue_stop($n2, 'q10-wxdb2', db => 'wxdb'), db => 'wxdb')->{state},
 		'succeeded', 'served again after the database was recreated');
 	$n2->stop;
 }

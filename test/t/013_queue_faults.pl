@@ -40,77 +40,21 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
 $node->safe_psql('postgres', config_insert_sql());
 
-sub enqueue
-{
-	my ($plan, $cfg) = @_;
-	$cfg //= 'default';
-	return $node->safe_psql('postgres',
-		"SELECT wxpay_stop_sign_plan_async('$plan', 'r', '$cfg')");
-}
-
-sub wait_req
-{
-	my ($id, $timeout) = @_;
-	$timeout //= '60s';
-	my $out = $node->safe_psql(
-		'postgres', qq{
-SELECT state, attempts, coalesce(http_status::text, ''),
-       coalesce(error_code, ''), coalesce(to_jsonb(r) ->> 'outcome_unknown', ''),
-       coalesce((result).cancel_sign_type, '')
-  FROM wxpay_wait_stop_request($id, '$timeout') r});
-	my @f = split /\|/, $out;
-	return {
-		state => $f[0],
-		attempts => $f[1],
-		http_status => $f[2],
-		error_code => $f[3],
-		unknown => $f[4],
-		cancel_sign_type => $f[5],
-	};
-}
-
-sub fault
-{
-	my ($plan, $fault, $times) = @_;
-	ctl_post('/faults', { plan => $plan, fault => $fault, times => $times // 1 });
-	return;
-}
-
-sub count_for
-{
-	my ($what, $plan) = @_;
-	return sim_stats()->{$what}{$plan} // 0;
-}
-
-sub worker_pid
-{
-	return $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'");
-}
-
-sub set_conf
-{
-	my ($sql) = @_;
-	$node->safe_psql('postgres', $sql);
-	$node->reload;
-	return;
-}
-
 # the worker runs and serves
-is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
+is(wait_stop_request($node, enqueue_stop($node, 'q13-warm'))->{state}, 'succeeded', 'the worker serves');
 
 # ---- item 1(a): a 429 on the settling query keeps the unknown mark ----
 {
 	my $p = 'q13-1a';
-	fault($p, 'stop_then_500');    # attempt 1: stopped, but the answer is 500
-	fault($p, 'http429');          # attempt 2: the settling query gets 429
-	my $r = wait_req(enqueue($p));
+	sim_fault($p, 'stop_then_500');    # attempt 1: stopped, but the answer is 500
+	sim_fault($p, 'http429');          # attempt 2: the settling query gets 429
+	my $r = wait_stop_request($node, enqueue_stop($node, $p));
 	is($r->{state}, 'succeeded', 'item 1(a): the request succeeded') or diag explain $r;
 	is($r->{cancel_sign_type}, 'MERCHANT', 'item 1(a): settled by a later query');
-	is(count_for('already_stopped', $p), 0,
+	is(sim_count('already_stopped', $p), 0,
 		'item 1(a): no blind stop after the query answered 429');
-	is(count_for('stop_attempts', $p), 1, 'item 1(a): one stop sent');
-	is(count_for('queries', $p), 2, 'item 1(a): two queries');
+	is(sim_count('stop_attempts', $p), 1, 'item 1(a): one stop sent');
+	is(sim_count('queries', $p), 2, 'item 1(a): two queries');
 	is($r->{unknown}, 'false', 'item 1(a): the mark is cleared by the settling query');
 }
 
@@ -120,8 +64,8 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	# (written so that it also runs against 0.2.0's table, which lacks the column)
 	my $marked = "coalesce((to_jsonb(r) ->> 'outcome_unknown')::boolean, true)";
 	$node->safe_psql('postgres', config_insert_sql(name => 'q13b'));
-	fault($p, 'stop_then_500');
-	my $id = enqueue($p, 'q13b');
+	sim_fault($p, 'stop_then_500');
+	my $id = enqueue_stop($node, $p, cfg => 'q13b');
 	ok( $node->poll_query_until('postgres',
 			"SELECT state = 'queued' AND attempts = 1 AND $marked FROM wxpay_stop_request r WHERE id = $id"
 		),
@@ -136,11 +80,11 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	$node->safe_psql('postgres',
 		"UPDATE wxpay_config SET private_key = (SELECT private_key FROM wxpay_config WHERE name = 'default') WHERE name = 'q13b'"
 	);
-	my $r = wait_req($id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{state}, 'succeeded', 'item 1(b): the request succeeded') or diag explain $r;
-	is(count_for('already_stopped', $p), 0,
+	is(sim_count('already_stopped', $p), 0,
 		'item 1(b): no blind stop after the config error');
-	is(count_for('queries', $p), 1, 'item 1(b): the plan was queried first');
+	is(sim_count('queries', $p), 1, 'item 1(b): the plan was queried first');
 }
 
 # ---- item 1(c): a stop applied late, after the query that settled it ----
@@ -153,29 +97,27 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 {
 	my $p = 'q13-1c';
 	ctl_post('/faults', { plan => $p, stop => [ 'defer', 'defer' ], query => [] });
-	my $id = enqueue($p);
-	my $held = sub {
-		return [ map { $_->{seq} } grep { $_->{plan} eq $p && $_->{op} eq 'stop' } @{ ctl_get('/held') } ];
-	};
+	my $id = enqueue_stop($node, $p);
+	my $held = sub { return sim_held($p, "stop") };
 	my $t0 = time;
 	Time::HiRes::sleep(0.05) while @{ $held->() } < 2 && time - $t0 < 60;    # polling interval
 	my $seqs = $held->();
 	is(scalar(@$seqs), 2, 'item 1(c): the second stop came after the first timed out');
-	is(count_for('queries', $p), 1, 'item 1(c): after a query that found the plan active');
+	is(sim_count('queries', $p), 1, 'item 1(c): after a query that found the plan active');
 	ctl_post('/release', { plan => $p, seq => $seqs->[0] });    # the late application
 	ctl_post('/release', { plan => $p, seq => $seqs->[1] });    # refused: already stopped
-	my $r = wait_req($id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{state}, 'succeeded', 'item 1(c): the request succeeded, not failed with the refusal')
 	  or diag explain $r;
 	is($r->{cancel_sign_type}, 'MERCHANT', 'item 1(c): decided by a query after the refusal');
-	is(count_for('already_stopped', $p), 1, 'item 1(c): the second stop was refused');
-	is(count_for('queries', $p), 2, 'item 1(c): two queries');
+	is(sim_count('already_stopped', $p), 1, 'item 1(c): the second stop was refused');
+	is(sim_count('queries', $p), 2, 'item 1(c): two queries');
 	is($r->{attempts}, 2, 'item 1(c): in two attempts');
 }
 
 # ---- item 3: a role that may not drop the database cannot stop the worker ----
 {
-	my $w = worker_pid();
+	my $w = worker_pid($node);
 	$node->safe_psql('postgres', 'CREATE ROLE regress_q13 LOGIN');
 	my ($ret, $out, $err) = $node->psql('template1', 'DROP DATABASE postgres',
 		extra_params => [ '-U', 'regress_q13' ]);
@@ -185,13 +127,13 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 		'ALTER DATABASE postgres RENAME TO q13_elsewhere',
 		extra_params => [ '-U', 'regress_q13' ]);
 	isnt($ret, 0, 'item 3: ALTER DATABASE RENAME by a non-owner fails');
-	is(wait_req(enqueue('q13-3'))->{state}, 'succeeded', 'item 3: the queue is served');
-	is(worker_pid(), $w, 'item 3: the worker was not stopped');
+	is(wait_stop_request($node, enqueue_stop($node, 'q13-3'))->{state}, 'succeeded', 'item 3: the queue is served');
+	is(worker_pid($node), $w, 'item 3: the worker was not stopped');
 }
 
 # ---- item 2: one worker, whatever dies and restarts ----
 {
-	my $w = worker_pid();
+	my $w = worker_pid($node);
 	like($w, qr/^\d+$/, 'item 2: one worker runs');
 	my $launcher = $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan launcher'");
@@ -205,9 +147,9 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 			1;
 		},
 		'item 2: the restarted launcher found the running worker');
-	is(wait_req(enqueue('q13-2a'))->{state}, 'succeeded',
+	is(wait_stop_request($node, enqueue_stop($node, 'q13-2a'))->{state}, 'succeeded',
 		'item 2: served after the launcher restarted');
-	is(worker_pid(), $w, 'item 2: still the same single worker');
+	is(worker_pid($node), $w, 'item 2: still the same single worker');
 	my $log = slurp_file($node->logfile, $offset);
 	unlike($log, qr/worker \d+ started serving/,
 		'item 2: the restarted launcher started no second worker');
@@ -217,9 +159,9 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	$node->safe_psql('postgres', "SELECT pg_terminate_backend($w)");
 	ok(eval { $node->wait_for_log(qr/worker $w stopped serving/, $offset); 1 },
 		'item 2: the terminated worker logged that it stopped serving');
-	is(wait_req(enqueue('q13-2b'))->{state}, 'succeeded',
+	is(wait_stop_request($node, enqueue_stop($node, 'q13-2b'))->{state}, 'succeeded',
 		'item 2: a new worker serves after the old one was terminated');
-	my $w2 = worker_pid();
+	my $w2 = worker_pid($node);
 	like($w2, qr/^\d+$/, 'item 2: exactly one worker afterwards');
 	isnt($w2, $w, 'item 2: ... a new one');
 }
@@ -228,7 +170,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 {
 	my $p = 'q13-4';
 	$node->safe_psql('postgres', config_insert_sql(name => 'q13lock'));
-	my $w = worker_pid();
+	my $w = worker_pid($node);
 	# queued but invisible until COMMIT PREPARED (inserted directly: the
 	# function would hold a lock on wxpay_config in the prepared transaction)
 	$node->safe_psql('postgres',
@@ -251,25 +193,25 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	my $row = $node->safe_psql('postgres',
 		"SELECT state, attempts FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$p'");
 	is($row, 'queued|0', 'item 4: the cancel marked nothing failed; the claim was released');
-	is(count_for('stop_attempts', $p), 0, 'item 4: nothing was sent');
-	is(worker_pid(), $w, 'item 4: the worker lives on');
+	is(sim_count('stop_attempts', $p), 0, 'item 4: nothing was sent');
+	is(worker_pid($node), $w, 'item 4: the worker lives on');
 	$admin->query_safe('COMMIT');
 	$admin->quit;
 	my $id = $node->safe_psql('postgres',
 		"SELECT id FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$p'");
-	my $r = wait_req($id);
+	my $r = wait_stop_request($node, $id);
 	is($r->{state}, 'succeeded', 'item 4: sent once the lock was gone') or diag explain $r;
 	is($r->{attempts}, 1, 'item 4: one attempt counted');
-	is(count_for('stop_attempts', $p), 1, 'item 4: one stop sent');
+	is(sim_count('stop_attempts', $p), 1, 'item 4: one stop sent');
 }
 
 # ---- item 5: the claim is durable (and replicated) before the stop leaves ----
 {
 	my $p = 'q13-5';
-	set_conf("ALTER SYSTEM SET synchronous_commit = off");
-	set_conf("ALTER SYSTEM SET synchronous_standby_names = 'q13_nosuch'");
-	my $w = worker_pid();
-	my $id = enqueue($p);    # commits without waiting (synchronous_commit off)
+	set_conf($node, "ALTER SYSTEM SET synchronous_commit = off");
+	set_conf($node, "ALTER SYSTEM SET synchronous_standby_names = 'q13_nosuch'");
+	my $w = worker_pid($node);
+	my $id = enqueue_stop($node, $p);    # commits without waiting (synchronous_commit off)
 	ok( $node->poll_query_until('postgres',
 			"SELECT wait_event = 'SyncRep' OR (SELECT state IN ('succeeded', 'failed') FROM wxpay_stop_request WHERE id = $id) FROM pg_stat_activity WHERE pid = $w"
 		),
@@ -278,32 +220,32 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 			"SELECT wait_event FROM pg_stat_activity WHERE pid = $w"),
 		'SyncRep',
 		'item 5: the claim waits for the synchronous standby, though synchronous_commit is off');
-	is(count_for('stop_attempts', $p), 0,
+	is(sim_count('stop_attempts', $p), 0,
 		'item 5: nothing was sent before the claim was replicated');
-	set_conf("ALTER SYSTEM RESET synchronous_standby_names");
-	is(wait_req($id)->{state}, 'succeeded', 'item 5: sent once the claim was durable');
-	set_conf("ALTER SYSTEM RESET synchronous_commit");
+	set_conf($node, "ALTER SYSTEM RESET synchronous_standby_names");
+	is(wait_stop_request($node, $id)->{state}, 'succeeded', 'item 5: sent once the claim was durable');
+	set_conf($node, "ALTER SYSTEM RESET synchronous_commit");
 }
 
 # ---- item 6: signed right before sending, not at claim time ----
 {
 	# the least allowed: with three configs, one may have a single request in flight
-	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 2");
-	is(wait_req(enqueue('q13-6-warm'))->{state}, 'succeeded', 'item 6: warm-up');
-	fault('q13-6-stall', 'stall');
+	set_conf($node, "ALTER SYSTEM SET wxpay.worker_concurrency = 2");
+	is(wait_stop_request($node, enqueue_stop($node, 'q13-6-warm'))->{state}, 'succeeded', 'item 6: warm-up');
+	sim_fault('q13-6-stall', 'stall');
 	$node->safe_psql('postgres',
 		"SELECT wxpay_stop_sign_plan_async(p, 'r') FROM unnest(ARRAY['q13-6-stall', 'q13-6-late']) p"
 	);
 	my $id = $node->safe_psql('postgres',
 		"SELECT id FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'q13-6-late'");
-	is(wait_req($id)->{state}, 'succeeded', 'item 6: the later request succeeded');
+	is(wait_stop_request($node, $id)->{state}, 'succeeded', 'item 6: the later request succeeded');
 	my ($stall) = sim_requests_for_path(plan_path('q13-6-stall'));
 	my ($late) = sim_requests_for_path(plan_path('q13-6-late'));
 	my ($t1) = $stall->{headers}{authorization} =~ /timestamp="(\d+)"/;
 	my ($t2) = $late->{headers}{authorization} =~ /timestamp="(\d+)"/;
 	cmp_ok($t2 - $t1, '>=', 2,
 		'item 6: the second stop was signed after the first timed out (3 s), not with it');
-	set_conf("ALTER SYSTEM RESET wxpay.worker_concurrency");
+	set_conf($node, "ALTER SYSTEM RESET wxpay.worker_concurrency");
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 0 FROM wxpay_stop_request WHERE state IN ('queued', 'sending')"),
 		'item 6: the timed-out request settled too');
@@ -311,18 +253,18 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 
 # ---- item 7: a wait longer than an int of milliseconds ----
 {
-	fault('q13-7', 'slow_ok');
-	my $id = enqueue('q13-7');
-	is(wait_req($id, '30 days')->{state}, 'succeeded', 'item 7: waiting 30 days works');
-	is(wait_req($id, '1000 years')->{state}, 'succeeded', 'item 7: waiting 1000 years works');
-	my $id2 = enqueue('q13-7b');
-	is(wait_req($id2, '100 years')->{state}, 'succeeded',
+	sim_fault('q13-7', 'slow_ok');
+	my $id = enqueue_stop($node, 'q13-7');
+	is(wait_stop_request($node, $id, timeout => '30 days')->{state}, 'succeeded', 'item 7: waiting 30 days works');
+	is(wait_stop_request($node, $id, timeout => '1000 years')->{state}, 'succeeded', 'item 7: waiting 1000 years works');
+	my $id2 = enqueue_stop($node, 'q13-7b');
+	is(wait_stop_request($node, $id2, timeout => '100 years')->{state}, 'succeeded',
 		'item 7: a long wait wakes when the request finishes');
 }
 
 # ---- item 8: certificates are refreshed under a backlog, at once on a change ----
 {
-	set_conf("ALTER SYSTEM SET wxpay.worker_concurrency = 2");
+	set_conf($node, "ALTER SYSTEM SET wxpay.worker_concurrency = 2");
 	ctl_post('/settings', { latency_ms => 30 });
 	$node->safe_psql('postgres',
 		"SELECT wxpay_stop_sign_plan_async('q13-8a-' || i, 'r') FROM generate_series(1, 150) i");
@@ -363,7 +305,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 		'>', 0,
 		'item 8: ... during a backlog');
 	ctl_post('/settings', { latency_ms => 0 });
-	set_conf("ALTER SYSTEM RESET wxpay.worker_concurrency");
+	set_conf($node, "ALTER SYSTEM RESET wxpay.worker_concurrency");
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 0 FROM wxpay_stop_request WHERE state IN ('queued', 'sending')"),
 		'item 8: the backlog drained');
@@ -372,9 +314,9 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 # ---- item 9: the rate limit counts the query before a stop ----
 {
 	my $p = 'q13-9';
-	set_conf("ALTER SYSTEM SET wxpay.rate_limit = 1");
-	fault($p, 'http500');    # not acted on; the outcome is unknown
-	my $r = wait_req(enqueue($p));
+	set_conf($node, "ALTER SYSTEM SET wxpay.rate_limit = 1");
+	sim_fault($p, 'http500');    # not acted on; the outcome is unknown
+	my $r = wait_stop_request($node, enqueue_stop($node, $p));
 	is($r->{state}, 'succeeded', 'item 9: succeeded after a query') or diag explain $r;
 	my ($q) = sim_requests_for_path(plan_path($p, 'query'));
 	my @stops = sim_requests_for_path(plan_path($p));
@@ -382,7 +324,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	my ($ts) = $stops[-1]{headers}{authorization} =~ /timestamp="(\d+)"/;
 	cmp_ok($ts - $tq, '>=', 1,
 		'item 9: at 1 request per second, the stop after the query waited a second');
-	set_conf("ALTER SYSTEM RESET wxpay.rate_limit");
+	set_conf($node, "ALTER SYSTEM RESET wxpay.rate_limit");
 }
 
 # ---- the limit removed: a hung merchant never holds the slot another one needs ----
@@ -392,7 +334,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 # config, the hung one may hold all slots but a quarter, so the other's
 # stop goes out at once, while every hung request is still in flight.
 {
-	set_conf("ALTER SYSTEM SET wxpay.request_timeout = '120s'");
+	set_conf($node, "ALTER SYSTEM SET wxpay.request_timeout = '120s'");
 	$node->safe_psql('postgres', config_insert_sql(name => $_)) for qw(q13hung q13idle);
 	my $conc = $node->safe_psql('postgres', 'SHOW wxpay.worker_concurrency');
 	my $quarter = int($conc / 4) || 1;
@@ -404,8 +346,8 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 	my $held = sub { return scalar grep { $_->{plan} =~ /^q13-hung-/ } @{ ctl_get('/held') }; };
 	my $t0 = time;
 	Time::HiRes::sleep(0.05) while $held->() < $cap && time - $t0 < 60;    # polling interval
-	my $id = enqueue('q13-idle', 'q13idle');
-	my $r = wait_req($id, '60s');
+	my $id = enqueue_stop($node, 'q13-idle', cfg => 'q13idle');
+	my $r = wait_stop_request($node, $id, timeout => '60s');
 	is($r->{state}, 'succeeded', "the limit: the idle merchant's stop went through")
 	  or diag explain $r;
 	is($node->safe_psql('postgres',
@@ -421,7 +363,7 @@ is(wait_req(enqueue('q13-warm'))->{state}, 'succeeded', 'the worker serves');
 		Time::HiRes::sleep(0.05);    # polling interval
 	}
 	is($node->safe_psql('postgres', $done_sql), scalar(@hung), 'the limit: every hung stop succeeded once released');
-	set_conf("ALTER SYSTEM RESET wxpay.request_timeout");
+	set_conf($node, "ALTER SYSTEM RESET wxpay.request_timeout");
 }
 
 # no crash of our own

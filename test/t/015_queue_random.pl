@@ -80,7 +80,6 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -166,25 +165,9 @@ my $LAUNCHER_TYPE = 'wxpay_signplan launcher';
 my $WAIT = $ENV{WXPAY_RANDOM_WAIT} // 300;    # seconds, per wait
 
 my $sim = start_sim();
-my $http = HTTP::Tiny->new(timeout => 60, keep_alive => 0);
 my $json = JSON::PP->new->utf8->canonical;
-
-sub sim_get
-{
-	my ($path) = @_;
-	my $r = $http->get("$sim->{control}$path");
-	die "simulator GET $path: $r->{status} $r->{content}" unless $r->{success};
-	return $json->decode($r->{content});
-}
-
-sub sim_post
-{
-	my ($path, $obj) = @_;
-	my $r = $http->post("$sim->{control}$path",
-		{ headers => { 'Content-Type' => 'application/json' }, content => $json->encode($obj) });
-	die "simulator POST $path: $r->{status} $r->{content}" unless $r->{success};
-	return $json->decode($r->{content});
-}
+sub sim_get { return ctl_get_at($sim, @_); }
+sub sim_post { return ctl_post_at($sim, @_); }
 
 my $node = PostgreSQL::Test::Cluster->new('queue_random');
 $node->init(allows_streaming => 1, extra => [ '--encoding=UTF8', '--locale=C' ]);

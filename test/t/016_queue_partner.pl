@@ -96,6 +96,9 @@ sub key_stat
 	my $id = sq(
 		"WITH i AS (INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, sub_mchid, timeline)"
 		  . " VALUES ('default', 'q13-badrow', 'r', '1 OR 1', (SELECT max(timeline) FROM wxpay_stop_request)) RETURNING id) SELECT id FROM i");
+	# an INSERT wakes no worker: an enqueue (committed) does, and it claims
+	# every due row, not waiting for its next idle look
+	sq("SELECT wxpay_stop_sign_plan_async('q13-badrow-wake', 'r')");
 	like(wait_row($id), qr/^failed\|22023\|1\|\|$/, 'a bad stored sub_mchid fails as bad input');
 	is(key_stat('stop_attempts', 'q13-badrow'), 0, 'and is not sent');
 }

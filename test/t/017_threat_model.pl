@@ -63,16 +63,10 @@ sub as_ok
 	return $out;
 }
 
-sub worker_pid
-{
-	return $node->safe_psql($db,
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'");
-}
-
 # terminate the worker and wait for the launcher to start a new one
 sub restart_worker
 {
-	my $old = worker_pid();
+	my $old = worker_pid($node, $db);
 	$node->safe_psql($db, "SELECT pg_terminate_backend($old)") if $old ne '';
 	ok( $node->poll_query_until($db,
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'"

@@ -61,15 +61,6 @@ my $standby = PostgreSQL::Test::Cluster->new('queue_holes_standby');
 $standby->init_from_backup($node, 'q18b', has_streaming => 1);
 $standby->start;
 
-sub enqueue
-{
-	my ($plan, $cfg, $reason) = @_;
-	$cfg //= 'default';
-	$reason //= 'r';
-	return $node->safe_psql('postgres',
-		"SELECT wxpay_stop_sign_plan_async('$plan', '$reason', '$cfg')");
-}
-
 sub row
 {
 	my ($id) = @_;
@@ -97,32 +88,12 @@ sub wait_req
 	return row($id);
 }
 
-sub count_for
-{
-	my ($what, $plan) = @_;
-	return sim_stats()->{$what}{$plan} // 0;
-}
-
-sub worker_pid
-{
-	return $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'");
-}
-
 sub worker_waits_for
 {
 	my ($event) = @_;
 	return $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND wait_event = '$event'"
 	);
-}
-
-sub set_conf
-{
-	my ($sql) = @_;
-	$node->safe_psql('postgres', $sql);
-	$node->reload;
-	return;
 }
 
 # Poll until $cond is true, as poll_query_until polls the server; false on
@@ -139,15 +110,8 @@ sub poll_until
 	return 0;
 }
 
-sub held
-{
-	my ($plan, $op) = @_;
-	return [ map { $_->{seq} }
-		  grep { $_->{plan} eq $plan && $_->{op} eq $op } @{ ctl_get('/held') } ];
-}
-
 # the worker runs and serves
-is(wait_req(enqueue('q18-warm'))->{state}, 'succeeded', 'the worker serves');
+is(wait_req(enqueue_stop($node, 'q18-warm'))->{state}, 'succeeded', 'the worker serves');
 
 # ---- item 5: a config change while the worker sleeps refreshes its certificates ----
 {
@@ -187,9 +151,9 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
     EXECUTE FUNCTION q18_fail_claim();
 });
 	ctl_post('/faults', { plan => $p, stop => ['hold'], query => [] });
-	my $a = enqueue($p);
-	ok(poll_until(sub { @{ held($p, 'stop') } == 1 }), "item 3: A's stop is in flight");
-	my $b = enqueue($p, 'default', 'fail the claim');
+	my $a = enqueue_stop($node, $p);
+	ok(poll_until(sub { @{ sim_held($p, 'stop') } == 1 }), "item 3: A's stop is in flight");
+	my $b = enqueue_stop($node, $p, cfg => 'default', reason => 'fail the claim');
 	my $offset = -s $node->logfile;
 	ctl_post('/release', { plan => $p });
 	ok( eval {
@@ -201,8 +165,8 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 	is($r->{state}, 'succeeded', 'item 3: A succeeded') or diag explain $r;
 	is($r->{error_code}, '', 'item 3: ... with no reconcile (no WX003 on the way)');
 	is($r->{attempts}, 1, 'item 3: ... in one attempt');
-	is(count_for('queries', $p), 0, 'item 3: ... and no query: the verified answer was recorded');
-	is(count_for('stop_attempts', $p), 1, 'item 3: one stop sent');
+	is(sim_count('queries', $p), 0, 'item 3: ... and no query: the verified answer was recorded');
+	is(sim_count('stop_attempts', $p), 1, 'item 3: one stop sent');
 	$node->safe_psql('postgres', "DELETE FROM wxpay_stop_request WHERE id = $b");
 	$node->safe_psql('postgres',
 		'DROP TRIGGER q18_fail_claim ON wxpay_stop_request; DROP FUNCTION q18_fail_claim()');
@@ -219,11 +183,11 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 	my $p = 'q18-2';
 	ctl_post('/faults',
 		{ plan => $p, stop => [ 'defer', 'http403' ], query => [ 'ok', 'ok', 'defer' ] });
-	my $id = enqueue($p);
-	ok(poll_until(sub { @{ held($p, 'stop') } == 1 }), 'item 2: the first stop is held by WeChat Pay');
-	my $first = held($p, 'stop')->[0];
+	my $id = enqueue_stop($node, $p);
+	ok(poll_until(sub { @{ sim_held($p, 'stop') } == 1 }), 'item 2: the first stop is held by WeChat Pay');
+	my $first = sim_held($p, 'stop')->[0];
 	my $offset = -s $node->logfile;
-	$node->safe_psql('postgres', 'SELECT pg_cancel_backend(' . worker_pid() . ')');
+	$node->safe_psql('postgres', 'SELECT pg_cancel_backend(' . worker_pid($node) . ')');
 	ok( eval {
 			$node->wait_for_log(qr/ERROR:  canceling statement due to user request/, $offset);
 			1;
@@ -235,8 +199,8 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 			"SELECT (state = 'queued' AND attempts = 2) OR (state = 'sending' AND attempts = 3) OR state IN ('failed', 'succeeded') FROM wxpay_stop_request WHERE id = $id"
 		),
 		'item 2: the second attempt was decided');
-	is(count_for('stop_attempts', $p), 2, 'item 2: its stop was sent (and refused)');
-	cmp_ok(count_for('queries', $p), '>=', 2, 'item 2: after a query, and rechecked with a query');
+	is(sim_count('stop_attempts', $p), 2, 'item 2: its stop was sent (and refused)');
+	cmp_ok(sim_count('queries', $p), '>=', 2, 'item 2: after a query, and rechecked with a query');
 	my $r = row($id);
 	isnt($r->{state}, 'failed', "item 2: the refusal after an unknown outcome did not fail the request")
 	  or diag explain $r;
@@ -244,21 +208,21 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 	is($r->{unknown}, 't', 'item 2: ... the mark kept');
 	# WeChat Pay applies attempt 1's stop now; attempt 3's query answers after
 	ctl_post('/release', { plan => $p, seq => $first });
-	ok(poll_until(sub { @{ held($p, 'query') } == 1 }), "item 2: attempt 3 queries first");
+	ok(poll_until(sub { @{ sim_held($p, 'query') } == 1 }), "item 2: attempt 3 queries first");
 	ctl_post('/release', { plan => $p });
 	$r = wait_req($id);
 	is($r->{state}, 'succeeded', 'item 2: the request succeeded: its first stop stopped the plan')
 	  or diag explain $r;
 	is($r->{cancel_sign_type}, 'MERCHANT', 'item 2: ... found by the query');
 	is($r->{attempts}, 3, 'item 2: ... in the third attempt');
-	is(count_for('stop_attempts', $p), 2, 'item 2: no third stop');
-	is(count_for('already_stopped', $p), 0, 'item 2: no blind stop');
+	is(sim_count('stop_attempts', $p), 2, 'item 2: no third stop');
+	is(sim_count('already_stopped', $p), 0, 'item 2: no blind stop');
 
 	# attempts run out while the outcome is unknown: WX003, never NO_AUTH
 	my $p2 = 'q18-2b';
 	ctl_post('/faults',
 		{ plan => $p2, stop => [ 'http500', 'http403', 'http403' ], query => [ 'ok', 'ok', 'ok', 'ok' ] });
-	$r = wait_req(enqueue($p2));
+	$r = wait_req(enqueue_stop($node, $p2));
 	is($r->{state}, 'failed', 'item 2: refused in every later attempt: failed') or diag explain $r;
 	is($r->{error_code}, 'WX003', 'item 2: ... with WX003 (may or may not be stopped), not NO_AUTH');
 	is($r->{unknown}, 't', 'item 2: ... the mark kept');
@@ -271,27 +235,27 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 # ---- item 1: nothing is sent before the synchronous standby has the claim ----
 {
 	my $p = 'q18-1';
-	set_conf("ALTER SYSTEM SET synchronous_standby_names = '*'");
+	set_conf($node, "ALTER SYSTEM SET synchronous_standby_names = '*'");
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_replication WHERE sync_state = 'sync'"),
 		'item 1: the standby is synchronous');
-	is(wait_req(enqueue('q18-1-warm'))->{state}, 'succeeded', 'item 1: served with the standby up');
+	is(wait_req(enqueue_stop($node, 'q18-1-warm'))->{state}, 'succeeded', 'item 1: served with the standby up');
 	$standby->stop;
-	my $id = enqueue($p);    # synchronous_commit = local: does not wait
-	my $w = worker_pid();
+	my $id = enqueue_stop($node, $p);    # synchronous_commit = local: does not wait
+	my $w = worker_pid($node);
 	ok(worker_waits_for('SyncRep'), "item 1: the claim's commit waits for the standby");
 	my $offset = -s $node->logfile;
 	$node->safe_psql('postgres', "SELECT pg_cancel_backend($w)");
 	my $cancelled = qr/canceling the wait for synchronous replication of 1 claimed stop request$/m;
 	ok( poll_until(
 			sub {
-				return 1 if count_for('stop_attempts', $p) > 0;
+				return 1 if sim_count('stop_attempts', $p) > 0;
 				return 0 unless slurp_file($node->logfile, $offset) =~ $cancelled;
 				return $node->safe_psql('postgres',
 					"SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $w AND wait_event = 'SyncRep'");
 			}),
 		'item 1: after the cancel, the worker is back waiting for the standby (or it sent the stop)');
-	is(count_for('stop_attempts', $p), 0, 'item 1: a cancelled wait for the standby sent nothing');
+	is(sim_count('stop_attempts', $p), 0, 'item 1: a cancelled wait for the standby sent nothing');
 	my $log = slurp_file($node->logfile, $offset);
 	like($log, qr/WARNING:  canceling wait for synchronous replication due to user request/,
 		'item 1: PostgreSQL cut the wait short');
@@ -309,18 +273,18 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND pid <> $w AND wait_event = 'SyncRep'"
 		),
 		"item 1: the next worker's claim waits for the standby");
-	is(count_for('stop_attempts', $p), 0, 'item 1: still nothing sent');
-	is(count_for('queries', $p), 0, 'item 1: not even a query');
+	is(sim_count('stop_attempts', $p), 0, 'item 1: still nothing sent');
+	is(sim_count('queries', $p), 0, 'item 1: not even a query');
 
 	$standby->start;
 	my $r = wait_req($id);
 	is($r->{state}, 'succeeded', 'item 1: sent once the standby was back') or diag explain $r;
-	is(count_for('stop_attempts', $p), 1, 'item 1: one stop');
-	is(count_for('already_stopped', $p), 0, 'item 1: no blind second stop');
+	is(sim_count('stop_attempts', $p), 1, 'item 1: one stop');
+	is(sim_count('already_stopped', $p), 0, 'item 1: no blind second stop');
 	ok( $standby->poll_query_until('postgres',
 			"SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $id"),
 		'item 1: the standby has the outcome');
-	set_conf("ALTER SYSTEM RESET synchronous_standby_names");
+	set_conf($node, "ALTER SYSTEM RESET synchronous_standby_names");
 }
 
 # ---- item 4: a hung merchant, its refresh included, at the smallest concurrency ----
@@ -344,7 +308,7 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 	ok(poll_until(sub { $hstats->()->{certificate_downloads} >= 1 }),
 		"item 4: the hung merchant's certificate download hangs");
 	my @plans = map { "q18-4-hung-$_" } 1 .. 2;
-	enqueue($_, 'q18hung') for @plans;
+	enqueue_stop($node, $_, cfg => 'q18hung') for @plans;
 	# claimed, and whatever the worker lets the hung merchant send has gone
 	ok( poll_until(
 			sub {
@@ -358,7 +322,7 @@ CREATE TRIGGER q18_fail_claim BEFORE UPDATE ON wxpay_stop_request FOR EACH ROW
 				);
 			}),
 		'item 4: the hung merchant holds what it may');
-	my $id = enqueue('q18-4-fast');
+	my $id = enqueue_stop($node, 'q18-4-fast');
 	my $r = wait_req($id, '20s');
 	is($r->{state}, 'succeeded', "item 4: the other merchant's stop went through") or diag explain $r;
 	is( $node->safe_psql('postgres',

@@ -39,13 +39,6 @@ use WxpayTest;
 my $node = queue_test_node('dropext', 'wxpay.request_timeout' => "'60s'");
 my $gone_line = qr/LOG:  wxpay_signplan worker stops: the extension is no longer installed in database "postgres"/;
 
-sub enqueue
-{
-	my ($plan) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT wxpay_stop_sign_plan_async('$plan', 'subscription ended')");
-}
-
 sub state_of
 {
 	my ($id) = @_;
@@ -59,19 +52,6 @@ sub queue_summary
 }
 
 # Whether the simulator comes to hold a request of $plan (polls).
-sub held
-{
-	my ($plan) = @_;
-	my $end = time() + $PostgreSQL::Test::Utils::timeout_default;
-	while (time() < $end)
-	{
-		return 1 if grep { $_->{plan} eq $plan } @{ ctl_get('/held') };
-		select(undef, undef, undef, 0.05);
-	}
-	diag("the simulator never held a request of $plan");
-	return 0;
-}
-
 # Whether the server log comes to match $re after $offset (polls; false
 # after the timeout rather than dying, so that the rest still runs).
 sub log_has
@@ -105,11 +85,11 @@ $node->safe_psql('postgres',
 	  . "VALUES ('default', 'e19-q1', 'later', now() + interval '1 day'), "
 	  . "('default', 'e19-q2', 'later', now() + interval '1 day')");
 ctl_post('/faults', { plan => 'e19-s1', fault => 'hold' });
-my $sid = enqueue('e19-s1');
+my $sid = enqueue_stop($node, 'e19-s1');
 ok( $node->poll_query_until('postgres',
 		"SELECT state = 'sending' FROM wxpay_stop_request WHERE id = $sid"),
 	'a request is in flight');
-ok(held('e19-s1'), 'the simulator holds its answer');
+ok(wait_sim_held('e19-s1'), 'the simulator holds its answer');
 my $before = queue_summary();
 
 my $q = 'public.wxpay_stop_request';
@@ -183,7 +163,7 @@ sub recreate
 	my ($label) = @_;
 	$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
 	$node->safe_psql('postgres', config_insert_sql());
-	my $id = enqueue("e19-$label");
+	my $id = enqueue_stop($node, "e19-$label");
 	is($node->safe_psql('postgres', "SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
 		'succeeded', "$label: after CREATE EXTENSION again the worker serves the queue");
 	return;
@@ -196,7 +176,7 @@ recreate('again');
 	ctl_post('/faults', { plan => 'certificates', fault => 'hold' });
 	# a certificate-mode config: the worker downloads its certificates at once
 	$node->safe_psql('postgres', certmode_config_sql(name => 'e19cert'));
-	ok(held('certificates'), 'mid-run: the worker is downloading certificates');
+	ok(wait_sim_held('certificates'), 'mid-run: the worker is downloading certificates');
 	$node->safe_psql('postgres', 'DROP EXTENSION wxpay_signplan');
 	pass('mid-run: DROP EXTENSION succeeds (no request is queued or in flight)');
 	ctl_post('/release', { plan => 'certificates' });
@@ -222,7 +202,7 @@ recreate('again2');
 			qr/LOG:  wxpay_signplan worker restarts: the extension was dropped and created again in database "postgres"/,
 			$offset),
 		'dropped and created again: the worker says so and restarts');
-	my $id = enqueue('e19-again3');
+	my $id = enqueue_stop($node, 'e19-again3');
 	is($node->safe_psql('postgres', "SELECT state FROM wxpay_wait_stop_request($id, '60s')"),
 		'succeeded', 'dropped and created again: the new queue is served');
 }

@@ -231,7 +231,7 @@ sub session_recovers
 		ctl_post('/faults', { plan => "$p-1", fault => 'hold' });
 		my $tok = bg_send($n, $rows_sql->("$p-1", "$p-2", "$p-3"));
 		if (!session_wait_until($n, 'the held first stop',
-				sub { grep { $_->{plan} eq "$p-1" } @{ ctl_get('/held') } }))
+				sub { @{ sim_held("$p-1") } }))
 		{
 			(undef, $err) = bg_finish($n, $tok);
 			like($err, qr/ERROR:  $no_key/, "try $try: expired before the first element was signed");

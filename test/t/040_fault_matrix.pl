@@ -28,7 +28,6 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -36,20 +35,10 @@ use WxpayTest;
 
 # ---- places that fail in every way a connection can ----
 
-# refuses connections: bound, never listening
-my $closed = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	ReuseAddr => 0) or die "cannot bind: $!";
+my $closed = refusing_port();    # refuses connections
 my $closed_port = $closed->sockport;
 
-# accepts TCP (the kernel's backlog) but never says a word
-my $silent = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	Listen => 16) or die "cannot listen: $!";
+my $silent = silent_port();    # accepts TCP, never says a word
 my $silent_port = $silent->sockport;
 
 # simulators presenting an expired certificate and one for another host

@@ -21,28 +21,14 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use WxpayTest;
 
-sub closed_port
-{
-	my $sock = IO::Socket::INET->new(
-		LocalAddr => '127.0.0.1',
-		LocalPort => 0,
-		Proto => 'tcp',
-		ReuseAddr => 0) or die "cannot bind: $!";
-	return $sock;
-}
-my $closed = closed_port();
-my $closed2 = closed_port();
-my $silent = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	Listen => 16) or die "cannot listen: $!";
+my $closed = refusing_port();
+my $closed2 = refusing_port();
+my $silent = silent_port();    # accepts TCP, never says a word
 
 my $closed_url = 'https://127.0.0.1:' . $closed->sockport;
 my $closed2_url = 'https://127.0.0.1:' . $closed2->sockport;

@@ -22,18 +22,13 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Socket::INET;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use WxpayTest;
 
-# a port that refuses connections (bound, never listening)
-my $closed = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp') or die "cannot bind: $!";
+my $closed = refusing_port();    # refuses connections
 my $closed_port = $closed->sockport;
 
 my $node = PostgreSQL::Test::Cluster->new('secrets');

@@ -19,8 +19,6 @@ use warnings FATAL => 'all';
 use FindBin;
 use lib $FindBin::RealBin;
 
-use HTTP::Tiny;
-use IO::Socket::INET;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -29,22 +27,11 @@ use WxpayTest;
 
 my $LATENCY_MS = 300;
 
-# a port nothing listens on: connecting fails at once (nothing sent)
-my $closed = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Proto => 'tcp',
-	ReuseAddr => 0) or die "cannot bind: $!";
+my $closed = refusing_port();    # connecting fails at once (nothing sent)
 my $closed_url = 'https://127.0.0.1:' . $closed->sockport;
 
 my $slow = start_sim();
-my $r = HTTP::Tiny->new->post(
-	"$slow->{control}/settings",
-	{
-		headers => { 'Content-Type' => 'application/json' },
-		content => encode_json({ latency_ms => $LATENCY_MS })
-	});
-die "could not set the simulator's latency: $r->{status}" unless $r->{success};
+ctl_post_at($slow, '/settings', { latency_ms => $LATENCY_MS });
 
 my $node = PostgreSQL::Test::Cluster->new('stats');
 $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);

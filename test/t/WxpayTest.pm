@@ -19,6 +19,7 @@ use File::Basename qw(dirname);
 use File::Spec;
 use HTTP::Tiny;
 use Time::HiRes ();
+use IO::Socket::INET;
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -30,7 +31,9 @@ our @EXPORT = qw(
   config_insert_from_files_sql dq
   ctl_get ctl_post sim_stats sim_requests_for_path plan_path
   clear_session bg_send bg_finish session_ok_query session_wait_until
-  sim_stop_attempts sim_stops
+  sim_stop_attempts sim_stops sim_count sim_fault sim_held wait_sim_held
+  enqueue_stop wait_stop_request worker_pid set_conf
+  refusing_port silent_port
   start_sim stop_sim ctl_get_at ctl_post_at
 );
 
@@ -196,30 +199,94 @@ sub queue_test_node
 	return $node;
 }
 
-# ---- the simulator's control server ----
+# ---- places that fail as a network can ----
 
-sub ctl_get
+# A socket bound to a port on 127.0.0.1 that refuses connections (bound,
+# never listening: the port stays ours, so nothing else takes it meanwhile).
+# Keep the returned socket alive as long as the port is used; ->sockport.
+sub refusing_port
 {
-	my ($path) = @_;
-	my $r = $http->get("$ENV{WXPAY_SIM_CONTROL}$path");
-	die "control GET $path failed: $r->{status} $r->{reason} $r->{content}"
-	  unless $r->{success};
-	return $json->decode($r->{content});
+	my $sock = IO::Socket::INET->new(
+		LocalAddr => '127.0.0.1',
+		LocalPort => 0,
+		Proto => 'tcp',
+		ReuseAddr => 0) or die "cannot bind: $!";
+	return $sock;
 }
 
-sub ctl_post
+# A socket listening on 127.0.0.1 that completes the TCP handshake (the
+# kernel does it for the listen backlog) but never says a word: a TLS
+# handshake with it never completes.
+sub silent_port
 {
-	my ($path, $obj) = @_;
-	my $r = $http->post(
-		"$ENV{WXPAY_SIM_CONTROL}$path",
-		{
-			headers => { 'Content-Type' => 'application/json' },
-			content => $json->encode($obj)
-		});
-	die "control POST $path failed: $r->{status} $r->{reason} $r->{content}"
-	  unless $r->{success};
-	return $json->decode($r->{content});
+	my $sock = IO::Socket::INET->new(
+		LocalAddr => '127.0.0.1',
+		LocalPort => 0,
+		Proto => 'tcp',
+		Listen => 16) or die "cannot listen: $!";
+	return $sock;
 }
+
+# ---- the queue ----
+
+# Enqueues a stop of $plan through wxpay_stop_sign_plan_async in database
+# db (default postgres) for config cfg (default 'default') with reason
+# (default 'subscription ended'); returns the request's id.
+sub enqueue_stop
+{
+	my ($node, $plan, %o) = @_;
+	my $cfg = $o{cfg} // 'default';
+	my $reason = $o{reason} // 'subscription ended';
+	return $node->safe_psql($o{db} // 'postgres',
+		"SELECT wxpay_stop_sign_plan_async('$plan', '$reason', '$cfg')");
+}
+
+# Waits (wxpay_wait_stop_request, timeout default 60s) until request $id is
+# finished and returns its fields: state, attempts, http_status, error_code,
+# request_id, cancel_sign_type, plan, unknown (outcome_unknown),
+# error_message ('' for NULL).
+sub wait_stop_request
+{
+	my ($node, $id, %o) = @_;
+	my $timeout = $o{timeout} // '60s';
+	my $out = $node->safe_psql(
+		$o{db} // 'postgres', qq{
+SELECT state, attempts, coalesce(http_status::text, ''),
+       coalesce(error_code, ''), coalesce(request_id, ''),
+       coalesce((result).cancel_sign_type, ''),
+       coalesce((result).merchant_sign_plan_no, ''),
+       coalesce(to_jsonb(r) ->> 'outcome_unknown', ''),
+       coalesce(error_message, '')
+  FROM wxpay_wait_stop_request($id, '$timeout') r});
+	my @f = split /\|/, $out, 9;
+	my %r;
+	@r{qw(state attempts http_status error_code request_id cancel_sign_type plan unknown error_message)} = @f;
+	return \%r;
+}
+
+# The pid of the queue worker serving $node's database ('' when none runs).
+sub worker_pid
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'");
+}
+
+# Runs $sql (ALTER SYSTEM ...) and reloads the configuration.
+sub set_conf
+{
+	my ($node, $sql) = @_;
+	$node->safe_psql('postgres', $sql);
+	$node->reload;
+	return;
+}
+
+
+
+# The shared simulator's control API (GET and POST with a JSON body); the
+# _at forms talk to another simulator (start_sim's).
+sub ctl_get { return ctl_get_at({ control => $ENV{WXPAY_SIM_CONTROL} }, @_); }
+sub ctl_post { return ctl_post_at({ control => $ENV{WXPAY_SIM_CONTROL} }, @_); }
 
 sub sim_stats { return ctl_get('/stats'); }
 
@@ -227,6 +294,48 @@ sub sim_stats { return ctl_get('/stats'); }
 # many of them stopped it.
 sub sim_stop_attempts { return sim_stats()->{stop_attempts}{ $_[0] } // 0; }
 sub sim_stops { return sim_stats()->{stops}{ $_[0] } // 0; }
+
+# A counter of the simulator's /stats for $plan (stops, stop_attempts,
+# queries, already_stopped, ...), from $stats if given (a snapshot), else now.
+sub sim_count
+{
+	my ($what, $plan, $stats) = @_;
+	return ($stats // sim_stats())->{$what}{$plan} // 0;
+}
+
+# Makes the simulator answer the next $times (default 1) requests for $plan
+# with $fault (test/sim/README.md lists the faults).
+sub sim_fault
+{
+	my ($plan, $fault, $times) = @_;
+	ctl_post('/faults', { plan => $plan, fault => $fault, times => $times // 1 });
+	return;
+}
+
+# The sequence numbers of the requests for $plan (of operation $op, if
+# given) that the simulator holds now (the "hold" fault).
+sub sim_held
+{
+	my ($plan, $op) = @_;
+	return [ map { $_->{seq} }
+		  grep { $_->{plan} eq $plan && (!defined $op || $_->{op} eq $op) }
+		  @{ ctl_get('/held') } ];
+}
+
+# Polls until the simulator holds a request for $plan; true if it did within
+# the default timeout.
+sub wait_sim_held
+{
+	my ($plan, $op) = @_;
+	my $end = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (time() < $end)
+	{
+		return 1 if @{ sim_held($plan, $op) };
+		select(undef, undef, undef, 0.05);
+	}
+	Test::More::diag("the simulator never held a request of $plan");
+	return 0;
+}
 
 # GET from the control server of another simulator instance (start_sim).
 sub ctl_get_at
@@ -372,6 +481,27 @@ sub bg_finish
 	$err =~ s/$re//;
 	clear_session($s);
 	return ($out, $err);
+}
+
+
+# Each TAP file talks to a simulator of its own, started when the file loads
+# this module and stopped when it ends: a file that changes the simulator's
+# settings (latency, the signing certificate) or counts its requests never
+# sees another file's, so TAP files can run at once (prove -j).  The run's
+# shared simulator (test/run.sh's) serves the pg_regress files;
+# WXPAY_SIM_SHARED=1 makes the TAP files use it too.
+our $own_sim;
+if (!$ENV{WXPAY_SIM_SHARED})
+{
+	$own_sim = start_sim();
+	$ENV{WXPAY_SIM_URL} = $own_sim->{url};
+	$ENV{WXPAY_SIM_CONTROL} = $own_sim->{control};
+}
+
+END
+{
+	local $?;
+	stop_sim($own_sim) if $own_sim;
 }
 
 1;
