@@ -48,8 +48,10 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# Each TAP file's time and CPU, as prove measures them (test/run.sh sums).
-PROVE_FLAGS += --timer
+# Each TAP file's time and CPU, as prove measures them.  WX_PROVE_JOBS TAP
+# files at once (test/lib.sh sets it): each has its own clusters, ports
+# and simulator (test/t/WxpayTest.pm).
+PROVE_FLAGS += --timer $(if $(WX_PROVE_JOBS),-j$(WX_PROVE_JOBS))
 
 # PGXS tracks no header dependencies; every object depends on the shared
 # header, or a changed struct leaves objects with two layouts.

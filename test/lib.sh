@@ -177,7 +177,9 @@ CONF
 
 # Run the pg_regress files and the TAP tests ("make installcheck", the
 # TAP clusters started from the same server) on a copy of the tree that
-# the postgres OS user may write into.  Returns non-zero on any failure,
+# the postgres OS user may write into.  The TAP files run WX_PROVE_JOBS at once
+# (default 3: on 2 cores most of a TAP file's time is spent waiting for its
+# servers, workers and simulator, so three keep both cores busy).  Returns non-zero on any failure,
 # after printing the diffs and the tails of the TAP logs.
 wx_run_suite() {
     local status=0
@@ -188,6 +190,9 @@ wx_run_suite() {
     if ! (cd "$WX_WORK/tree" &&
           wx_as_pg env WXPAY_PKI="$WXPAY_PKI" WXPAY_SIM_URL="$WXPAY_SIM_URL" \
             WXPAY_SIM_CONTROL="$WXPAY_SIM_CONTROL" PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=postgres \
+            WX_PROVE_JOBS="${WX_PROVE_JOBS:-3}" \
+            ${WXPAY_RANDOM_SCHEDULES:+WXPAY_RANDOM_SCHEDULES="$WXPAY_RANDOM_SCHEDULES"} \
+            ${WXPAY_RANDOM_SEED:+WXPAY_RANDOM_SEED="$WXPAY_RANDOM_SEED"} \
             ${WX_SANITIZE:+WXPAY_SANITIZER=1} make -s PG_CONFIG="$WX_PG_CONFIG" installcheck "${margs[@]}"); then
         status=1
         [ -f "$WX_WORK/tree/regression.diffs" ] && cat "$WX_WORK/tree/regression.diffs"

@@ -34,6 +34,7 @@
 #   WX_MATRIX_MIRROR  Debian mirror (default: the one in apt's sources)
 #   WX_MATRIX_KEEP=1  keep the per-major logs directory
 #   WX_MAKE_ARGS      passed to the suite as in test/run.sh (subsets)
+#   WX_MATRIX_PREPARE_ONLY=1  make (or check) the chroots, run nothing
 # test/all.sh runs this after the host's steps; WX_MATRIX=0 skips it there.
 set -euo pipefail
 
@@ -51,6 +52,9 @@ mlog() { printf '== matrix: %s\n' "$*" >&2; }
 # ---------------------------------------------------------------------------
 matrix_inside() {
     export WX_PG_MAJOR=$1
+    # the random fault test: 4 schedules of a seed of their own per major
+    # (test/run.sh explores 12 on 15)
+    export WXPAY_RANDOM_SCHEDULES=${WXPAY_RANDOM_SCHEDULES:-4}
     # shellcheck source=lib.sh
     . "$here/lib.sh"
     WX_PRIVATE_PG=1
@@ -356,6 +360,19 @@ for major in $WX_MATRIX_MAJORS; do
     (prepare_chroot "$major" >"$LOGS/prepare-$major.log" 2>&1) &
     PREP_PIDS+=($!)
 done
+# WX_MATRIX_PREPARE_ONLY=1: make the chroots and stop (test/all.sh does
+# this first, in the background, while the host's steps run).
+if [ -n "${WX_MATRIX_PREPARE_ONLY:-}" ]; then
+    status=0 i=0
+    for major in $WX_MATRIX_MAJORS; do
+        wait "${PREP_PIDS[$i]}" || status=1
+        cat "$LOGS/prepare-$major.log" >&2
+        i=$((i + 1))
+    done
+    PREP_PIDS=()
+    mlog "chroots prepared in $((SECONDS - start))s"
+    exit $status
+fi
 i=0
 for major in $WX_MATRIX_MAJORS; do
     if wait "${PREP_PIDS[$i]}"; then
