@@ -49,6 +49,10 @@
 
 #include "wxpay_signplan.h"
 
+/* local state: the saved plan that reads the APIv3 key, and its schema */
+static SPIPlanPtr NotifyKeyPlan = NULL;
+static Oid	NotifyKeyPlanNsp = InvalidOid;
+
 static void NotifyHeaders(Jsonb *headers, WxpayNotifyHeaders *nh);
 static void NotifyStoreValue(WxpayHeaderValue *h, JsonbValue *v);
 WXPAY_NORETURN static void NotifyHeaderError(WxpayNotifyCheck check,
@@ -225,12 +229,27 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 
 	arg[0] = CStringGetTextDatum(config_name);
 	wxpay_spi_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT apiv3_key FROM %s.wxpay_config "
-										"WHERE name OPERATOR(pg_catalog.=) $1",
-										wxpay_schema_quoted(nspoid)),
-							   1, argtype, arg, NULL, true, 1);
+	/* one saved plan per process (the plan cache replans it when needed) */
+	if (NotifyKeyPlan == NULL || NotifyKeyPlanNsp != nspoid)
+	{
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(psprintf("SELECT apiv3_key FROM %s.wxpay_config "
+									"WHERE name OPERATOR(pg_catalog.=) $1",
+									wxpay_schema_quoted(nspoid)),
+						   1, argtype);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		if (NotifyKeyPlan != NULL)
+			SPI_freeplan(NotifyKeyPlan);
+		NotifyKeyPlan = plan;
+		NotifyKeyPlanNsp = nspoid;
+	}
+	rc = SPI_execute_plan(NotifyKeyPlan, arg, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
