@@ -122,6 +122,13 @@ my $n1 = notification(plan => 'n23-cancel-1');
 		qr/USER_CANCEL/, 'lower-case header names');
 	like(verify_ok($n1, headers => \%upper, cols => 'event_type'),
 		qr/USER_CANCEL/, 'upper-case header names');
+	my %arr = (%{ $n1->{headers} });
+	$arr{'Wechatpay-Timestamp'} = [ $arr{'Wechatpay-Timestamp'} ];
+	like(verify_ok($n1, headers => \%arr, cols => 'event_type'),
+		qr/USER_CANCEL/, 'a header given as an array of one value');
+	$arr{'Wechatpay-Timestamp'} = [ $n1->{headers}{'Wechatpay-Timestamp'}, '1' ];
+	my ($st0) = fails(call_sql('wxpay_verify_notification', $n1, headers => \%arr));
+	is($st0, 'WX018', 'a header given twice in an array: WX018');
 	my %both = (%{ $n1->{headers} }, 'wechatpay-nonce' => 'x' x 32);
 	my ($st, $err) = fails(call_sql('wxpay_verify_notification', $n1, headers => \%both));
 	is($st, 'WX018', 'one header under two cases: WX018');
@@ -310,6 +317,15 @@ CREATE TRIGGER n23_count AFTER UPDATE ON subscription
 		't|USER', 'the cancellation ended the subscription');
 	is($node->safe_psql('postgres', 'SELECT n FROM n23_updates'),
 		'1', '... once, though delivered twice');
+}
+
+# ---- the simulator POSTs a notification to a callback URL ----
+{
+	my $r = notification(plan => 'n23-callback',
+		callback_url => "$ENV{WXPAY_SIM_CONTROL}/n23-callback");
+	is($r->{callback_status}, 404, 'the simulator POSTed the notification to the callback URL');
+	like(verify_ok($r, cols => 'event_type'), qr/USER_CANCEL/,
+		'... and returned what it sent, which verifies');
 }
 
 # ---- the log: no key, no decrypted text of a refused notification ----
