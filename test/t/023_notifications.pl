@@ -14,7 +14,9 @@
 #    doubled header, WX019 a body over 1 MB (before anything else);
 #  - wxpay_accept_notification() stores once per id: a redelivery (re-signed,
 #    same id) returns the stored row and inserts nothing; NOTIFY only for the
-#    first; PUBLIC cannot call it, a webhook role with the documented GRANT can;
+#    first; two deliveries at the same moment: the second waits, then returns
+#    the first's row; PUBLIC cannot call it, a webhook role with the documented
+#    GRANT can; the simulator POSTs to a callback URL;
 #  - partner mode stores sub_mchid; certificate mode refuses an unknown
 #    serial with a hint naming wxpay_refresh_platform_certificates, and
 #    verifies after a refresh;
@@ -243,6 +245,32 @@ GRANT EXECUTE ON FUNCTION wxpay_accept_notification(jsonb, text, text) TO regres
 	is($st, '42501', 'nor verify without its own GRANT');
 	($st) = fails("SET ROLE regress_webhook; SELECT count(*) FROM wxpay_notification");
 	is($st, '42501', 'nor read the table');
+}
+
+# ---- two deliveries of one id at the same moment ----
+{
+	my $n = notification(plan => 'n23-race', id => 'n23-id-race');
+	my $again = notification(plan => 'n23-race', id => 'n23-id-race');
+	my $s1 = $node->background_psql('postgres');
+	my $s2 = $node->background_psql('postgres', on_error_stop => 0);
+	$s1->query_safe('BEGIN');
+	$s1->query_safe(call_sql('wxpay_accept_notification', $n, cols => 'id'));
+	my $tok = bg_send($s2, call_sql('wxpay_accept_notification', $again,
+		cols => "id, event_type"));
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+			  . "AND query LIKE '%wxpay_accept_notification%' AND pid <> pg_backend_pid()"),
+		'the second delivery waits for the first');
+	$s1->query_safe('COMMIT');
+	my ($out, $err) = bg_finish($s2, $tok);
+	is($out, 'n23-id-race|PAYSCORE.USER_CANCEL_SIGN_PLAN',
+		'... then returns the row the first stored');
+	is($err, '', '... without an error');
+	is($node->safe_psql('postgres',
+			"SELECT count(*) FROM wxpay_notification WHERE id = 'n23-id-race'"),
+		'1', 'one row for the two');
+	$s1->quit;
+	$s2->quit;
 }
 
 # ---- partner mode ----
