@@ -609,3 +609,88 @@ BEGIN
     END IF;
 END
 $wxpay_schema_check$;
+
+-- ----- issue 22, notifications -----
+-- WeChat Pay's notifications (callbacks), verified and decrypted in SQL.
+-- wxpay_verify_notification() checks the headers, the timestamp, the
+-- serial and the signature over the body's exact bytes, then decrypts the
+-- resource with apiv3_key; it writes nothing.  wxpay_accept_notification()
+-- stores a verified notification once per id in wxpay_notification (a
+-- redelivery returns the stored row) and sends NOTIFY wxpay_notification.
+-- Both are SECURITY DEFINER (they read the keys) and not for PUBLIC: grant
+-- EXECUTE to the webhook's role.  Triggers on wxpay_notification run as the
+-- extension's owner: only its owner creates them (doc/security.md).
+CREATE TABLE @extschema@.wxpay_notification (
+    id text PRIMARY KEY,
+    config_name text NOT NULL,
+    event_type text NOT NULL,
+    resource_type text NOT NULL,
+    create_time timestamptz NOT NULL,
+    summary text,
+    resource jsonb NOT NULL,
+    -- for sign-plan events: the plan and, in partner mode, the sub-merchant
+    merchant_sign_plan_no text,
+    sub_mchid text,
+    received_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX wxpay_notification_plan_idx
+    ON @extschema@.wxpay_notification (config_name, merchant_sign_plan_no);
+CREATE INDEX wxpay_notification_received_at_idx
+    ON @extschema@.wxpay_notification (received_at);
+REVOKE ALL ON TABLE @extschema@.wxpay_notification FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_notification', '');
+
+CREATE FUNCTION @extschema@.wxpay_verify_notification(
+    headers jsonb, body text, config_name text DEFAULT 'default',
+    OUT id text, OUT create_time timestamptz, OUT event_type text,
+    OUT resource_type text, OUT summary text, OUT resource jsonb)
+RETURNS record
+AS 'MODULE_PATHNAME', 'wxpay_verify_notification'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_verify_notification(jsonb, text, text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.wxpay_accept_notification(
+    headers jsonb, body text, config_name text DEFAULT 'default')
+RETURNS @extschema@.wxpay_notification
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $wxpay_accept$
+DECLARE
+    n record;
+    stored @extschema@.wxpay_notification;
+BEGIN
+    SELECT v.* INTO STRICT n
+      FROM @extschema@.wxpay_verify_notification($1, $2, $3) v;
+    -- race-safe: a concurrent delivery of the same id waits here, then
+    -- inserts nothing and reads the row the other one stored
+    INSERT INTO @extschema@.wxpay_notification AS t
+           (id, config_name, event_type, resource_type, create_time, summary,
+            resource, merchant_sign_plan_no, sub_mchid)
+    VALUES (n.id, $3, n.event_type, n.resource_type, n.create_time, n.summary,
+            n.resource,
+            COALESCE(n.resource OPERATOR(pg_catalog.->>) 'merchant_sign_plan_no',
+                     n.resource OPERATOR(pg_catalog.->>) 'out_plan_no'),
+            n.resource OPERATOR(pg_catalog.->>) 'sub_mchid')
+    ON CONFLICT ON CONSTRAINT wxpay_notification_pkey DO NOTHING
+    RETURNING t.* INTO stored;
+    IF stored.id IS NOT NULL THEN
+        PERFORM pg_catalog.pg_notify('wxpay_notification', n.id);
+        RETURN stored;
+    END IF;
+    SELECT t.* INTO STRICT stored
+      FROM @extschema@.wxpay_notification t
+     WHERE t.id OPERATOR(pg_catalog.=) n.id;
+    RETURN stored;
+END
+$wxpay_accept$;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_accept_notification(jsonb, text, text) FROM PUBLIC;
+
+-- The decrypted resource of a sign-plan event as the typed sign plan (the
+-- conversion of a stop's answer).  Pure: no secrets, no network.
+CREATE FUNCTION @extschema@.wxpay_sign_plan_from_json(resource jsonb)
+RETURNS @extschema@.wxpay_sign_plan
+AS 'MODULE_PATHNAME', 'wxpay_sign_plan_from_json'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;

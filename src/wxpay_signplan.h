@@ -9,7 +9,8 @@
  * other call between files, and on a cycle inside a folder.
  *
  *	  protocol/protocol.c	pure WeChat Pay syntax: input rules, RFC 3339,
- *							Base64, header lines, mchid/serial/key ID rules
+ *							Base64, header lines, mchid/serial/key ID rules,
+ *							a notification's headers
  *							(no palloc, no ereport: fuzzable alone;
  *							declared in protocol/protocol.h)
  *	  runtime/			what every process shares
@@ -37,6 +38,8 @@
  *							of an attempt's outcome and the one reporter of it
  *		certs.c				platform certificates: download, decrypt, verify,
  *							store (SQL function and the worker's C API)
+ *		notify.c			WeChat Pay's notifications: headers, timestamp,
+ *							serial, signature, then the AES-256-GCM resource
  *	  sql/				SQL entry points
  *		signplan.c			stop, query, signed_detail_list
  *		batch.c				wxpay_stop_sign_plans: many stops, one row each
@@ -44,6 +47,9 @@
  *							one live request
  *		dropguard.c			the event trigger that refuses to drop the
  *							extension while stop requests are to be sent
+ *		notification.c		wxpay_verify_notification and
+ *							wxpay_sign_plan_from_json (wxpay_accept_notification
+ *							is PL/pgSQL in the install script)
  *	  queue/			the durable queue and the background processes
  *		queue.c				the one owner of wxpay_stop_request: its state
  *							machine, enqueue, wait, claim, record, reconcile
@@ -104,6 +110,20 @@
 #define ERRCODE_WXPAY_REQUEST_REJECTED	MAKE_SQLSTATE('W','X','0','0','2')
 #define ERRCODE_WXPAY_OUTCOME_UNKNOWN	MAKE_SQLSTATE('W','X','0','0','3')
 #define ERRCODE_WXPAY_REQUEST_NOT_SENT	MAKE_SQLSTATE('W','X','0','0','4')
+/* a notification refused (call/notify.c; doc/reference.md lists them) */
+#define ERRCODE_WXPAY_NOTIFY_SIGNATURE	MAKE_SQLSTATE('W','X','0','1','0')
+#define ERRCODE_WXPAY_NOTIFY_SERIAL		MAKE_SQLSTATE('W','X','0','1','1')
+#define ERRCODE_WXPAY_NOTIFY_STALE		MAKE_SQLSTATE('W','X','0','1','2')
+#define ERRCODE_WXPAY_NOTIFY_PROBE		MAKE_SQLSTATE('W','X','0','1','3')
+#define ERRCODE_WXPAY_NOTIFY_BODY		MAKE_SQLSTATE('W','X','0','1','4')
+#define ERRCODE_WXPAY_NOTIFY_ALGORITHM	MAKE_SQLSTATE('W','X','0','1','5')
+#define ERRCODE_WXPAY_NOTIFY_DECRYPT	MAKE_SQLSTATE('W','X','0','1','6')
+#define ERRCODE_WXPAY_NOTIFY_NO_APIV3	MAKE_SQLSTATE('W','X','0','1','7')
+#define ERRCODE_WXPAY_NOTIFY_HEADERS	MAKE_SQLSTATE('W','X','0','1','8')
+#define ERRCODE_WXPAY_NOTIFY_TOO_LARGE	MAKE_SQLSTATE('W','X','0','1','9')
+
+/* Notification bodies larger than this are refused before any work. */
+#define WXPAY_MAX_NOTIFICATION_BYTES	(1024 * 1024)
 
 /* ---------- waitevent.c ---------- */
 
@@ -274,6 +294,7 @@ extern void wxpay_http_perform_poll(int concurrency, WxpayHttpPoll poll,
 extern void wxpay_encoding_prepare(void);
 extern char *wxpay_from_utf8(const char *s, size_t len, bool json,
 							 size_t *outlen);
+extern char *wxpay_to_utf8(const char *s, size_t len, size_t *outlen);
 
 /* ---------- response.c ---------- */
 
@@ -457,6 +478,26 @@ extern void wxpay_cert_refresh_prepare(WxpayCertRefresh *r,
 extern void wxpay_cert_refresh_send(WxpayCertRefresh *r);
 extern bool wxpay_cert_refresh_finish(WxpayCertRefresh *r);
 extern List *wxpay_cert_refresh_configs(Oid nspoid);
+/* ---------- notify.c ---------- */
+
+/*
+ * A verified, decrypted notification.  Text in the database encoding;
+ * summary NULL when the body has none; resource the decrypted JSON.
+ */
+typedef struct WxpayNotification
+{
+	char	   *id;
+	TimestampTz create_time;
+	char	   *event_type;
+	char	   *resource_type;
+	char	   *summary;
+	Jsonb	   *resource;
+} WxpayNotification;
+
+extern void wxpay_notify_verify(const char *config_name, Oid nspoid,
+								Jsonb *headers, const char *body,
+								size_t body_len, WxpayNotification *out);
+
 /* ---------- shmem.c ---------- */
 
 /* GUC variables of the background worker */

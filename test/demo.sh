@@ -3,8 +3,10 @@
 # build, and stop a sign plan on the bundled WeChat Pay simulator, printing
 # the row and its detail rows; then show the transaction-safe queue: a
 # trigger whose rolled-back DELETE sends nothing and whose committed DELETE
-# stops the plan through the background worker; last, checks that
-# test/sandbox.sh prints a working config.  Leaves nothing running.
+# stops the plan through the background worker; then a user's cancellation
+# arriving as WeChat Pay's notification (made by the simulator, delivered
+# twice) ends a subscription once; last, checks that test/sandbox.sh prints
+# a working config.  Leaves nothing running.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -57,6 +59,54 @@ DELETE FROM subscription WHERE id = 2;
 SELECT r.id, r.merchant_sign_plan_no, r.state, r.attempts, r.http_status,
        (r.result).sign_state, (r.result).cancel_sign_type
 FROM wxpay_stop_request q, LATERAL wxpay_wait_stop_request(q.id, '30s') r;
+SQL
+
+# Notifications: the simulator makes the callback WeChat Pay would POST
+# when the user cancels plan demo-plan-005 in WeChat (signed, encrypted);
+# the same id comes twice, as WeChat Pay's retries do.
+notification() {
+    curl -sf -X POST -H 'Content-Type: application/json' \
+        -d '{"plan":"demo-plan-005","id":"demo-notification-1"}' "$WXPAY_SIM_CONTROL/notification" |
+        node -e 'let s="";process.stdin.on("data",c=>s+=c).on("end",()=>{const n=JSON.parse(s);
+            process.stdout.write(JSON.stringify(n.headers)+"\n"+Buffer.from(n.body).toString("base64")+"\n")})'
+}
+{ read -r h1; read -r b1; } < <(notification)
+{ read -r h2; read -r b2; } < <(notification)
+wx_as_pg env WXPAY_PKI="$WXPAY_PKI" psql -X -q -v ON_ERROR_STOP=1 -d postgres \
+    -v h1="$h1" -v b1="$b1" -v h2="$h2" -v b2="$b2" <<'SQL'
+SET TimeZone = 'Asia/Shanghai';
+\set apiv3 `cat "$WXPAY_PKI/apiv3_key.txt"`
+UPDATE wxpay_config SET apiv3_key = :'apiv3';
+
+\echo
+\echo '== notifications: a trigger on wxpay_notification ends the subscription when the user cancels'
+CREATE TABLE member_plan (merchant_sign_plan_no text PRIMARY KEY, ended_at timestamptz, ended_by text);
+INSERT INTO member_plan VALUES ('demo-plan-005', NULL, NULL);
+CREATE FUNCTION member_plan_end() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    plan wxpay_sign_plan := wxpay_sign_plan_from_json(NEW.resource);
+BEGIN
+    UPDATE member_plan SET ended_at = plan.cancel_sign_time, ended_by = plan.cancel_sign_type
+     WHERE merchant_sign_plan_no = plan.merchant_sign_plan_no AND ended_at IS NULL;
+    RAISE NOTICE 'subscription of plan % ended (%)', plan.merchant_sign_plan_no, plan.cancel_sign_type;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER member_plan_end AFTER INSERT ON wxpay_notification
+    FOR EACH ROW WHEN (NEW.event_type = 'PAYSCORE.USER_CANCEL_SIGN_PLAN')
+    EXECUTE FUNCTION member_plan_end();
+\echo '   the callback handler passes the headers and the raw body: SELECT ... FROM wxpay_accept_notification(headers, body);'
+SELECT id, event_type, summary, merchant_sign_plan_no, received_at
+FROM wxpay_accept_notification(:'h1', convert_from(decode(:'b1', 'base64'), 'UTF8'));
+\echo '   WeChat Pay delivers it again: the stored row comes back, the trigger does not fire'
+SELECT id, received_at
+FROM wxpay_accept_notification(:'h2', convert_from(decode(:'b2', 'base64'), 'UTF8'));
+SELECT * FROM member_plan;
+\echo '   a body altered by one byte is refused (SQLSTATE WX010):'
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+SELECT id FROM wxpay_accept_notification(:'h2',
+    replace(convert_from(decode(:'b2', 'base64'), 'UTF8'), 'encrypt-resource', 'encrypt-resourcE'));
 SQL
 
 # test/sandbox.sh (README "Try it on the simulator"): its printed INSERT

@@ -536,3 +536,136 @@ wxpay_check_pubkey_id(const char *s)
 		strncmp(s, "PUB_KEY_ID_", 11) == 0 &&
 		strspn(s + 11, "0123456789") == len - 11;
 }
+
+/* ----------------------------------------------------------------
+ *		Notification headers
+ *
+ * A notification reaches SQL as a JSON object of headers that the
+ * caller's web framework collected: any letter case, possibly the same
+ * header twice under two cases.  The checks here are the ones that need
+ * no key and no clock; call.c's notify.c does the rest.
+ * ----------------------------------------------------------------
+ */
+
+static const char *const notify_header_names[WXPAY_NUM_NOTIFY_HEADERS] = {
+	[WXPAY_NH_TIMESTAMP] = "Wechatpay-Timestamp",
+	[WXPAY_NH_NONCE] = "Wechatpay-Nonce",
+	[WXPAY_NH_SIGNATURE] = "Wechatpay-Signature",
+	[WXPAY_NH_SERIAL] = "Wechatpay-Serial",
+	[WXPAY_NH_SIGNATURE_TYPE] = "Wechatpay-Signature-Type",
+};
+
+/* Which notification header the name is, whatever its case, or -1. */
+int
+wxpay_notify_header(const char *name, size_t len)
+{
+	for (int i = 0; i < WXPAY_NUM_NOTIFY_HEADERS; i++)
+	{
+		const char *n = notify_header_names[i];
+		size_t		k;
+
+		if (strlen(n) != len)
+			continue;
+		for (k = 0; k < len; k++)
+		{
+			unsigned char a = (unsigned char) name[k];
+			unsigned char b = (unsigned char) n[k];
+
+			if (a >= 'A' && a <= 'Z')
+				a += 'a' - 'A';
+			if (b >= 'A' && b <= 'Z')
+				b += 'a' - 'A';
+			if (a != b)
+				break;
+		}
+		if (k == len)
+			return i;
+	}
+	return -1;
+}
+
+/* The header's name as documented, for messages. */
+const char *
+wxpay_notify_header_name(int which)
+{
+	if (which < 0 || which >= WXPAY_NUM_NOTIFY_HEADERS)
+		return "?";
+	return notify_header_names[which];
+}
+
+/*
+ * Judge the headers stored in nh->h (wxpay_store_header()): each required
+ * one exactly once and text, the timestamp Unix seconds, the nonce
+ * printable ASCII, the signature type (when given) APIv3's, the signature
+ * no probe and strict Base64 of at most WXPAY_SIGNATURE_MAX bytes, the
+ * serial a certificate serial or a public key ID.  On failure nh->failed
+ * names the header.
+ */
+WxpayNotifyCheck
+wxpay_notify_check_headers(WxpayNotifyHeaders *nh)
+{
+	nh->failed = -1;
+	nh->timestamp = 0;
+	nh->signature_len = 0;
+
+	for (int i = 0; i < WXPAY_NUM_NOTIFY_HEADERS; i++)
+	{
+		WxpayHeaderValue *h = &nh->h[i];
+
+		nh->failed = i;
+		if (h->count == 0)
+		{
+			if (i == WXPAY_NH_SIGNATURE_TYPE)
+				continue;		/* optional */
+			return WXPAY_NOTIFY_MISSING;
+		}
+		if (h->count > 1)
+			return WXPAY_NOTIFY_DUPLICATE;
+		if (h->overlong || strlen(h->value) != h->len)
+			return WXPAY_NOTIFY_NOT_TEXT;
+	}
+
+	nh->failed = WXPAY_NH_TIMESTAMP;
+	if (!wxpay_parse_unix_seconds(nh->h[WXPAY_NH_TIMESTAMP].value,
+								  nh->h[WXPAY_NH_TIMESTAMP].len, &nh->timestamp))
+		return WXPAY_NOTIFY_BAD_TIMESTAMP;
+
+	nh->failed = WXPAY_NH_NONCE;
+	if (nh->h[WXPAY_NH_NONCE].len == 0)
+		return WXPAY_NOTIFY_BAD_NONCE;
+	for (size_t k = 0; k < nh->h[WXPAY_NH_NONCE].len; k++)
+	{
+		unsigned char c = (unsigned char) nh->h[WXPAY_NH_NONCE].value[k];
+
+		if (c < 0x21 || c > 0x7e)
+			return WXPAY_NOTIFY_BAD_NONCE;
+	}
+
+	nh->failed = WXPAY_NH_SIGNATURE_TYPE;
+	if (nh->h[WXPAY_NH_SIGNATURE_TYPE].count == 1 &&
+		strcmp(nh->h[WXPAY_NH_SIGNATURE_TYPE].value, WXPAY_SIGNATURE_TYPE) != 0)
+		return WXPAY_NOTIFY_BAD_TYPE;
+
+	nh->failed = WXPAY_NH_SIGNATURE;
+	if (nh->h[WXPAY_NH_SIGNATURE].len >= strlen(WXPAY_PROBE_PREFIX) &&
+		strncmp(nh->h[WXPAY_NH_SIGNATURE].value, WXPAY_PROBE_PREFIX,
+				strlen(WXPAY_PROBE_PREFIX)) == 0)
+		return WXPAY_NOTIFY_PROBE;
+	if (!wxpay_base64_decode(nh->h[WXPAY_NH_SIGNATURE].value,
+							 nh->h[WXPAY_NH_SIGNATURE].len,
+							 nh->signature, sizeof(nh->signature),
+							 &nh->signature_len) ||
+		nh->signature_len == 0)
+	{
+		nh->signature_len = 0;
+		return WXPAY_NOTIFY_BAD_SIGNATURE;
+	}
+
+	nh->failed = WXPAY_NH_SERIAL;
+	if (!wxpay_check_serial(nh->h[WXPAY_NH_SERIAL].value) &&
+		!wxpay_check_pubkey_id(nh->h[WXPAY_NH_SERIAL].value))
+		return WXPAY_NOTIFY_BAD_SERIAL;
+
+	nh->failed = -1;
+	return WXPAY_NOTIFY_OK;
+}

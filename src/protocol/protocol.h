@@ -72,4 +72,55 @@ typedef struct WxpayHeaderValue
 extern int	wxpay_answer_header(const char *name, size_t len);
 extern void wxpay_store_header(WxpayHeaderValue *h, const char *v, size_t len);
 
+/*
+ * A notification's headers (wxpay_notify_check_headers()): the four that
+ * verification needs and the optional signature type, kept whatever the
+ * letter case of their names, each value as it arrived.
+ */
+typedef enum WxpayNotifyHeader
+{
+	WXPAY_NH_TIMESTAMP,
+	WXPAY_NH_NONCE,
+	WXPAY_NH_SIGNATURE,
+	WXPAY_NH_SERIAL,
+	WXPAY_NH_SIGNATURE_TYPE,
+	WXPAY_NUM_NOTIFY_HEADERS
+} WxpayNotifyHeader;
+
+/* The one signature type of APIv3. */
+#define WXPAY_SIGNATURE_TYPE		"WECHATPAY2-SHA256-RSA2048"
+/* Probe notifications carry signatures that begin so. */
+#define WXPAY_PROBE_PREFIX			"WECHATPAY/SIGNTEST/"
+/* The longest signature accepted, decoded (RSA 4096 and room to spare). */
+#define WXPAY_SIGNATURE_MAX			1024
+
+/* What is wrong with a notification's headers, in the order checked. */
+typedef enum WxpayNotifyCheck
+{
+	WXPAY_NOTIFY_OK,
+	WXPAY_NOTIFY_MISSING,		/* a required header is absent */
+	WXPAY_NOTIFY_DUPLICATE,		/* a header came more than once */
+	WXPAY_NOTIFY_NOT_TEXT,		/* a value too long or holding a NUL */
+	WXPAY_NOTIFY_BAD_TIMESTAMP, /* not Unix seconds */
+	WXPAY_NOTIFY_BAD_NONCE,		/* empty, or a byte outside printable ASCII */
+	WXPAY_NOTIFY_BAD_TYPE,		/* Signature-Type other than APIv3's */
+	WXPAY_NOTIFY_PROBE,			/* a WECHATPAY/SIGNTEST/ signature */
+	WXPAY_NOTIFY_BAD_SIGNATURE, /* not Base64, or too long */
+	WXPAY_NOTIFY_BAD_SERIAL		/* neither a serial nor a public key ID */
+} WxpayNotifyCheck;
+
+typedef struct WxpayNotifyHeaders
+{
+	WxpayHeaderValue h[WXPAY_NUM_NOTIFY_HEADERS];
+	/* filled by wxpay_notify_check_headers() */
+	int			failed;			/* the header that failed, or -1 */
+	int64		timestamp;		/* when OK */
+	unsigned char signature[WXPAY_SIGNATURE_MAX];	/* decoded, when OK */
+	size_t		signature_len;
+} WxpayNotifyHeaders;
+
+extern int	wxpay_notify_header(const char *name, size_t len);
+extern const char *wxpay_notify_header_name(int which);
+extern WxpayNotifyCheck wxpay_notify_check_headers(WxpayNotifyHeaders *nh);
+
 #endif							/* WXPAY_PROTOCOL_H */

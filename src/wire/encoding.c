@@ -291,3 +291,28 @@ wxpay_from_utf8(const char *s, size_t len, bool json, size_t *outlen)
 		*outlen = out.len;
 	return out.data;
 }
+
+/*
+ * Text of the database encoding back into the UTF-8 that WeChat Pay
+ * signed (a notification's body and headers, handed over as SQL text).
+ * UTF-8 and SQL_ASCII databases hold the caller's bytes unchanged: they
+ * are returned as they are, so a body passes byte for byte.  In other
+ * encodings the conversion is exact for every character the database can
+ * hold, which is every character the caller could pass.  The result may
+ * be s itself; *outlen gets its length.
+ */
+char *
+wxpay_to_utf8(const char *s, size_t len, size_t *outlen)
+{
+	char	   *out;
+
+	if (GetDatabaseEncoding() == PG_UTF8 ||
+		GetDatabaseEncoding() == PG_SQL_ASCII)
+	{
+		*outlen = len;
+		return (char *) s;
+	}
+	out = pg_server_to_any(s, (int) len, PG_UTF8);
+	*outlen = (out == s) ? len : strlen(out);
+	return out;
+}

@@ -829,12 +829,12 @@ function planObject(no, plan, merchant, sub) {
             detail(3, stopped ? 'SIGN_PLAN_DETAIL_CANCEL' : 'NOT_USED', '', '', '', stopped ? STOP_TIME : ''),
         ],
         appid: 'wxd678efh567hg6787',
-        cancel_sign_type: stopped ? 'MERCHANT' : 'NOT_CANCEL',
+        cancel_sign_type: stopped ? (plan.cancel_type || 'MERCHANT') : 'NOT_CANCEL',
         plan_name: 'Monthly plan',
         sign_time: '2025-12-15T09:00:00Z',
         merchant_callback_url: 'https://merchant.example.com/wxpay/notify',
         total_origin_price: big ? 9000000000000 : 30000,
-        cancel_sign_time: stopped ? STOP_TIME : '',
+        cancel_sign_time: stopped ? (plan.cancel_time || STOP_TIME) : '',
         plan_id: '10001',
         deduction_quantity: 3,
         plan_over_time: '2027-01-15T10:20:30+08:00',
@@ -881,6 +881,134 @@ function certificatesObject(fault) {
         });
     }
     return { data };
+}
+
+/* ------------------------------------------------------------------------ */
+/* Notifications (callbacks), signed and encrypted as the platform does */
+
+const NOTIFY_EVENTS = {
+    'PAYSCORE.USER_CANCEL_SIGN_PLAN': '\u7528\u6237\u53d6\u6d88\u7b7e\u7ea6',   /* 用户取消签约 */
+    'PAYSCORE.USER_SIGN_PLAN': '\u7528\u6237\u7b7e\u7ea6',                       /* 用户签约 */
+};
+const NOTIFY_FAULTS = new Set(['bad_signature', 'probe', 'stale_timestamp', 'future_timestamp',
+    'unknown_serial', 'tampered_tag', 'tampered_ciphertext', 'wrong_apiv3_key', 'other_algorithm']);
+
+/*
+ * The headers and exact body of one notification about a plan: the
+ * resource is the plan object (the stop's answer's fields), encrypted with
+ * AES-256-GCM under the APIv3 key; the body is signed as answers are
+ * (public key or signing_cert, by merchant).  A cancellation marks the plan
+ * cancelled by the user.  Returns { error } on bad input.
+ */
+function makeNotification(b) {
+    if (b === null || typeof b !== 'object' || Array.isArray(b))
+        return { error: 'body must be a JSON object' };
+    const mchid = b.mchid === undefined ? '1900000001' : b.mchid;
+    const merchant = MERCHANTS[mchid];
+    const eventType = b.event_type === undefined ? 'PAYSCORE.USER_CANCEL_SIGN_PLAN' : b.event_type;
+    if (!merchant)
+        return { error: 'unknown mchid' };
+    if (typeof b.plan !== 'string' || !PLAN_NO_RE.test(b.plan))
+        return { error: 'plan must be a valid plan number' };
+    if (!(eventType in NOTIFY_EVENTS))
+        return { error: `event_type must be one of ${Object.keys(NOTIFY_EVENTS).join(', ')}` };
+    if (b.sub_mchid !== undefined && (typeof b.sub_mchid !== 'string' || !SUB_MCHID_RE.test(b.sub_mchid)))
+        return { error: 'sub_mchid must be 1 to 32 digits' };
+    if (b.fault !== undefined && !NOTIFY_FAULTS.has(b.fault))
+        return { error: `fault must be one of ${[...NOTIFY_FAULTS].join(', ')}` };
+    for (const k of ['id', 'summary', 'callback_url', 'body', 'plaintext'])
+        if (b[k] !== undefined && typeof b[k] !== 'string')
+            return { error: `${k} must be a string` };
+
+    const key = planKeyOf(b.plan, b.sub_mchid);
+    let plan = state.plans.get(key);
+    if (!plan) {
+        plan = { stopped: false, stop_reason: '' };
+        state.plans.set(key, plan);
+    }
+    if (eventType === 'PAYSCORE.USER_CANCEL_SIGN_PLAN' && !plan.stopped) {
+        plan.stopped = true;
+        plan.stop_reason = '';
+        plan.cancel_type = 'USER';
+        plan.cancel_time = rfc3339Cst(new Date());
+    }
+    const resource = planObject(b.plan, plan, merchant, b.sub_mchid);
+    delete resource.future_field;
+    if (b.sub_mchid !== undefined) {
+        resource.sp_mchid = merchant.mchid;
+        delete resource.mchid;
+    }
+    const nonce = randomAlnum(12);
+    const aad = 'sign_plan';
+    const aesKey = b.fault === 'wrong_apiv3_key' ? crypto.randomBytes(32) : pki.apiv3Key;
+    const cipher = crypto.createCipheriv('aes-256-gcm', aesKey, Buffer.from(nonce, 'ascii'));
+    cipher.setAAD(Buffer.from(aad, 'ascii'));
+    const enc = Buffer.concat([cipher.update(b.plaintext !== undefined ? b.plaintext : JSON.stringify(resource), 'utf8'), cipher.final(), cipher.getAuthTag()]);
+    if (b.fault === 'tampered_ciphertext')
+        enc[0] ^= 0x01;
+    else if (b.fault === 'tampered_tag')
+        enc[enc.length - 1] ^= 0x01;
+    const body = b.body !== undefined ? Buffer.from(b.body, 'utf8') : Buffer.from(JSON.stringify({
+        id: b.id !== undefined ? b.id : crypto.randomUUID(),
+        create_time: rfc3339Cst(new Date()),
+        resource_type: 'encrypt-resource',
+        event_type: eventType,
+        summary: b.summary !== undefined ? b.summary : NOTIFY_EVENTS[eventType],
+        resource: {
+            original_type: 'payscore',
+            algorithm: b.fault === 'other_algorithm' ? 'AEAD_AES_128_GCM' : 'AEAD_AES_256_GCM',
+            ciphertext: enc.toString('base64'),
+            associated_data: aad,
+            nonce,
+        },
+    }), 'utf8');
+    const headers = signatureHeaders(merchant, body, b.fault);
+    headers['Wechatpay-Signature-Type'] = 'WECHATPAY2-SHA256-RSA2048';
+    return { headers, body, url: b.callback_url };
+}
+
+/* POST the notification to the callback URL; resolves to the HTTP status. */
+function postNotification(n) {
+    return new Promise((resolve, reject) => {
+        let u;
+        try {
+            u = new URL(n.url);
+        } catch (e) {
+            return reject(new Error('callback_url is not a URL'));
+        }
+        const mod = u.protocol === 'https:' ? https : u.protocol === 'http:' ? http : null;
+        if (!mod)
+            return reject(new Error('callback_url must be http or https'));
+        const req = mod.request(u, {
+            method: 'POST',
+            headers: Object.assign({
+                'Content-Type': 'application/json',
+                'Content-Length': n.body.length,
+                'User-Agent': 'Mozilla/4.0',
+            }, n.headers),
+            ca: readPki('ca.crt'),
+            timeout: 10000,
+        }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode));
+        });
+        req.on('timeout', () => req.destroy(new Error('callback timed out')));
+        req.on('error', reject);
+        req.end(n.body);
+    });
+}
+
+function handleNotificationControl(res, body) {
+    const n = makeNotification(body);
+    if (n.error)
+        return controlReply(res, 400, { ok: false, error: n.error });
+    const out = { ok: true, headers: n.headers, body: n.body.toString('utf8') };
+    if (!n.url)
+        return controlReply(res, 200, out);
+    postNotification(n).then((status) => {
+        out.callback_status = status;
+        controlReply(res, 200, out);
+    }, (e) => controlReply(res, 502, { ok: false, error: e.message, headers: n.headers, body: out.body }));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1452,6 +1580,8 @@ function handleControl(req, res) {
                 const err = applySettings(body);
                 return err ? controlReply(res, 400, { ok: false, error: err }) : controlReply(res, 200, { ok: true });
             }
+            case 'POST /notification':
+                return handleNotificationControl(res, body);
             case 'POST /faults': {
                 const err = addFault(body);
                 return err ? controlReply(res, 400, { ok: false, error: err }) : controlReply(res, 200, { ok: true });

@@ -131,12 +131,12 @@ WHERE has_table_privilege('$role', r::regclass, 'SELECT, INSERT, UPDATE, DELETE,
 	return ($f, $r);
 }
 
-my $pure = 'wxpay_sign_plan_details(jsonb) wxpay_sign_plan_details(wxpay_sign_plan)';
+my $pure = 'wxpay_sign_plan_details(jsonb) wxpay_sign_plan_details(wxpay_sign_plan) wxpay_sign_plan_from_json(jsonb)';
 
 # ---- PUBLIC: a role with no grants ----
 {
 	my ($f, $r) = may_use('regress_tm_nobody');
-	is($f, $pure, 'PUBLIC: executes only the pure detail functions');
+	is($f, $pure, 'PUBLIC: executes only the pure detail and conversion functions');
 	is($r, '', 'PUBLIC: no privilege on any table, view or sequence');
 	for my $sql (
 		"SELECT wxpay_stop_sign_plan('tm-pub-1', 'r')",

@@ -208,14 +208,14 @@ LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 WHERE c.relname LIKE 'wxpay%' ORDER BY 1, 2},
 	'constraints' => q{
 SELECT conrelid::regclass, conname, pg_get_constraintdef(oid)
-FROM pg_constraint WHERE conrelid::regclass::text LIKE 'wxpay%' ORDER BY 1::text, 2},
+FROM pg_constraint WHERE conrelid::regclass::text LIKE 'wxpay%' ORDER BY conrelid::regclass::text, 2},
 	'indexes' => q{
 SELECT indexrelid::regclass, pg_get_indexdef(indexrelid)
-FROM pg_index WHERE indrelid::regclass::text LIKE 'wxpay%' ORDER BY 1::text},
+FROM pg_index WHERE indrelid::regclass::text LIKE 'wxpay%' ORDER BY indexrelid::regclass::text},
 	'triggers' => q{
 SELECT tgrelid::regclass, tgname, pg_get_triggerdef(oid)
 FROM pg_trigger WHERE NOT tgisinternal AND tgrelid::regclass::text LIKE 'wxpay%'
-ORDER BY 1::text, 2},
+ORDER BY tgrelid::regclass::text, 2},
 	'privileges' => q{
 SELECT relname, relacl FROM pg_class WHERE relname LIKE 'wxpay%' ORDER BY 1},
 	'initial privileges' => q{
