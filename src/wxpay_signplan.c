@@ -66,6 +66,7 @@ _PG_init(void)
 
 	TransportInit();
 	ConfigInit();
+	RootKeyInit();
 	WorkerInit();
 	StatsInit();
 

@@ -26,9 +26,14 @@
  *		encoding.c			what WeChat Pay sends (UTF-8) into the database
  *							encoding
  *		response.c			answer bodies to SQL values (jsonb, composites)
+ *		seal.c				AES-256-GCM sealing under a root key and the
+ *							sealed text form (keys at rest); pure of SQL
  *	  config/			config and keys
  *		config.c			the protected config tables and the per-backend
  *							key cache
+ *		rootkey.c			keys at rest: the root key settings and command,
+ *							the row trigger that seals private_key and
+ *							apiv3_key, opening them, wxpay_seal_config
  *	  call/				the call: sign, send, verify, classify
  *		call.c				one signed, sent, verified call: the one classifier
  *							of an attempt's outcome and the one reporter of it
@@ -163,6 +168,37 @@ extern char *wxpay_aes256gcm_decrypt(const unsigned char *key, size_t keylen,
 									 const char *aad, size_t aadlen,
 									 const unsigned char *in, size_t inlen,
 									 size_t *outlen, WxpayKeyError *err);
+
+/* ---------- seal.c ---------- */
+
+#define WXPAY_ROOT_KEY_LEN		32
+#define WXPAY_SEAL_FP_LEN		16	/* hex digits of a root key's fingerprint */
+#define WXPAY_SEAL_PREFIX		"wxsealed:"
+
+extern void wxpay_seal_fingerprint(const unsigned char *key, char *out);
+extern bool wxpay_seal_is_sealed(const char *s);
+extern bool wxpay_seal_parse(const char *s, char *fp, const char **payload);
+extern char *wxpay_seal(const unsigned char *key, const char *aad, size_t aadlen,
+						const char *plain, size_t len, WxpayKeyError *err);
+extern char *wxpay_seal_open(const unsigned char *key, const char *aad,
+							 size_t aadlen, const char *payload,
+							 size_t *outlen, WxpayKeyError *err);
+
+/* ---------- rootkey.c ---------- */
+
+extern char *wxpay_root_key_command;
+extern char *wxpay_previous_root_key_command;
+extern bool wxpay_config_rootkey_failed;
+
+extern void RootKeyInit(void);
+extern bool wxpay_rootkey_configured(void);
+extern uint64 wxpay_rootkey_generation(void);
+extern char *wxpay_config_open_secret(const char *name, const char *column,
+									  const char *stored);
+extern char *wxpay_config_try_open_secret(const char *name, const char *column,
+										  const char *stored, char **why);
+extern int	wxpay_config_keys_at_rest(const char *private_key,
+									  const char *apiv3_key, char **text);
 
 /* ---------- config.c ---------- */
 
