@@ -495,7 +495,7 @@ wxpay_config_keys_at_rest(const char *private_key, const char *apiv3_key,
 
 	if (!wxpay_rootkey_configured())
 	{
-		*text = pstrdup("No root key is configured: private_key and apiv3_key are stored as given, so every dump, base backup, WAL archive and replica carries them. Set wxpay.root_key_command (doc/security.md, \"Keys at rest\") and call wxpay_seal_config().");
+		*text = pstrdup("No root key: private_key and apiv3_key are stored as given, and every dump, backup and replica carries them. Set wxpay.root_key_command (doc/security.md, \"Keys at rest\").");
 		return -1;
 	}
 	cur = RootKeyCurrent();
