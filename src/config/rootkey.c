@@ -627,9 +627,12 @@ wxpay_config_seal(PG_FUNCTION_ARGS)
 								 errdetail("Its %s is sealed, and a sealed value is bound to its configuration's name.", cols[i]),
 								 errhint("Set wxpay.root_key_command to the root key that sealed it, reload, and rename it again.")));
 					}
-					plain = wxpay_config_open_secret(oldname, cols[i], val);
-					sealed = RootKeySealWith(cur, name, cols[i], plain);
-					RootKeySecretFree(plain);
+					else
+					{
+						plain = wxpay_config_open_secret(oldname, cols[i], val);
+						sealed = RootKeySealWith(cur, name, cols[i], plain);
+						RootKeySecretFree(plain);
+					}
 				}
 			}
 			pfree(val);
@@ -680,11 +683,14 @@ wxpay_seal_config(PG_FUNCTION_ARGS)
 
 	cur = RootKeyCurrent();
 	if (cur == NULL)
+	{
 		ereport(ERROR,
 				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
 				 errmsg("no wxpay root key is configured"),
 				 errdetail("wxpay.root_key_command is empty."),
 				 errhint("Set wxpay.root_key_command in the server's configuration and reload (doc/security.md, \"Keys at rest\").")));
+		PG_RETURN_NULL();		/* not reached */
+	}
 
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
