@@ -596,6 +596,8 @@ extern List *wxpay_queue_configs(const char *q);
 extern int	wxpay_queue_claim(const char *q, const char *config_name,
 							  int limit, WxpayQueueRow *rows);
 extern void wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n);
+extern void wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n,
+							  int delay_ms);
 extern void wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 							   Oid plan_type);
 extern TimestampTz wxpay_queue_next_due(const char *q);

@@ -254,6 +254,7 @@ static void PipeFinish(Pipe *p, PipeItem *it, WxpayQueueFate fate,
 static long PipeBackoff(int attempts);
 static void PipeWaitingPush(PipeConfig *pc, PipeItem *it, bool front);
 static PipeItem *PipeWaitingPop(PipeConfig *pc);
+static void PipeDefer(Pipe *p, PipeConfig *pc, int delay_ms);
 static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeCertFinish(Pipe *p);
 static CertSchedule *CertScheduleFind(const char *name);
@@ -1124,6 +1125,52 @@ PipeWaitingPop(PipeConfig *pc)
 	return it;
 }
 
+/*
+ * Give pc's waiting requests of which nothing was sent back to the queue,
+ * due again in delay_ms, their attempt uncounted (a config held for its
+ * root key); a request whose query went out stays, held with its config.
+ */
+static void
+PipeDefer(Pipe *p, PipeConfig *pc, int delay_ms)
+{
+	WxpayQueueRow **rows = palloc(sizeof(WxpayQueueRow *) * Max(pc->nwaiting, 1));
+	PipeItem   *keep = NULL;
+	PipeItem   *it;
+	int			n = 0;
+
+	for (it = pc->head; it != NULL; it = it->next)
+		if (!it->sent_any)
+			rows[n++] = &it->row;
+	if (n == 0)
+		return;
+
+	PipeTxnBegin(p, "deferring stop requests");
+	wxpay_queue_defer(p->q, rows, n, delay_ms);
+	PipeTxnEnd(p);
+
+	/* the deferred ones go; the others keep their order */
+	while ((it = PipeWaitingPop(pc)) != NULL)
+	{
+		if (it->sent_any)
+		{
+			it->next = keep;
+			keep = it;
+			continue;
+		}
+		if (it->copy)
+			PipeConfigCopyRelease(it->copy);
+		MemoryContextDelete(it->cxt);
+	}
+	while (keep != NULL)
+	{
+		it = keep;
+		keep = it->next;
+		PipeWaitingPush(pc, it, true);
+	}
+	p->next_due = Min(p->next_due,
+					  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
+}
+
 /* ----------------------------------------------------------------
  *		Configs
  * ----------------------------------------------------------------
@@ -1211,6 +1258,7 @@ PipeConfigReady(Pipe *p, PipeConfig *pc)
 		pc->rootkey_held = true;
 		pc->rate_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 PIPE_ROOTKEY_HOLD_MS);
+		PipeDefer(p, pc, PIPE_ROOTKEY_HOLD_MS);
 		return false;
 	}
 	pc->rootkey_held = false;

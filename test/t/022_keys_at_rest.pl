@@ -262,9 +262,9 @@ ok( $node->wait_for_log(
 		qr/WARNING:  stop requests of wxpay configuration "default" wait: could not open the sealed private_key/,
 		$offset),
 	'the worker says why the requests wait');
-is( $node->safe_psql('postgres',
-		"SELECT state IN ('queued', 'sending') AND error_code IS NULL FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'k22-q-wrong'"),
-	't', 'wrong root key: the request is still queued, not failed (wxpay.max_attempts = 1)');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'queued' AND attempts = 0 AND error_code IS NULL FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'k22-q-wrong'"),
+	'wrong root key: the request is queued again, no attempt counted, not failed (wxpay.max_attempts = 1)');
 is(sim_stop_attempts('k22-q-wrong'), 0, 'wrong root key: the worker sent nothing');
 set_keys('k1');
 ok( $node->poll_query_until('postgres',
