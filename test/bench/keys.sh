@@ -23,6 +23,7 @@ WARM=${WX_BENCH_WARM:-20}
 ROUNDS=${WX_BENCH_KEY_ROUNDS:-5}
 if [ "${1:-}" = --smoke ]; then N=12; WARM=2; ROUNDS=1; fi
 
+WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'"
 wx_prepare >&2
 BENCH="$WX_ROOT/test/bench"
 psql_su() { wx_as_pg psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
