@@ -180,6 +180,7 @@ CREATE TRIGGER wxpay_config_seal
 CREATE FUNCTION @extschema@.wxpay_seal_config()
 RETURNS integer
 AS 'MODULE_PATHNAME', 'wxpay_seal_config'
-LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_seal_config() FROM PUBLIC;

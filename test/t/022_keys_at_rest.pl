@@ -148,6 +148,9 @@ for my $cfg (qw(default k_cert))
 # ---- the key users open them ----
 ok(stop_ok('k22-stop', 'default'), 'a stop signs with the sealed private key');
 is( $node->safe_psql('postgres',
+		"SELECT count(*) FILTER (WHERE ok) FROM wxpay_stop_sign_plans(ARRAY['k22-batch-1', 'k22-batch-2'], 'r', 'default')"),
+	'2', 'a batch too');
+is( $node->safe_psql('postgres',
 		"SELECT sign_state FROM wxpay_query_sign_plan('k22-query', 'default')"),
 	'SIGNED', 'a query too');
 is( $node->safe_psql('postgres',
