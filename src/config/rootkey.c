@@ -382,7 +382,16 @@ RootKeyTryOpen(const char *name, const char *column, const char *stored,
 		return NULL;
 	}
 
-	cur = RootKeyCurrent();
+	/* a failing command is this value's failure, not an error: the check */
+	cur = RootKeyLoad(&CurrentKey, wxpay_root_key_command,
+					  "wxpay.root_key_command", &why);
+	if (cur == NULL && why != NULL)
+	{
+		*rootkey = true;
+		*detail = why;
+		*hint = pstrdup("Make the command print the root key as 64 hexadecimal digits, then reload the server configuration.");
+		return NULL;
+	}
 	if (cur != NULL && strcmp(cur->fp, fp) == 0)
 		k = cur;
 	else
@@ -491,6 +500,7 @@ wxpay_config_keys_at_rest(const char *private_key, const char *apiv3_key,
 	const char *cols[2] = {"private_key", "apiv3_key"};
 	const RootKeySlot *cur;
 	StringInfoData buf;
+	char	   *why;
 	bool		ok = true;
 
 	if (!wxpay_rootkey_configured())
@@ -498,7 +508,13 @@ wxpay_config_keys_at_rest(const char *private_key, const char *apiv3_key,
 		*text = pstrdup("No root key: private_key and apiv3_key are stored as given, and every dump, backup and replica carries them. Set wxpay.root_key_command (doc/security.md, \"Keys at rest\").");
 		return -1;
 	}
-	cur = RootKeyCurrent();
+	cur = RootKeyLoad(&CurrentKey, wxpay_root_key_command,
+					  "wxpay.root_key_command", &why);
+	if (cur == NULL)
+	{
+		*text = psprintf("The root key cannot be obtained: %s", why ? why : "no command.");
+		return 0;
+	}
 	initStringInfo(&buf);
 	for (int i = 0; i < 2; i++)
 	{

@@ -284,13 +284,24 @@ is($n, 0, 'no root key: nothing sent');
 
 set_keys('fail');
 ($err, $n) = failed_stop('k22-fail', 'default');
-like($err, qr/WX001.*could not obtain the wxpay root key.*The command of wxpay.root_key_command failed: child process exited with exit code 3/s,
+like($err, qr/WX001.*could not open the sealed private_key of wxpay configuration "default".*The command of wxpay.root_key_command failed: child process exited with exit code 3/s,
 	'a failing command: WX001');
+like(
+	$node->safe_psql('postgres',
+		"SELECT ok::text || ' ' || detail FROM wxpay_check_config('default') WHERE check_name IN ('private_key', 'keys_at_rest') ORDER BY check_name"),
+	qr/^false The root key cannot be obtained: The command of wxpay.root_key_command failed.*\nfalse private_key is sealed and cannot be opened: The command/s,
+	'a failing command: wxpay_check_config reports it as rows, no error');
+my ($upd) = $node->psql('postgres', "UPDATE wxpay_config SET base_url = base_url WHERE name = 'k_cert'");
+is($upd, 0, 'a failing command: an UPDATE leaving the sealed keys as they are still works');
+my (undef, undef, $ins_err) = $node->psql('postgres', config_insert_from_files_sql(name => 'k_nokey'),
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($ins_err, qr/WX001.*could not obtain the wxpay root key.*failed/s,
+	'a failing command: a new key is refused, not stored in plaintext');
 is($n, 0, 'a failing command: nothing sent');
 
 set_keys('bad');
 ($err, $n) = failed_stop('k22-bad', 'default');
-like($err, qr/WX001.*could not obtain the wxpay root key.*printed something other than 64 hexadecimal digits/s,
+like($err, qr/WX001.*could not open the sealed private_key.*printed something other than 64 hexadecimal digits/s,
 	'a malformed key: WX001');
 unlike($err, qr/NOTAKEY/, 'the command output is not quoted');
 is($n, 0, 'a malformed key: nothing sent');
