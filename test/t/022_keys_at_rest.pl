@@ -19,6 +19,8 @@
 #   - wxpay_seal_config() seals plaintext rows (a config stored without a root
 #     key, one from before an upgrade from 0.3.0) and re-seals under a new
 #     root key with the old one as wxpay.previous_root_key_command;
+#   - a streaming standby with the same root key command opens the sealed
+#     keys; with another it fails with WX001 naming both fingerprints;
 #   - at log_min_messages = debug5 the server log holds neither root key,
 #     nor the merchant key's PEM lines, nor the APIv3 key.
 # Root keys come from small scripts this test writes.  Synchronisation by
@@ -79,7 +81,7 @@ sub leaks
 }
 
 my $node = PostgreSQL::Test::Cluster->new('keys_at_rest');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$node->init(extra => [ '--encoding=UTF8', '--locale=C' ], allows_streaming => 1);
 $node->append_conf(
 	'postgresql.conf',
 	queue_test_conf(
@@ -355,6 +357,29 @@ ok(stop_ok('k22-rotated', 'default'), 'the new key alone opens them');
 $node->safe_psql('postgres', 'CREATE ROLE regress_k22');
 my ($ret) = $node->psql('postgres', 'SET ROLE regress_k22; SELECT wxpay_seal_config()');
 isnt($ret, 0, 'wxpay_seal_config() is for the owner only');
+
+# ---- a physical standby: the same root key works, another fails ----
+$node->backup('k22_backup');
+my $standby = PostgreSQL::Test::Cluster->new('keys_at_rest_standby');
+$standby->init_from_backup($node, 'k22_backup', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+like($standby->safe_psql('postgres', "SELECT private_key FROM wxpay_config WHERE name = 'default'"),
+	qr/^wxsealed:v1:$fp{k2}:/, 'the standby holds the sealed values');
+is( $standby->safe_psql('postgres',
+		"SELECT sign_state FROM wxpay_query_sign_plan('k22-standby', 'default')"),
+	'SIGNED', 'the standby with the same root key command opens them');
+$standby->append_conf('postgresql.auto.conf', "wxpay.root_key_command = '$cmd{k1}'\n");
+$standby->reload;
+$standby->poll_query_until('postgres',
+	"SELECT current_setting('wxpay.root_key_command') = '$cmd{k1}'")
+  or die "the standby's setting did not arrive";
+my (undef, undef, $sb_err) = $standby->psql('postgres',
+	"SELECT sign_state FROM wxpay_query_sign_plan('k22-standby-wrong', 'default')",
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($sb_err, qr/WX001.*sealed under the root key with fingerprint $fp{k2}; the server's root key has fingerprint $fp{k1}/s,
+	'the standby with another root key: WX001 naming both');
+$standby->stop;
 
 # ---- nothing in the log ----
 $node->stop;
