@@ -30,7 +30,9 @@ RETURNS TABLE (check_name text, ok boolean, detail text) LANGUAGE sql AS $$
                'Request-ID: [0-9a-f]+-[0-9]+', 'Request-ID: X'),
                'wxpay-check-[0-9A-Za-z]+', 'wxpay-check-X')
     FROM wxpay_check_config(cfg, live) c
-    WHERE NOT only_failed OR c.ok IS DISTINCT FROM true
+    -- keys_at_rest is NULL (no root key) all through this file:
+    -- test/t/022_keys_at_rest.pl tests it
+    WHERE NOT only_failed OR (c.ok IS DISTINCT FROM true AND c.check_name <> 'keys_at_rest')
 $$;
 
 -- a good public-key config: every check passes, nothing is sent

@@ -240,3 +240,31 @@ CREATE FUNCTION @extschema@.wxpay_sign_plan_from_json(resource jsonb)
 RETURNS @extschema@.wxpay_sign_plan
 AS 'MODULE_PATHNAME', 'wxpay_sign_plan_from_json'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+-- ----- issue 20, keys at rest -----
+-- With wxpay.root_key_command set, private_key and apiv3_key are sealed
+-- (AES-256-GCM under the root key, bound to the row's name and the column)
+-- before the row is written: tables, WAL, dumps and replicas carry only
+-- "wxsealed:v1:<root key fingerprint>:<Base64>".  Runs after
+-- wxpay_config_check (BEFORE triggers fire in name order).  Without a root
+-- key rows are stored as given.  doc/security.md, "Keys at rest".
+CREATE FUNCTION @extschema@.wxpay_config_seal()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'wxpay_config_seal'
+LANGUAGE C;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_config_seal() FROM PUBLIC;
+
+CREATE TRIGGER wxpay_config_seal
+    BEFORE INSERT OR UPDATE ON @extschema@.wxpay_config
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.wxpay_config_seal();
+
+-- Seal every value still in plaintext and re-seal every value sealed under
+-- wxpay.previous_root_key_command; returns how many values it wrote.  For
+-- the extension's owner only.
+CREATE FUNCTION @extschema@.wxpay_seal_config()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'wxpay_seal_config'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_seal_config() FROM PUBLIC;

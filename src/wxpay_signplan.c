@@ -27,6 +27,7 @@ _PG_init(void)
 {
 	TransportInit();
 	ConfigInit();
+	RootKeyInit();
 	CertsInit();
 	BatchInit();
 	QueueInit();

@@ -19,6 +19,7 @@
  *		waitevent.c			the named wait events of every wait
  *		stats.c				cumulative call statistics (wxpay_stat); callers
  *							classify, it counts
+ *		spi.c				the one error for an SPI call that failed
  *		pinned.c			the settings the launcher and the worker pin
  *							against ALTER DATABASE/ROLE ... SET, and the
  *							check hook of the settings they rely on
@@ -30,9 +31,14 @@
  *		encoding.c			what WeChat Pay sends (UTF-8) into the database
  *							encoding
  *		response.c			answer bodies to SQL values (jsonb, composites)
+ *		seal.c				AES-256-GCM sealing under a root key and the
+ *							sealed text form (keys at rest); pure of SQL
  *	  config/			config and keys
  *		config.c			the protected config tables and the per-backend
  *							key cache
+ *		rootkey.c			keys at rest: the root key settings and command,
+ *							the row trigger that seals private_key and
+ *							apiv3_key, opening them, wxpay_seal_config
  *	  call/				the call: sign, send, verify, classify
  *		call.c				one signed, sent, verified call: the one classifier
  *							of an attempt's outcome and the one reporter of it
@@ -125,6 +131,10 @@
 /* Notification bodies larger than this are refused before any work. */
 #define WXPAY_MAX_NOTIFICATION_BYTES	(1024 * 1024)
 
+/* ---------- spi.c ---------- */
+
+WXPAY_NORETURN extern void wxpay_spi_error(const char *call, int rc);
+
 /* ---------- waitevent.c ---------- */
 
 /* What a process of the extension waits for (pg_stat_activity.wait_event) */
@@ -179,6 +189,37 @@ extern char *wxpay_aes256gcm_decrypt(const unsigned char *key, size_t keylen,
 									 const unsigned char *in, size_t inlen,
 									 size_t *outlen, WxpayKeyError *err);
 
+/* ---------- seal.c ---------- */
+
+#define WXPAY_ROOT_KEY_LEN		32
+#define WXPAY_SEAL_FP_LEN		16	/* hex digits of a root key's fingerprint */
+#define WXPAY_SEAL_PREFIX		"wxsealed:"
+
+extern void wxpay_seal_fingerprint(const unsigned char *key, char *out);
+extern bool wxpay_seal_is_sealed(const char *s);
+extern bool wxpay_seal_parse(const char *s, char *fp, const char **payload);
+extern char *wxpay_seal(const unsigned char *key, const char *aad, size_t aadlen,
+						const char *plain, size_t len, WxpayKeyError *err);
+extern char *wxpay_seal_open(const unsigned char *key, const char *aad,
+							 size_t aadlen, const char *payload,
+							 size_t *outlen, WxpayKeyError *err);
+
+/* ---------- rootkey.c ---------- */
+
+extern char *wxpay_root_key_command;
+extern char *wxpay_previous_root_key_command;
+extern bool wxpay_config_rootkey_failed;
+
+extern void RootKeyInit(void);
+extern bool wxpay_rootkey_configured(void);
+extern uint64 wxpay_rootkey_generation(void);
+extern char *wxpay_config_open_secret(const char *name, const char *column,
+									  const char *stored);
+extern char *wxpay_config_try_open_secret(const char *name, const char *column,
+										  const char *stored, char **why);
+extern int	wxpay_config_keys_at_rest(const char *private_key,
+									  const char *apiv3_key, char **text);
+
 /* ---------- config.c ---------- */
 
 typedef struct WxpayVerifyKey
@@ -210,7 +251,6 @@ extern int	wxpay_config_count(Oid nspoid);
 extern void wxpay_spi_connect(void);
 WXPAY_NORETURN extern void wxpay_config_no_key_error(const char *name,
 												 const char *detail);
-WXPAY_NORETURN extern void wxpay_spi_error(const char *call, int rc);
 extern char *wxpay_spi_text(HeapTuple tup, TupleDesc desc, int attno);
 extern void wxpay_secret_free(char *s);
 extern void wxpay_config_invalidate(void);
@@ -607,6 +647,8 @@ extern List *wxpay_queue_configs(const char *q);
 extern int	wxpay_queue_claim(const char *q, const char *config_name,
 							  int limit, WxpayQueueRow *rows);
 extern void wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n);
+extern void wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n,
+							  int delay_ms);
 extern void wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 							   Oid plan_type);
 extern TimestampTz wxpay_queue_next_due(const char *q);

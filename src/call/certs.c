@@ -168,8 +168,7 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 	/* what kind of merchant is this?  (no secret leaves SQL) */
 	arg[0] = CStringGetTextDatum(config_name);
 	wxpay_spi_connect();
-	rc = SPI_execute_with_args(psprintf("SELECT wechatpay_public_key_id IS NOT NULL, "
-										"pg_catalog.octet_length(pg_catalog.btrim(apiv3_key, E' \\t\\r\\n')) "
+	rc = SPI_execute_with_args(psprintf("SELECT wechatpay_public_key_id IS NOT NULL, apiv3_key "
 										"FROM %s.wxpay_config WHERE name OPERATOR(pg_catalog.=) $1",
 										wxpay_schema_quoted(nspoid)),
 							   1, argtype, arg, NULL, false, 1);
@@ -181,7 +180,17 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 											SPI_tuptable->tupdesc, 1, &isnull));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (!isnull)
-		apiv3_len = DatumGetInt32(d);
+	{
+		/* sealed at rest (rootkey.c): WX001 before anything is sent */
+		char	   *stored = TextDatumGetCString(d);
+		char	   *raw = wxpay_config_open_secret(config_name, "apiv3_key", stored);
+		size_t		len;
+
+		(void) CertsTrim(raw, &len);
+		apiv3_len = (int) Min(len, (size_t) INT_MAX);
+		wxpay_secret_free(raw);
+		pfree(stored);
+	}
 	SPI_finish();
 
 	if (apiv3_len < 0 && has_pubkey)
@@ -388,9 +397,12 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 
 		if (!isnull)
 		{
-			char	   *raw = TextDatumGetCString(d);
+			char	   *stored = TextDatumGetCString(d);
+			char	   *raw = wxpay_config_open_secret(r->config_name, "apiv3_key", stored);
 			size_t		len;
 			char	   *key = CertsTrim(raw, &len);
+
+			pfree(stored);
 
 			if (len == WXPAY_APIV3_KEY_LEN)
 			{

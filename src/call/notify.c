@@ -239,7 +239,7 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 									wxpay_schema_quoted(nspoid)),
 						   1, argtype);
 		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+			wxpay_spi_error("SPI_prepare", SPI_result);
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
 		if (NotifyKeyPlan != NULL)
@@ -249,7 +249,7 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 	}
 	rc = SPI_execute_plan(NotifyKeyPlan, arg, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+		wxpay_spi_error("SPI_execute_plan", rc);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
@@ -258,9 +258,14 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 
 		if (!isnull)
 		{
-			char	   *raw = TextDatumGetCString(d);
+			/* sealed at rest (rootkey.c): WX001 when it does not open */
+			char	   *stored = TextDatumGetCString(d);
+			char	   *raw = wxpay_config_open_secret(config_name, "apiv3_key", stored);
 			char	   *s = raw;
 			size_t		n = strlen(raw);
+
+			explicit_bzero(stored, strlen(stored));
+			pfree(stored);
 
 			/* surrounding white space off, as certs.c does */
 			while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' ||
@@ -276,8 +281,7 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 				memcpy(key, s, WXPAY_APIV3_KEY_LEN);
 				found = true;
 			}
-			explicit_bzero(raw, strlen(raw));
-			pfree(raw);
+			wxpay_secret_free(raw);
 		}
 	}
 	SPI_finish();

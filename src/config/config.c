@@ -55,6 +55,7 @@ typedef struct CacheEntry
 static MemoryContext CacheCxt = NULL;
 static CacheEntry *CacheHead = NULL;
 static bool CacheStale = false;
+static uint64 CacheRootKeyGen = 0;	/* rootkey.c's generation it holds */
 static Oid	ConfigRelid = InvalidOid;
 static Oid	CertRelid = InvalidOid;
 
@@ -188,16 +189,6 @@ wxpay_config_no_key_error(const char *name, const char *detail)
 	pg_unreachable();
 }
 
-/*
- * An SPI call that failed where it cannot fail but for a bug or a broken
- * installation: an internal error naming the call and SPI's result code.
- */
-void
-wxpay_spi_error(const char *call, int rc)
-{
-	elog(ERROR, "%s failed: %s", call, SPI_result_code_string(rc));
-	pg_unreachable();
-}
 
 /*
  * The same, but a config without any verification key is returned (nkeys
@@ -211,6 +202,12 @@ wxpay_config_get_signing(const char *name, Oid nspoid)
 
 	/* see changes committed since our last command, even mid-transaction */
 	AcceptInvalidationMessages();
+	/* a changed root key setting: open the sealed keys again */
+	if (wxpay_rootkey_generation() != CacheRootKeyGen)
+	{
+		CacheStale = true;
+		CacheRootKeyGen = wxpay_rootkey_generation();
+	}
 	if (CacheStale)
 		ConfigFreeAll();
 
@@ -558,6 +555,13 @@ ConfigParse(const char *name, HeapTuple tup, TupleDesc desc, WxpayConfig *cfg)
 		cfg->nkeys = 1;
 	}
 
+	/* sealed at rest (rootkey.c): opened here, so cached once parsed */
+	{
+		char	   *plain = wxpay_config_open_secret(name, "private_key", pem);
+
+		wxpay_secret_free(pem);
+		pem = plain;
+	}
 	cfg->private_key = wxpay_load_private_key(pem, strlen(pem), &err);
 	wxpay_secret_free(pem);
 	if (cfg->private_key == NULL)

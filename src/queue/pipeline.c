@@ -128,6 +128,7 @@ int			wxpay_retry_max_delay = 600 * 1000;	/* ms */
 #define CERT_LIST_MS		(60 * 1000)
 #define CLAIM_RECHECK_MS	1000
 #define PURGE_INTERVAL_MS	(60 * 1000)
+#define PIPE_ROOTKEY_HOLD_MS	5000	/* a config held for its root key: retry after */
 
 /* a reference-counted copy of a config, for requests in flight */
 typedef struct PipeConfigCopy
@@ -175,7 +176,12 @@ struct PipeConfig
 	PipeItem   *tail;
 	int			nwaiting;
 	int			inflight;
-	TimestampTz rate_until;		/* its merchant is at the rate limit */
+	TimestampTz rate_until;		/* its merchant is at the rate limit, or
+								 * rootkey_held */
+	bool		rootkey_held;	/* its keys are sealed under a root key the
+								 * server lacks: its requests wait, unsent
+								 * and uncounted, until a reload or
+								 * PIPE_ROOTKEY_HOLD_MS (config/rootkey.c) */
 };
 
 /* when each config's platform certificates are next refreshed */
@@ -203,6 +209,7 @@ typedef struct Pipe
 	int			inflight;
 	int			handled;
 	uint64		gens[WXPAY_NUM_WAKES];
+	uint64		rootkey_gen;	/* config/rootkey.c's generation seen */
 	bool		maybe_more;		/* the last claim may have left due rows */
 	int			nconfigs_all;	/* rows in wxpay_config; -1: count at the
 								 * next claim (a run's start, a change) */
@@ -252,6 +259,7 @@ static void PipeFinish(Pipe *p, PipeItem *it, WxpayQueueFate fate,
 static long PipeBackoff(int attempts);
 static void PipeWaitingPush(PipeConfig *pc, PipeItem *it, bool front);
 static PipeItem *PipeWaitingPop(PipeConfig *pc);
+static void PipeDefer(Pipe *p, PipeConfig *pc, int delay_ms);
 static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeCertFinish(Pipe *p);
 static CertSchedule *CertScheduleFind(const char *name);
@@ -299,6 +307,7 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 		wxpay_worker_generations(SeenGens);
 	SeenGensValid = true;
 	memcpy(p->gens, SeenGens, sizeof(SeenGens));
+	p->rootkey_gen = wxpay_rootkey_generation();
 	p->nconfigs_all = -1;
 
 	/* the answer's row type, kept for the whole run */
@@ -520,9 +529,11 @@ PipeGenerations(Pipe *p)
 		p->maybe_more = true;
 		p->claim_after = 0;
 	}
-	if (gens[WXPAY_WAKE_KEYS] != p->gens[WXPAY_WAKE_KEYS])
+	if (gens[WXPAY_WAKE_KEYS] != p->gens[WXPAY_WAKE_KEYS] ||
+		wxpay_rootkey_generation() != p->rootkey_gen)
 	{
-		/* new keys: later requests sign and verify with fresh copies */
+		/* new keys, or a new root key: fresh copies for later requests */
+		p->rootkey_gen = wxpay_rootkey_generation();
 		wxpay_config_invalidate();
 		foreach(lc, p->configs)
 		{
@@ -572,8 +583,18 @@ PipePoll(void *arg, long *retry_ms)
 	MemoryContextReset(p->tmp);
 	if (ConfigReloadPending)
 	{
+		ListCell   *lc;
+
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		/* the root key may be there now: try the held configs at once */
+		foreach(lc, p->configs)
+		{
+			PipeConfig *pc = lfirst(lc);
+
+			if (pc->rootkey_held)
+				pc->rate_until = 0;
+		}
 	}
 
 	PipeGenerations(p);
@@ -1140,6 +1161,52 @@ PipeWaitingPop(PipeConfig *pc)
 	return it;
 }
 
+/*
+ * Give pc's waiting requests of which nothing was sent back to the queue,
+ * due again in delay_ms, their attempt uncounted (a config held for its
+ * root key); a request whose query went out stays, held with its config.
+ */
+static void
+PipeDefer(Pipe *p, PipeConfig *pc, int delay_ms)
+{
+	WxpayQueueRow **rows = palloc(sizeof(WxpayQueueRow *) * Max(pc->nwaiting, 1));
+	PipeItem   *keep = NULL;
+	PipeItem   *it;
+	int			n = 0;
+
+	for (it = pc->head; it != NULL; it = it->next)
+		if (!it->sent_any)
+			rows[n++] = &it->row;
+	if (n == 0)
+		return;
+
+	PipeTxnBegin(p, "deferring stop requests");
+	wxpay_queue_defer(p->q, rows, n, delay_ms);
+	PipeTxnEnd(p);
+
+	/* the deferred ones go; the others keep their order */
+	while ((it = PipeWaitingPop(pc)) != NULL)
+	{
+		if (it->sent_any)
+		{
+			it->next = keep;
+			keep = it;
+			continue;
+		}
+		if (it->copy)
+			PipeConfigCopyRelease(it->copy);
+		MemoryContextDelete(it->cxt);
+	}
+	while (keep != NULL)
+	{
+		it = keep;
+		keep = it->next;
+		PipeWaitingPush(pc, it, true);
+	}
+	p->next_due = Min(p->next_due,
+					  TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
+}
+
 /* ----------------------------------------------------------------
  *		Configs
  * ----------------------------------------------------------------
@@ -1169,16 +1236,20 @@ PipeConfigFind(Pipe *p, const char *name)
 /*
  * A current copy of pc's config, looked up in a short transaction when
  * there is none.  False when the config cannot be used (pc->failure says
- * why, for every request of it until the config changes).
+ * why, for every request of it until the config changes), or with
+ * pc->rootkey_held when the server lacks the root key of its keys.
  */
 static bool
 PipeConfigReady(Pipe *p, PipeConfig *pc)
 {
+	ErrorData  *volatile held = NULL;
+
 	if (pc->copy != NULL)
 		return true;
 	if (pc->failed)
 		return false;
 
+	wxpay_config_rootkey_failed = false;
 	PipeTxnBegin(p, "loading a configuration");
 	PG_TRY();
 	{
@@ -1195,10 +1266,38 @@ PipeConfigReady(Pipe *p, PipeConfig *pc)
 		if (!PipeRequestError(edata->sqlerrcode))
 			PG_RE_THROW();
 		FlushErrorState();
-		PipeFailure(edata, &pc->failure);
-		pc->failed = true;
+		if (wxpay_config_rootkey_failed)
+			held = edata;
+		else
+		{
+			PipeFailure(edata, &pc->failure);
+			pc->failed = true;
+		}
 	}
 	PG_END_TRY();
+	if (held != NULL)
+	{
+		/*
+		 * The server lacks the root key that sealed the keys: not the
+		 * requests' fault, and it may be fixed by a reload.  They wait,
+		 * claimed and unsent, without an attempt counted against them.
+		 */
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(p->tmp);
+		ereport(WARNING,
+				(errcode(held->sqlerrcode),
+				 errmsg("stop requests of wxpay configuration \"%s\" wait: %s",
+						pc->name, held->message),
+				 held->detail ? errdetail_internal("%s", held->detail) : 0,
+				 held->hint ? errhint("%s", held->hint) : 0));
+		FreeErrorData(held);
+		pc->rootkey_held = true;
+		pc->rate_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 PIPE_ROOTKEY_HOLD_MS);
+		PipeDefer(p, pc, PIPE_ROOTKEY_HOLD_MS);
+		return false;
+	}
+	pc->rootkey_held = false;
 	if (pc->failed)
 	{
 		AbortCurrentTransaction();
@@ -1357,6 +1456,8 @@ PipeNext(Pipe *p, TimestampTz now, long *retry_ms)
 
 		if (!PipeConfigReady(p, best))
 		{
+			if (best->rootkey_held)
+				continue;		/* held: rate_until says until when */
 			/* its requests wait, unsent, with their mark as it was */
 			it = PipeWaitingPop(best);
 			if (best->failure.sqlstate != ERRCODE_UNDEFINED_OBJECT)

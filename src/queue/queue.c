@@ -741,6 +741,45 @@ wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
 }
 
 /*
+ * Claimed requests of which nothing was sent, to be tried again no sooner
+ * than delay_ms from now: queued again, attempt uncounted, mark restored.
+ * For requests whose config cannot be used for a reason outside them (the
+ * server lacks the root key of its keys: config/rootkey.c), which a later
+ * reload may cure.
+ */
+void
+wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
+{
+	char	   *sql;
+	Datum	   *ids;
+	Datum	   *marks;
+
+	if (n <= 0)
+		return;
+	ids = palloc(sizeof(Datum) * n);
+	marks = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(rows[i]->id);
+		marks[i] = BoolGetDatum(rows[i]->unknown);
+	}
+	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts OPERATOR(pg_catalog.-) 1,"
+				   " outcome_unknown = u.unknown,"
+				   " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+				   "  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0)"
+				   " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
+				   "  pg_catalog.unnest($2::pg_catalog.bool[])) u(id, unknown)"
+				   " WHERE q.id OPERATOR(pg_catalog.=) u.id AND " QUEUE_BY_ID_SENDING("q."), q);
+	if (QueueExec(sql, 3, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID, INT4OID},
+				  (Datum[]) {
+		PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+			PointerGetDatum(construct_array(marks, n, BOOLOID, 1, true, TYPALIGN_CHAR)),
+			Int32GetDatum(delay_ms)},
+				  false) != SPI_OK_UPDATE)
+		elog(ERROR, "could not defer stop requests");
+}
+
+/*
  * Write outcomes of attempts; NOTIFY wxpay_stop_request with the id of each
  * finished request (delivered when the transaction commits).
  */

@@ -57,6 +57,10 @@ typedef struct CheckRow
 	char	   *backup_base_url;	/* NULL: no failover */
 	char	   *ca_cert;
 	char	   *apiv3_key;		/* secret: zeroed when done */
+	char	   *private_key_why;	/* sealed and cannot be opened: why */
+	char	   *apiv3_key_why;
+	int			keys_at_rest;	/* -1 (no root key), 0, 1 */
+	char	   *keys_at_rest_text;
 	int			ncerts;
 	char	  **cert_serial;
 	char	  **cert_pem;
@@ -84,6 +88,7 @@ static bool CheckBackupUrl(CheckOut *out, CheckRow *row);
 static bool CheckCaCert(CheckOut *out, CheckRow *row);
 static void CheckApiv3Key(CheckOut *out, CheckRow *row);
 static bool CheckStatic(CheckOut *out, CheckRow *row, const char *name);
+static void CheckOpenSecrets(CheckRow *row, const char *name);
 static void CheckLive(CheckOut *out, const char *name, Oid nspoid);
 static void CheckLiveGuarded(CheckOut *out, const char *name, Oid nspoid);
 static const char *CheckSignErrorAdvice(const char *message);
@@ -236,11 +241,18 @@ CheckMchid(CheckOut *out, CheckRow *row)
 static bool
 CheckPrivateKey(CheckOut *out, CheckRow *row)
 {
-	const char *label = CheckPemLabel(row->private_key);
+	const char *label;
 	WxpayKeyError err;
 	EVP_PKEY   *pkey;
 	int			bits;
 
+	if (row->private_key_why != NULL)
+	{
+		CheckEmit(out, "private_key", CHECK_FAIL,
+				  "private_key is sealed and cannot be opened: %s", row->private_key_why);
+		return false;
+	}
+	label = CheckPemLabel(row->private_key);
 	if (label == NULL)
 	{
 		CheckEmit(out, "private_key", CHECK_FAIL,
@@ -507,6 +519,12 @@ CheckApiv3Key(CheckOut *out, CheckRow *row)
 	size_t		trimmed;
 	const char *p;
 
+	if (row->apiv3_key_why != NULL)
+	{
+		CheckEmit(out, "apiv3_key", CHECK_FAIL,
+				  "apiv3_key is sealed and cannot be opened: %s", row->apiv3_key_why);
+		return;
+	}
 	if (row->apiv3_key == NULL)
 	{
 		CheckEmit(out, "apiv3_key", CHECK_OK,
@@ -734,14 +752,44 @@ CheckStatic(CheckOut *out, CheckRow *row, const char *name)
 	else
 		CheckEmit(out, "verification_key", CHECK_FAIL,
 				  "No key can verify WeChat Pay's answers, so every call fails. %s",
-				  row->apiv3_key != NULL ?
+				  (row->apiv3_key != NULL || row->apiv3_key_why != NULL) ?
 				  psprintf("Run SELECT * FROM wxpay_refresh_platform_certificates('%s'), or set wechatpay_public_key_id and wechatpay_public_key (pub_key.pem).", name) :
 				  "Set wechatpay_public_key_id and wechatpay_public_key (pub_key.pem), or store the current platform certificates (set apiv3_key to download them).");
 	request_ok &= CheckBaseUrl(out, row);
 	request_ok &= CheckBackupUrl(out, row);
 	request_ok &= CheckCaCert(out, row);
 	CheckApiv3Key(out, row);
+	CheckEmit(out, "keys_at_rest",
+			  row->keys_at_rest < 0 ? CHECK_SKIP :
+			  row->keys_at_rest > 0 ? CHECK_OK : CHECK_FAIL,
+			  "%s", row->keys_at_rest_text);
 	return request_ok;
+}
+
+/*
+ * Keys at rest (config/rootkey.c): judge the values as stored, then open
+ * them in place; a value that cannot be opened becomes its column's failed
+ * row, with the reason.
+ */
+static void
+CheckOpenSecrets(CheckRow *row, const char *name)
+{
+	char	   *plain;
+
+	row->keys_at_rest = wxpay_config_keys_at_rest(row->private_key,
+												  row->apiv3_key,
+												  &row->keys_at_rest_text);
+	plain = wxpay_config_try_open_secret(name, "private_key", row->private_key,
+										 &row->private_key_why);
+	wxpay_secret_free(row->private_key);
+	row->private_key = plain;
+	if (row->apiv3_key != NULL)
+	{
+		plain = wxpay_config_try_open_secret(name, "apiv3_key", row->apiv3_key,
+											 &row->apiv3_key_why);
+		wxpay_secret_free(row->apiv3_key);
+		row->apiv3_key = plain;
+	}
 }
 
 PG_FUNCTION_INFO_V1(wxpay_check_config);
@@ -769,6 +817,7 @@ wxpay_check_config(PG_FUNCTION_ARGS)
 	CheckRead(name, nspoid, &row);
 	PG_TRY();
 	{
+		CheckOpenSecrets(&row, name);
 		request_ok = CheckStatic(&out, &row, name);
 	}
 	PG_FINALLY();

@@ -1,0 +1,756 @@
+/*-------------------------------------------------------------------------
+ *
+ * rootkey.c
+ *	  Keys at rest: the root key, sealing wxpay_config's private_key and
+ *	  apiv3_key before a row is written, and opening them for the key users.
+ *
+ * The root key.  wxpay.root_key_command (and, during a rotation,
+ * wxpay.previous_root_key_command) is a command that the server runs with
+ * /bin/sh to print a 256-bit key as 64 hexadecimal digits.  Both settings
+ * are PGC_SIGHUP and GUC_SUPERUSER_ONLY: only the server's configuration
+ * sets them, only superusers see them.  Each process runs the command the
+ * first time it needs the key, and again whenever the setting's text has
+ * changed since (a reload); a failure is not remembered, so the next use
+ * runs the command again.  The 32 bytes live in a static buffer of this
+ * process only, zeroed when the setting changes and when the process
+ * exits; the command's output is zeroed as soon as it is parsed.  No
+ * message quotes the command's output, the key or any part of it: errors
+ * name a key by its fingerprint (seal.c) only.
+ *
+ * Sealing.  The C row trigger wxpay_config_seal runs BEFORE INSERT OR
+ * UPDATE, after the plpgsql wxpay_config_check (triggers fire in name
+ * order), so the heap, the WAL, dumps and replicas only ever see the sealed
+ * form.  With no root key configured it leaves rows as they are.  A value
+ * that already is sealed text is stored as given: that is how pg_dump's
+ * COPY restores sealed rows (even where the key is missing), and a sealed
+ * value copied by hand from another row or column simply will not open
+ * (the associated data bind each value to its config name and column).
+ * Renaming a config (UPDATE of name) re-seals its unchanged sealed values
+ * under the new name: that needs the root key that sealed them (current or
+ * previous), else the UPDATE fails with WX001 and nothing is written.
+ *
+ * Opening.  config.c opens private_key when it parses a config into its
+ * cache (so an opened key is cached exactly as a parsed key always was),
+ * certs.c opens apiv3_key for each refresh, checkconfig.c both.  A value
+ * sealed under a key the server does not have is WX001 with both
+ * fingerprints; wxpay_config_rootkey_failed is then set, so that the queue
+ * worker can leave its requests queued (the key may come back with a
+ * reload) instead of counting attempts.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/wait.h>
+
+#include "access/htup_details.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "port.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "wxpay_signplan.h"
+
+/* GUC variables */
+char	   *wxpay_root_key_command = NULL;
+char	   *wxpay_previous_root_key_command = NULL;
+
+/* set just before a root-key failure is reported (see the header) */
+bool		wxpay_config_rootkey_failed = false;
+
+typedef struct RootKeySlot
+{
+	bool		present;		/* a key is loaded for command */
+	char	   *command;		/* TopMemoryContext copy of the setting */
+	unsigned char key[WXPAY_ROOT_KEY_LEN];
+	char		fp[WXPAY_SEAL_FP_LEN + 1];
+} RootKeySlot;
+
+/* local state */
+static RootKeySlot CurrentKey;
+static RootKeySlot PreviousKey;
+static bool ExitHookSet = false;
+static uint64 RootKeyGen = 0;	/* bumped when a setting's text changes */
+
+#define AD_LABEL	"wxpay_signplan wxpay_config v1"
+#define ROOTKEY_MAX_OUTPUT	256
+
+static void RootKeyAssign(const char *newval, void *extra);
+static void RootKeyAssignPrevious(const char *newval, void *extra);
+static void RootKeyForget(RootKeySlot *slot);
+static void RootKeyAtExit(int code, Datum arg);
+static const RootKeySlot *RootKeyLoad(RootKeySlot *slot, const char *command,
+									  const char *setting, char **why);
+static const RootKeySlot *RootKeyCurrent(void);
+static char *RootKeyAad(const char *name, const char *column, size_t *len);
+static char *RootKeyTryOpen(const char *name, const char *column,
+							const char *stored, char **detail, char **hint,
+							bool *rootkey);
+static int	RootKeyHexValue(char c);
+static void RootKeySecretFree(char *s);
+static char *RootKeySealWith(const RootKeySlot *slot, const char *name,
+							 const char *column, const char *plain);
+
+PG_FUNCTION_INFO_V1(wxpay_config_seal);
+PG_FUNCTION_INFO_V1(wxpay_seal_config);
+
+void
+RootKeyInit(void)
+{
+	DefineCustomStringVariable("wxpay.root_key_command",
+							   "Sets the command that prints the root key sealing the keys stored in wxpay_config.",
+							   "The command must print 64 hexadecimal digits (256 bits). Empty: keys are stored as given.",
+							   &wxpay_root_key_command,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, RootKeyAssign, NULL);
+	DefineCustomStringVariable("wxpay.previous_root_key_command",
+							   "Sets the command that prints the previous root key, during a rotation.",
+							   "Values sealed under it are opened, and re-sealed under the root key by wxpay_seal_config().",
+							   &wxpay_previous_root_key_command,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, RootKeyAssignPrevious, NULL);
+}
+
+/*
+ * A changed setting (a reload): keys opened under the old root key are to
+ * be opened again, so that a process with a cached key behaves as a new
+ * one would.  The variable still holds the old value here.
+ */
+static void
+RootKeyAssign(const char *newval, void *extra)
+{
+	(void) extra;
+	if (strcmp(newval ? newval : "", wxpay_root_key_command ? wxpay_root_key_command : "") != 0)
+		RootKeyGen++;
+}
+
+static void
+RootKeyAssignPrevious(const char *newval, void *extra)
+{
+	(void) extra;
+	if (strcmp(newval ? newval : "",
+			   wxpay_previous_root_key_command ? wxpay_previous_root_key_command : "") != 0)
+		RootKeyGen++;
+}
+
+/* Changes when a root key setting changes: caches of opened keys compare. */
+uint64
+wxpay_rootkey_generation(void)
+{
+	return RootKeyGen;
+}
+
+static void
+RootKeyForget(RootKeySlot *slot)
+{
+	explicit_bzero(slot->key, sizeof(slot->key));
+	slot->present = false;
+	slot->fp[0] = '\0';
+	if (slot->command)
+		pfree(slot->command);
+	slot->command = NULL;
+}
+
+static void
+RootKeyAtExit(int code, Datum arg)
+{
+	(void) code;
+	(void) arg;
+	explicit_bzero(CurrentKey.key, sizeof(CurrentKey.key));
+	explicit_bzero(PreviousKey.key, sizeof(PreviousKey.key));
+}
+
+/*
+ * The key the command prints, run when the slot does not hold the key of
+ * this very command text.  NULL with *why NULL when no command is set;
+ * NULL with *why (a complete sentence) when it failed.
+ */
+static const RootKeySlot *
+RootKeyLoad(RootKeySlot *slot, const char *command, const char *setting,
+			char **why)
+{
+	char		buf[ROOTKEY_MAX_OUTPUT + 1];
+	size_t		n = 0;
+	bool		too_long = false;
+	FILE	   *fh;
+	int			rc;
+	int			save_errno;
+
+	*why = NULL;
+	if (command == NULL || command[0] == '\0')
+	{
+		if (slot->command != NULL)
+			RootKeyForget(slot);
+		return NULL;
+	}
+	if (slot->present && strcmp(slot->command, command) == 0)
+		return slot;
+	RootKeyForget(slot);
+
+	if (!ExitHookSet)
+	{
+		on_proc_exit(RootKeyAtExit, (Datum) 0);
+		ExitHookSet = true;
+	}
+
+	fh = OpenPipeStream(command, "r");
+	if (fh == NULL)
+	{
+		save_errno = errno;
+		*why = psprintf("The command of %s could not be started: %s.",
+						setting, strerror(save_errno));
+		return NULL;
+	}
+	for (;;)
+	{
+		char		chunk[128];
+		size_t		got = fread(chunk, 1, sizeof(chunk), fh);
+
+		if (got == 0)
+			break;
+		if (n + got <= ROOTKEY_MAX_OUTPUT)
+		{
+			memcpy(buf + n, chunk, got);
+			n += got;
+		}
+		else
+			too_long = true;
+		explicit_bzero(chunk, sizeof(chunk));
+	}
+	buf[n] = '\0';
+	rc = ClosePipeStream(fh);
+	if (rc != 0)
+	{
+		char	   *reason = wait_result_to_str(rc);
+
+		explicit_bzero(buf, sizeof(buf));
+		*why = psprintf("The command of %s failed: %s.", setting, reason);
+		return NULL;
+	}
+
+	/* 64 hex digits, then only white space (a trailing newline) */
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+					 buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+		n--;
+	if (too_long || n != 2 * WXPAY_ROOT_KEY_LEN || !wxpay_is_hex(buf, n))
+	{
+		explicit_bzero(buf, sizeof(buf));
+		*why = psprintf("The command of %s printed something other than %d hexadecimal digits.",
+						setting, 2 * WXPAY_ROOT_KEY_LEN);
+		return NULL;
+	}
+	for (int i = 0; i < WXPAY_ROOT_KEY_LEN; i++)
+	{
+		int			hi = RootKeyHexValue(buf[2 * i]);
+		int			lo = RootKeyHexValue(buf[2 * i + 1]);
+
+		slot->key[i] = (unsigned char) (hi * 16 + lo);
+	}
+	explicit_bzero(buf, sizeof(buf));
+	wxpay_seal_fingerprint(slot->key, slot->fp);
+	slot->command = MemoryContextStrdup(TopMemoryContext, command);
+	slot->present = true;
+	return slot;
+}
+
+/* The root key, NULL when none is configured; WX001 when it cannot be had. */
+static const RootKeySlot *
+RootKeyCurrent(void)
+{
+	char	   *why;
+	const RootKeySlot *k = RootKeyLoad(&CurrentKey, wxpay_root_key_command,
+									   "wxpay.root_key_command", &why);
+
+	if (k == NULL && why != NULL)
+	{
+		wxpay_config_rootkey_failed = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("could not obtain the wxpay root key"),
+				 errdetail("%s", why),
+				 errhint("Make the command print the root key as 64 hexadecimal digits, then reload the server configuration.")));
+	}
+	return k;
+}
+
+/* Is a root key configured (wxpay.root_key_command not empty)? */
+bool
+wxpay_rootkey_configured(void)
+{
+	return wxpay_root_key_command != NULL && wxpay_root_key_command[0] != '\0';
+}
+
+/* hex digit value; the input was checked by wxpay_is_hex */
+static int
+RootKeyHexValue(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return c - 'A' + 10;
+}
+
+/* Zero a palloc'd copy of secret text, then free it (as config.c does). */
+static void
+RootKeySecretFree(char *s)
+{
+	if (s)
+	{
+		explicit_bzero(s, strlen(s));
+		pfree(s);
+	}
+}
+
+/* The associated data of a value: the format, its config and its column. */
+static char *
+RootKeyAad(const char *name, const char *column, size_t *len)
+{
+	size_t		l1 = sizeof(AD_LABEL);
+	size_t		l2 = strlen(name) + 1;
+	size_t		l3 = strlen(column);
+	char	   *ad = palloc(l1 + l2 + l3 + 1);
+
+	memcpy(ad, AD_LABEL, l1);
+	memcpy(ad + l1, name, l2);
+	memcpy(ad + l1 + l2, column, l3 + 1);
+	*len = l1 + l2 + l3;
+	return ad;
+}
+
+static char *
+RootKeySealWith(const RootKeySlot *slot, const char *name, const char *column,
+				const char *plain)
+{
+	size_t		adlen;
+	char	   *ad = RootKeyAad(name, column, &adlen);
+	WxpayKeyError err;
+	char	   *sealed;
+
+	sealed = wxpay_seal(slot->key, ad, adlen, plain, strlen(plain), &err);
+	pfree(ad);
+	if (sealed == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("could not seal the %s of wxpay configuration \"%s\"", column, name),
+				 errdetail_internal("%s%s%s.", err.msg, err.lib[0] ? ": " : "", err.lib)));
+	return sealed;
+}
+
+/*
+ * The plaintext of a stored value (palloc'd; the caller zeroes it with
+ * wxpay_secret_free), or NULL with *detail and *hint (complete sentences)
+ * and *rootkey (the server lacks the key that sealed it) set.  Plaintext
+ * comes back as a copy.  May throw when the root key command fails.
+ */
+static char *
+RootKeyTryOpen(const char *name, const char *column, const char *stored,
+			   char **detail, char **hint, bool *rootkey)
+{
+	char		fp[WXPAY_SEAL_FP_LEN + 1];
+	const char *payload;
+	const RootKeySlot *k = NULL;
+	const RootKeySlot *cur;
+	char	   *why;
+	char	   *plain;
+	size_t		adlen;
+	size_t		len;
+	char	   *ad;
+	WxpayKeyError err;
+
+	*detail = NULL;
+	*hint = NULL;
+	*rootkey = false;
+	if (!wxpay_seal_is_sealed(stored))
+		return pstrdup(stored);
+	if (!wxpay_seal_parse(stored, fp, &payload))
+	{
+		*detail = psprintf("The value of %s is not in a sealed format this version knows.", column);
+		*hint = psprintf("Store the %s again.", column);
+		return NULL;
+	}
+
+	/* a failing command is this value's failure, not an error: the check */
+	cur = RootKeyLoad(&CurrentKey, wxpay_root_key_command,
+					  "wxpay.root_key_command", &why);
+	if (cur == NULL && why != NULL)
+	{
+		*rootkey = true;
+		*detail = why;
+		*hint = pstrdup("Make the command print the root key as 64 hexadecimal digits, then reload the server configuration.");
+		return NULL;
+	}
+	if (cur != NULL && strcmp(cur->fp, fp) == 0)
+		k = cur;
+	else
+	{
+		const RootKeySlot *prev = RootKeyLoad(&PreviousKey,
+											  wxpay_previous_root_key_command,
+											  "wxpay.previous_root_key_command",
+											  &why);
+
+		if (prev == NULL && why != NULL)
+		{
+			*rootkey = true;
+			*detail = why;
+			*hint = pstrdup("Make the command print the previous root key as 64 hexadecimal digits, then reload the server configuration.");
+			return NULL;
+		}
+		if (prev != NULL && strcmp(prev->fp, fp) == 0)
+			k = prev;
+	}
+	if (k == NULL)
+	{
+		*rootkey = true;
+		if (cur == NULL)
+			*detail = psprintf("The %s was sealed under the root key with fingerprint %s; the server has no root key (wxpay.root_key_command is empty).",
+							   column, fp);
+		else
+			*detail = psprintf("The %s was sealed under the root key with fingerprint %s; the server's root key has fingerprint %s.",
+							   column, fp, cur->fp);
+		*hint = pstrdup("Set wxpay.root_key_command (or, during a rotation, wxpay.previous_root_key_command) to a command printing the root key that sealed it, and reload; or store the key again.");
+		return NULL;
+	}
+
+	ad = RootKeyAad(name, column, &adlen);
+	plain = wxpay_seal_open(k->key, ad, adlen, payload, &len, &err);
+	pfree(ad);
+	if (plain == NULL)
+	{
+		*detail = psprintf("The %s is sealed under the root key with fingerprint %s, which the server has, but it does not open for this configuration and column: it was altered, or copied from another row or column.",
+						   column, fp);
+		*hint = psprintf("Store the %s of configuration \"%s\" again.", column, name);
+		return NULL;
+	}
+	if (strlen(plain) != len)
+	{
+		RootKeySecretFree(plain);
+		*detail = psprintf("The opened %s contains a NUL byte.", column);
+		*hint = psprintf("Store the %s again.", column);
+		return NULL;
+	}
+	return plain;
+}
+
+/*
+ * The plaintext of the stored value of column of config name, palloc'd (free
+ * it with wxpay_secret_free); WX001 when it cannot be opened.
+ */
+char *
+wxpay_config_open_secret(const char *name, const char *column,
+						 const char *stored)
+{
+	char	   *detail;
+	char	   *hint;
+	bool		rootkey;
+	char	   *plain = RootKeyTryOpen(name, column, stored, &detail, &hint, &rootkey);
+
+	if (plain == NULL)
+	{
+		if (rootkey)
+			wxpay_config_rootkey_failed = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("could not open the sealed %s of wxpay configuration \"%s\"", column, name),
+				 errdetail("%s", detail),
+				 errhint("%s", hint)));
+	}
+	return plain;
+}
+
+/*
+ * The same without an error for the value itself: NULL and *why (detail and
+ * hint) when it cannot be opened.  For wxpay_check_config.
+ */
+char *
+wxpay_config_try_open_secret(const char *name, const char *column,
+							 const char *stored, char **why)
+{
+	char	   *detail;
+	char	   *hint;
+	bool		rootkey;
+	char	   *plain = RootKeyTryOpen(name, column, stored, &detail, &hint, &rootkey);
+
+	if (plain == NULL)
+		*why = psprintf("%s %s", detail, hint);
+	return plain;
+}
+
+/*
+ * wxpay_check_config's keys_at_rest: -1 (NULL: no root key), 0 or 1, and
+ * the row's text in *text.  The stored values are given as read.
+ */
+int
+wxpay_config_keys_at_rest(const char *private_key, const char *apiv3_key,
+						  char **text)
+{
+	const char *vals[2] = {private_key, apiv3_key};
+	const char *cols[2] = {"private_key", "apiv3_key"};
+	const RootKeySlot *cur;
+	StringInfoData buf;
+	char	   *why;
+	bool		ok = true;
+
+	if (!wxpay_rootkey_configured())
+	{
+		*text = pstrdup("No root key: private_key and apiv3_key are stored as given, and every dump, backup and replica carries them. Set wxpay.root_key_command (doc/security.md, \"Keys at rest\").");
+		return -1;
+	}
+	cur = RootKeyLoad(&CurrentKey, wxpay_root_key_command,
+					  "wxpay.root_key_command", &why);
+	if (cur == NULL)
+	{
+		*text = psprintf("The root key cannot be obtained: %s", why ? why : "no command.");
+		return 0;
+	}
+	initStringInfo(&buf);
+	for (int i = 0; i < 2; i++)
+	{
+		char		fp[WXPAY_SEAL_FP_LEN + 1];
+		const char *payload;
+
+		if (vals[i] == NULL)
+			continue;
+		if (!wxpay_seal_is_sealed(vals[i]))
+		{
+			appendStringInfo(&buf, "%s%s is stored in plaintext.",
+							 buf.len ? " " : "", cols[i]);
+			ok = false;
+		}
+		else if (!wxpay_seal_parse(vals[i], fp, &payload))
+		{
+			appendStringInfo(&buf, "%s%s is in an unknown sealed format.",
+							 buf.len ? " " : "", cols[i]);
+			ok = false;
+		}
+		else if (strcmp(fp, cur->fp) != 0)
+		{
+			appendStringInfo(&buf, "%s%s is sealed under root key %s, not under the server's root key %s.",
+							 buf.len ? " " : "", cols[i], fp, cur->fp);
+			ok = false;
+		}
+	}
+	if (ok)
+		appendStringInfo(&buf, "The keys are sealed under the root key with fingerprint %s.", cur->fp);
+	else
+		appendStringInfoString(&buf, " Call SELECT wxpay_seal_config() to seal them under the current root key (a value sealed under another key needs that key as wxpay.previous_root_key_command).");
+	*text = buf.data;
+	return ok ? 1 : 0;
+}
+
+/*
+ * BEFORE INSERT OR UPDATE row trigger on wxpay_config: seal private_key and
+ * apiv3_key (see the header).
+ */
+Datum
+wxpay_config_seal(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	static const char *const cols[2] = {"private_key", "apiv3_key"};
+	TupleDesc	desc;
+	HeapTuple	newtup;
+	HeapTuple	oldtup = NULL;
+	int			attnums[2];
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int			nchanged = 0;
+	int			chattr[2];
+	Datum		chval[2];
+	bool		chnull[2] = {false, false};
+	char	   *name;
+	char	   *oldname = NULL;
+	int			nameatt;
+	bool		isnull;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("wxpay_config_seal() must be called as a BEFORE ROW trigger")));
+
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		newtup = trigdata->tg_newtuple;
+		oldtup = trigdata->tg_trigtuple;
+	}
+	else
+		newtup = trigdata->tg_trigtuple;
+
+	nameatt = SPI_fnumber(desc, "name");
+	attnums[0] = SPI_fnumber(desc, cols[0]);
+	attnums[1] = SPI_fnumber(desc, cols[1]);
+	if (nameatt <= 0 || attnums[0] <= 0 || attnums[1] <= 0)
+		elog(ERROR, "wxpay_config lacks its name, private_key or apiv3_key column");
+
+	{
+		Datum		d = heap_getattr(newtup, nameatt, desc, &isnull);
+
+		if (isnull)
+			return PointerGetDatum(newtup);	/* wxpay_config_check refused it */
+		name = TextDatumGetCString(d);
+	}
+	if (oldtup != NULL)
+	{
+		Datum		d = heap_getattr(oldtup, nameatt, desc, &isnull);
+
+		oldname = isnull ? NULL : TextDatumGetCString(d);
+	}
+
+	for (int i = 0; i < 2; i++)
+	{
+		char	   *val;
+		char	   *sealed = NULL;
+
+		values[i] = heap_getattr(newtup, attnums[i], desc, &nulls[i]);
+		if (nulls[i])
+			continue;
+		val = TextDatumGetCString(values[i]);
+
+		if (wxpay_seal_is_sealed(val))
+		{
+			/* a rename re-seals the unchanged value under the new name */
+			if (oldname != NULL && strcmp(oldname, name) != 0)
+			{
+				bool		oldnull;
+				Datum		od = heap_getattr(oldtup, attnums[i], desc, &oldnull);
+				char	   *oldval = oldnull ? NULL : TextDatumGetCString(od);
+
+				if (oldval != NULL && strcmp(oldval, val) == 0)
+				{
+					const RootKeySlot *cur = RootKeyCurrent();
+					char	   *plain;
+
+					if (cur == NULL)
+					{
+						wxpay_config_rootkey_failed = true;
+						ereport(ERROR,
+								(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+								 errmsg("cannot rename wxpay configuration \"%s\" without a root key", oldname),
+								 errdetail("Its %s is sealed, and a sealed value is bound to its configuration's name.", cols[i]),
+								 errhint("Set wxpay.root_key_command to the root key that sealed it, reload, and rename it again.")));
+					}
+					else
+					{
+						plain = wxpay_config_open_secret(oldname, cols[i], val);
+						sealed = RootKeySealWith(cur, name, cols[i], plain);
+						RootKeySecretFree(plain);
+					}
+				}
+			}
+			pfree(val);
+		}
+		else
+		{
+			const RootKeySlot *cur = RootKeyCurrent();
+
+			if (cur != NULL)
+				sealed = RootKeySealWith(cur, name, cols[i], val);
+			RootKeySecretFree(val);
+		}
+		if (sealed != NULL)
+		{
+			chattr[nchanged] = attnums[i];
+			chval[nchanged] = CStringGetTextDatum(sealed);
+			nchanged++;
+		}
+	}
+
+	if (nchanged == 0)
+		return PointerGetDatum(newtup);
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, nchanged,
+													 chattr, chval, chnull));
+}
+
+/*
+ * wxpay_seal_config(): seal every plaintext value and re-seal every value
+ * sealed under the previous root key; the number of values written.  For
+ * the extension's owner (EXECUTE is revoked from PUBLIC).
+ */
+Datum
+wxpay_seal_config(PG_FUNCTION_ARGS)
+{
+	Oid			nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
+	char	   *nspname = get_namespace_name(nspoid);
+	const char *qnsp;
+	static const char *const cols[2] = {"private_key", "apiv3_key"};
+	const RootKeySlot *cur;
+	SPITupleTable *tab;
+	uint64		nrows;
+	int			count = 0;
+	int			rc;
+
+	if (nspname == NULL)
+		elog(ERROR, "cache lookup failed for namespace %u", nspoid);
+	qnsp = quote_identifier(nspname);
+
+	cur = RootKeyCurrent();
+	if (cur == NULL)
+	{
+		ereport(ERROR,
+				(errcode(ERRCODE_WXPAY_CONFIG_ERROR),
+				 errmsg("no wxpay root key is configured"),
+				 errdetail("wxpay.root_key_command is empty."),
+				 errhint("Set wxpay.root_key_command in the server's configuration and reload (doc/security.md, \"Keys at rest\").")));
+		PG_RETURN_NULL();		/* not reached */
+	}
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		wxpay_spi_error("SPI_connect", rc);
+	rc = SPI_execute(psprintf("SELECT name, private_key, apiv3_key FROM %s.wxpay_config "
+							  "ORDER BY name FOR UPDATE", qnsp), false, 0);
+	if (rc != SPI_OK_SELECT)
+		wxpay_spi_error("SPI_execute", rc);
+	tab = SPI_tuptable;
+	nrows = SPI_processed;
+
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		char	   *name = SPI_getvalue(tab->vals[r], tab->tupdesc, 1);
+
+		for (int i = 0; i < 2; i++)
+		{
+			char	   *stored = SPI_getvalue(tab->vals[r], tab->tupdesc, 2 + i);
+			char		fp[WXPAY_SEAL_FP_LEN + 1];
+			const char *payload;
+			char	   *plain;
+			char	   *sealed;
+			Oid			argtypes[2] = {TEXTOID, TEXTOID};
+			Datum		args[2];
+
+			if (stored == NULL)
+				continue;
+			if (wxpay_seal_parse(stored, fp, &payload) && strcmp(fp, cur->fp) == 0)
+				continue;
+			plain = wxpay_config_open_secret(name, cols[i], stored);
+			sealed = RootKeySealWith(cur, name, cols[i], plain);
+			RootKeySecretFree(plain);
+			RootKeySecretFree(stored);
+
+			args[0] = CStringGetTextDatum(sealed);
+			args[1] = CStringGetTextDatum(name);
+			rc = SPI_execute_with_args(psprintf("UPDATE %s.wxpay_config SET %s = $1 "
+												"WHERE name OPERATOR(pg_catalog.=) $2",
+												qnsp, cols[i]),
+									   2, argtypes, args, NULL, false, 0);
+			if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+				wxpay_spi_error("SPI_execute_with_args", rc);
+			count++;
+		}
+	}
+	SPI_finish();
+	PG_RETURN_INT32(count);
+}
