@@ -155,3 +155,22 @@ $wxpay_schema_check$;
 -- before this update) is queried before any stop, because the old primary
 -- may have claimed and sent it in commits the new one never received.
 ALTER TABLE @extschema@.wxpay_stop_request ADD COLUMN timeline integer;
+
+-- ----- issue 21, every database -----
+--
+-- The queue's background processes across the cluster: the launcher, and
+-- each database it keeps track of with its worker (pid, since when) or why
+-- none runs, and when one is next due to start.  For monitoring roles.
+--
+CREATE FUNCTION @extschema@.wxpay_queue_workers(
+    OUT datid oid, OUT datname name, OUT backend_type text, OUT pid integer,
+    OUT state text, OUT started_at timestamptz, OUT next_start_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'wxpay_queue_workers'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
+    'The launcher and every database''s queue worker, or why none runs';
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;
