@@ -13,8 +13,9 @@
  *							(no palloc, no ereport: fuzzable alone;
  *							declared in protocol/protocol.h)
  *	  runtime/			what every process shares
- *		shmem.c				the background processes' shared memory: the
- *							worker slot, wakeups, the ProcessUtility hook
+ *		shmem.c				the background processes' shared memory: one
+ *							entry per database (its worker, its wakeups),
+ *							the rate windows' area, the ProcessUtility hook
  *		waitevent.c			the named wait events of every wait
  *		stats.c				cumulative call statistics (wxpay_stat); callers
  *							classify, it counts
@@ -49,10 +50,13 @@
  *							machine, enqueue, wait, claim, record, reconcile
  *		pipeline.c			the sending pipeline: requests in flight across
  *							merchants, certificate refreshes among them
- *		ratelimit.c			the per-merchant rate limit (namehash.h: the
- *							worker's name-keyed local tables)
- *		worker.c			the queue worker process: its loop and its errors
- *		launcher.c			the launcher: starts the queue worker
+ *		ratelimit.c			the per-merchant rate limit, across databases
+ *							(namehash.h: the worker's name-keyed local
+ *							tables)
+ *		worker.c			a database's queue worker: its loop, its errors,
+ *							when it leaves
+ *		launcher.c			the launcher: starts workers where there is work,
+ *							within the cap; wxpay_queue_workers()
  *	  wxpay_signplan.c	_PG_init: calls each module's Init, which defines
  *						the settings that module reads
  *

@@ -102,6 +102,9 @@ wxpay_queue_worker_main(Datum arg)
 		proc_exit(0);
 	}
 
+	/* its OID until its name is known (a FATAL error while connecting) */
+	wxpay_worker_set_database(psprintf("%u", dboid));
+
 	/* nothing of ALTER DATABASE/ROLE ... SET changes what it runs */
 	wxpay_pinned_prepare();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
