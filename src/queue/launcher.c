@@ -371,6 +371,8 @@ LauncherSchedule(TimestampTz now)
 				if (e->going)
 					e->delay_ms = Max(e->delay_ms, WORKER_GOING_MS);
 				e->retry_at = TimestampTzPlusMilliseconds(e->last_exit, e->delay_ms);
+				/* what it had in flight waits for the next one */
+				e->wake = true;
 			}
 			e->exit_pending = false;
 			e->exit_clean = false;

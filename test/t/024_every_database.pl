@@ -18,7 +18,10 @@
 #  (f) wxpay.rate_limit holds per mchid across databases: one merchant
 #      configured in two databases shares one budget;
 #  (g) wxpay_queue_workers() shows the launcher and each database's worker
-#      or why none runs.
+#      or why none runs;
+#  (h) one database's worker killed with a request in flight: that request
+#      is settled by a query and stopped once; the other database's worker
+#      is not disturbed.
 #
 # Plan numbers start with e24.
 
@@ -311,6 +314,43 @@ my $start = length(slurp_file($node->logfile));
 	is($out, 't', 'wxpay_queue_workers: for pg_monitor');
 	$node->safe_psql('postgres', "ALTER SYSTEM RESET wxpay.worker_idle_timeout");
 	$node->reload;
+}
+
+# ---- (h) a worker killed with a request in flight ----
+{
+	# the stops held (acted on, unanswered); queries answered
+	ctl_post('/faults', { plan => $_, stop => ['hold'] }) for qw(e24-h-a e24-h-b);
+	my ($ia) = enqueue('e24a', 'e24-h-a');
+	my ($ib) = enqueue('e24b', 'e24-h-b');
+	my $held = 0;
+	for (1 .. 600)
+	{
+		$held = grep { $_->{plan} =~ /^e24-h-[ab]$/ } @{ ctl_get('/held') };
+		last if $held == 2;
+		select(undef, undef, undef, 0.1);
+	}
+	is($held, 2, 'killed worker: both databases have a request in flight');
+	my $wa = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24a'");
+	my $wb = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24b'");
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($wa)");
+	ok( $node->poll_query_until('e24a',
+			"SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $ia"),
+		'killed worker: its request in flight is settled by the next worker');
+	is($node->safe_psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24b'"),
+		$wb, 'killed worker: the other database\'s worker was not disturbed');
+	ctl_post('/release', { plan => 'e24-h-b' });
+	ok( $node->poll_query_until('e24b',
+			"SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $ib"),
+		'killed worker: the other database\'s request finished');
+	my $st = sim_stats();
+	is(join(',', map { ($st->{stop_attempts}{$_} // 0) . '/' . ($st->{stops}{$_} // 0) }
+			qw(e24-h-a e24-h-b)),
+		'1/1,1/1', 'killed worker: each plan sent and stopped once');
+	cmp_ok($st->{queries}{'e24-h-a'} // 0, '>=', 1,
+		'killed worker: the unknown outcome was settled by a query');
 }
 
 $node->stop;
