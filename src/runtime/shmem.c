@@ -37,8 +37,8 @@
  * changed: the queue (look for due rows), the keys (sign and verify with
  * fresh copies), the configs (refresh certificates at once).
  *
- * DROP DATABASE, ALTER DATABASE RENAME and CREATE DATABASE ... TEMPLATE of a
- * served database: its worker is asked to leave only when the command will
+ * DROP DATABASE, ALTER DATABASE RENAME / SET TABLESPACE and CREATE DATABASE
+ * ... TEMPLATE of a served database: its worker is asked to leave only when the command will
  * otherwise proceed (the database exists, is not the current one, the
  * current user owns it, and may create databases for a rename or a copy).
  * Unless it was dropped, the launcher is told to serve it again as soon as
@@ -713,7 +713,20 @@ ProcessUtilityHook(PlannedStmt *pstmt, const char *queryString,
 		dbchange = true;
 	}
 	else if (IsA(node, AlterDatabaseStmt))
+	{
+		AlterDatabaseStmt *as = (AlterDatabaseStmt *) node;
+		ListCell   *lc;
+
+		/* SET TABLESPACE, too, needs the database to itself */
+		foreach(lc, as->options)
+		{
+			DefElem    *d = lfirst(lc);
+
+			if (strcmp(d->defname, "tablespace") == 0)
+				going = ProcessDatabaseWillGo(as->dbname, false, NULL);
+		}
 		dbchange = true;
+	}
 
 	if (OidIsValid(going))
 		ProcessDatabaseGoing(going);

@@ -10,8 +10,9 @@
 #      EXTENSION, a config) is served;
 #  (c) more databases with work than wxpay.max_workers: all served, never
 #      more workers than the cap;
-#  (d) CREATE DATABASE ... TEMPLATE, ALTER DATABASE ... RENAME and DROP
-#      DATABASE of served databases while their workers run are not blocked;
+#  (d) CREATE DATABASE ... TEMPLATE, ALTER DATABASE ... RENAME / SET
+#      TABLESPACE and DROP DATABASE of served databases while their workers
+#      run are not blocked;
 #  (e) no worker ever in a template, in a database that does not allow
 #      connections, and only once (the first check) in a database without
 #      the extension;
@@ -216,9 +217,22 @@ my $start = length(slurp_file($node->logfile));
 	# the template's source is served again
 	enqueue('e24a', 'e24-d-2');
 	ok(all_done('e24a'), 'e24a is served again after the copy');
+
+	# ALTER DATABASE ... SET TABLESPACE needs the database to itself, too
+	ok($node->poll_query_until('postgres',
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24a'"),
+		'a worker serves e24a again');
+	my $tsdir = PostgreSQL::Test::Utils::tempdir_short();
+	$node->safe_psql('postgres', "CREATE TABLESPACE e24ts LOCATION '$tsdir'");
+	$t0 = time;
+	($ret, $out, $err) = $node->psql('postgres', 'ALTER DATABASE e24a SET TABLESPACE e24ts');
+	is($ret, 0, 'ALTER DATABASE ... SET TABLESPACE of a served database succeeds');
+	ok(time - $t0 < 4, 'ALTER DATABASE ... SET TABLESPACE did not wait for the worker');
+	enqueue('e24a', 'e24-d-3');
+	ok(all_done('e24a'), 'e24a is served again after the move');
 	my $st = sim_stats();
-	is(join(',', map { $st->{stops}{$_} // 0 } qw(e24-d-1 e24-d-copy e24-d-renamed e24-d-2)),
-		'1,1,1,1', 'each plan stopped once');
+	is(join(',', map { $st->{stops}{$_} // 0 } qw(e24-d-1 e24-d-copy e24-d-renamed e24-d-2 e24-d-3)),
+		'1,1,1,1,1', 'each plan stopped once');
 	$node->safe_psql('postgres', "ALTER SYSTEM RESET wxpay.worker_idle_timeout");
 	$node->reload;
 }
@@ -268,14 +282,16 @@ my $start = length(slurp_file($node->logfile));
 	}
 	@at = sort { $a <=> $b } @at;
 	is(scalar(@at), 20, 'rate limited: twenty stops, one each');
-	# no 1 s window holds more than 5 of them (50 ms for the network)
+	# no 1 s window holds more than 5 of them (the arrival times carry the
+	# network's jitter, a new connection's handshake included: 200 ms for
+	# it; with a budget per database, 10 would arrive at once)
 	my $worst = 0;
 	for my $i (0 .. $#at - 5)
 	{
 		my $gap = $at[ $i + 5 ] - $at[$i];
 		$worst = $gap if $i == 0 || $gap < $worst;
 	}
-	cmp_ok($worst, '>=', 0.95,
+	cmp_ok($worst, '>=', 0.8,
 		'rate limited: never more than wxpay.rate_limit stops of one mchid in a second, across both databases');
 	$node->safe_psql('postgres', 'ALTER SYSTEM RESET wxpay.rate_limit');
 	$node->reload;
