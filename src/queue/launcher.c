@@ -429,6 +429,8 @@ LauncherSchedule(TimestampTz now)
 		for (int i = 0; i < WXPAY_MAX_DATABASES; i++)
 			if (cand[i] && (best < 0 || es[i].last_exit < es[best].last_exit))
 				best = i;
+		if (best < 0)
+			break;
 		cand[best] = false;
 		waiting--;
 		if (!LauncherStartWorker(best, &es[best]))
