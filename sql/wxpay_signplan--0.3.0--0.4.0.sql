@@ -268,3 +268,21 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_seal_config() FROM PUBLIC;
+-- ----- issue 21, every database -----
+--
+-- The queue's background processes across the cluster: the launcher, and
+-- each database it keeps track of with its worker (pid, since when) or why
+-- none runs, and when one is next due to start.  For monitoring roles.
+--
+CREATE FUNCTION @extschema@.wxpay_queue_workers(
+    OUT datid oid, OUT datname name, OUT backend_type text, OUT pid integer,
+    OUT state text, OUT started_at timestamptz, OUT next_start_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'wxpay_queue_workers'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
+    'The launcher and every database''s queue worker, or why none runs';
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;

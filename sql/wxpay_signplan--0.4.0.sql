@@ -570,6 +570,24 @@ REVOKE ALL ON TABLE @extschema@.wxpay_queue_status FROM PUBLIC;
 GRANT SELECT ON TABLE @extschema@.wxpay_queue_status TO pg_monitor;
 
 --
+-- The queue's background processes across the cluster: the launcher, and
+-- each database it keeps track of with its worker (pid, since when) or why
+-- none runs, and when one is next due to start.  For monitoring roles.
+--
+CREATE FUNCTION @extschema@.wxpay_queue_workers(
+    OUT datid oid, OUT datname name, OUT backend_type text, OUT pid integer,
+    OUT state text, OUT started_at timestamptz, OUT next_start_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'wxpay_queue_workers'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
+    'The launcher and every database''s queue worker, or why none runs';
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;
+
+--
 -- Where the extension lives decides who can plant objects beside it.  A
 -- role that is not a superuser and can create objects in this schema (its
 -- owner, the database owner when pg_database_owner owns it, a role granted

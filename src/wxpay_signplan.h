@@ -14,8 +14,9 @@
  *							(no palloc, no ereport: fuzzable alone;
  *							declared in protocol/protocol.h)
  *	  runtime/			what every process shares
- *		shmem.c				the background processes' shared memory: the
- *							worker slot, wakeups, the ProcessUtility hook
+ *		shmem.c				the background processes' shared memory: one
+ *							entry per database (its worker, its wakeups),
+ *							the rate windows' area, the ProcessUtility hook
  *		waitevent.c			the named wait events of every wait
  *		stats.c				cumulative call statistics (wxpay_stat); callers
  *							classify, it counts
@@ -61,10 +62,13 @@
  *							machine, enqueue, wait, claim, record, reconcile
  *		pipeline.c			the sending pipeline: requests in flight across
  *							merchants, certificate refreshes among them
- *		ratelimit.c			the per-merchant rate limit (namehash.h: the
- *							worker's name-keyed local tables)
- *		worker.c			the queue worker process: its loop and its errors
- *		launcher.c			the launcher: starts the queue worker
+ *		ratelimit.c			the per-merchant rate limit, across databases
+ *							(namehash.h: the worker's name-keyed local
+ *							tables)
+ *		worker.c			a database's queue worker: its loop, its errors,
+ *							when it leaves
+ *		launcher.c			the launcher: starts workers where there is work,
+ *							within the cap; wxpay_queue_workers()
  *	  wxpay_signplan.c	_PG_init: calls each module's Init, which defines
  *						the settings that module reads
  *
@@ -540,8 +544,10 @@ extern void wxpay_notify_verify(const char *config_name, Oid nspoid,
 
 /* ---------- shmem.c ---------- */
 
-/* GUC variables of the background worker */
+/* GUC variables of the background processes */
 extern char *wxpay_database_name;
+extern int	wxpay_max_workers;
+extern int	wxpay_worker_idle_timeout;	/* s */
 
 /* what a wakeup is about; each has a generation counter */
 typedef enum WxpayWake
@@ -552,19 +558,55 @@ typedef enum WxpayWake
 	WXPAY_NUM_WAKES
 } WxpayWake;
 
-/* the launcher's view of the worker slot */
-typedef struct WxpayWorkerStatus
+/* is the extension installed in a database? */
+typedef enum WxpayExtState
 {
-	pid_t		pid;			/* the serving worker, or 0 */
-	bool		starting;		/* started, slot not yet taken */
+	WXPAY_EXT_UNKNOWN,			/* a worker will look */
+	WXPAY_EXT_PRESENT,
+	WXPAY_EXT_ABSENT			/* no worker until a wake there */
+} WxpayExtState;
+
+/* databases the launcher keeps track of at once */
+#define WXPAY_MAX_DATABASES		1024
+
+/* the rate windows' shared area (ratelimit.c lays it out) */
+#define WXPAY_RATE_MERCHANTS	256
+#define WXPAY_RATE_SLOTS		64
+#define WXPAY_RATE_AREA_SIZE	(WXPAY_RATE_MERCHANTS * (64 + 16 + WXPAY_RATE_SLOTS * 8))
+
+/*
+ * One database, in shared memory (shmem.c).  Read and changed under the
+ * entries' lock only.
+ */
+typedef struct WxpayDbEntry
+{
+	Oid			dboid;			/* InvalidOid: a free entry */
+	bool		servable;		/* allows connections, not a template */
+	bool		listed;			/* seen by the launcher's last look */
+	WxpayExtState ext;
+	/* its worker */
+	pid_t		worker_pid;		/* serving now, or 0 */
+	struct Latch *worker_latch;
+	bool		starting;		/* started, entry not yet taken */
 	TimestampTz starting_since;
-	bool		exited;			/* a worker exited since the last look */
-	bool		clean;			/* ... on purpose: nothing to serve */
-	bool		connected;		/* ... after connecting */
-	bool		going;			/* ... because its database goes away */
-	bool		stayed;			/* ... which then failed to go */
-	bool		wake;			/* a backend asked for a worker */
-} WxpayWorkerStatus;
+	TimestampTz started_at;		/* of the worker serving now */
+	bool		yield;			/* the launcher wants its place */
+	/* its work */
+	bool		wake;			/* a backend asked for its worker */
+	TimestampTz next_due;		/* when its next work is due (DT_NOEND) */
+	uint64		generation[WXPAY_NUM_WAKES];
+	/* how its last worker ended, for the launcher */
+	bool		exit_pending;
+	bool		exit_clean;		/* on purpose */
+	bool		exit_connected; /* after connecting */
+	bool		exit_idle;		/* nothing to do, or yielded */
+	TimestampTz last_exit;
+	TimestampTz retry_at;		/* after failures: not before */
+	long		delay_ms;		/* the current backoff */
+	bool		going;			/* being dropped / renamed / copied */
+	TimestampTz going_since;
+	bool		stayed;			/* ... and it stays: serve it at once */
+} WxpayDbEntry;
 
 extern void WorkerInit(void);
 extern bool wxpay_worker_preloaded(void);
@@ -575,11 +617,21 @@ extern void wxpay_worker_prepare_wait(void);
 extern void wxpay_worker_wait_finished(long timeout_ms);
 extern void wxpay_worker_cancel_wait(void);
 extern void wxpay_worker_broadcast_finished(void);
-extern bool wxpay_worker_slot_take(void);
-extern void wxpay_worker_slot_report(bool connected, bool clean);
+extern bool wxpay_worker_slot_take(Oid dboid);
+extern void wxpay_worker_slot_report(bool connected, bool clean,
+									 WxpayExtState ext);
+extern bool wxpay_worker_take_wake(void);
+extern bool wxpay_worker_yield_wanted(void);
+extern bool wxpay_worker_leave(TimestampTz next_due, bool yielding);
+extern void wxpay_worker_set_database(const char *name);
+extern const char *wxpay_worker_database(void);
 extern void wxpay_launcher_attach(void);
-extern void wxpay_launcher_status(WxpayWorkerStatus *st);
-extern void wxpay_launcher_set_starting(bool starting);
+extern WxpayDbEntry *wxpay_db_entries(bool exclusive, bool *rescan,
+									  pid_t *launcher_pid);
+extern void wxpay_db_entries_done(void);
+extern WxpayDbEntry *wxpay_db_entry_add(Oid dboid);
+struct LWLock;
+extern char *wxpay_rate_area(struct LWLock **lock);
 
 /* ---------- pinned.c ---------- */
 
@@ -662,6 +714,7 @@ extern int	wxpay_retry_max_delay;	/* ms */
 
 extern void PipelineInit(void);
 extern int	wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms);
+extern TimestampTz wxpay_pipeline_next_work(void);
 extern void wxpay_pipeline_abandon(void);
 
 /* ---------- worker.c ---------- */

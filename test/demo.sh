@@ -11,8 +11,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 # the queue's background worker needs the library preloaded
-WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
-wxpay.database_name = 'postgres'"
+WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'"
 wx_prepare
 
 # Keys are read from files by psql, never typed into SQL (lib.sh).

@@ -229,6 +229,7 @@ static uint64 SeenGens[WXPAY_NUM_WAKES];	/* as of the last look, across runs */
 static bool SeenGensValid = false;
 static HTAB *CertSchedules = NULL;	/* by config name, for the worker's life */
 static TimestampTz NextPurge = 0;
+static TimestampTz NextWork = DT_NOEND;	/* as the last run left it */
 
 static WxpayHttpRequest *PipePoll(void *arg, long *retry_ms);
 static void PipeDone(WxpayHttpRequest *req, void *arg);
@@ -381,8 +382,12 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 		hash_seq_init(&hs, CertSchedules);
 		while ((cs = hash_seq_search(&hs)) != NULL)
 			wake_at = Min(wake_at, cs->next);
+		/* the next due request or refresh, for a worker that leaves */
+		NextWork = wake_at;
 		wake_at = Min(wake_at, TimestampTzPlusMilliseconds(p->cert_list_at, CERT_LIST_MS));
 	}
+	else
+		NextWork = wake_at;
 	if (p->claim_after > now && wake_at < p->claim_after)
 		wake_at = p->claim_after;
 	if (wake_at != DT_NOEND)
@@ -391,6 +396,16 @@ wxpay_pipeline_run(Oid nspoid, MemoryContext cxt, long *sleep_ms)
 		*sleep_ms = Min(*sleep_ms, secs * 1000 + usecs / 1000 + 1);
 	}
 	return p->handled;
+}
+
+/*
+ * When the last run's next request or certificate refresh is due
+ * (DT_NOEND: none known), for a worker that leaves while idle.
+ */
+TimestampTz
+wxpay_pipeline_next_work(void)
+{
+	return NextWork;
 }
 
 /*
@@ -928,6 +943,9 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 	if (waiting > wxpay_worker_concurrency / 2)
 		return false;
 	if (now < p->claim_after)
+		return false;
+	/* another database waits for this worker's place: finish, claim no more */
+	if (wxpay_worker_yield_wanted())
 		return false;
 	return p->maybe_more || now >= p->next_due;
 }

@@ -142,7 +142,10 @@ static bool QueueIsEnqueuer(Oid caller, SPITupleTable *tab);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 					  bool read_only);
 
-/* The queue is served only with the worker, and only in its database. */
+/*
+ * The queue is served only with the worker; with the deprecated
+ * wxpay.database_name set, only in that database.
+ */
 static void
 QueueRequireWorker(const char *funcname)
 {
@@ -153,18 +156,19 @@ QueueRequireWorker(const char *funcname)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s requires the wxpay_signplan background worker", funcname),
 				 errdetail("wxpay_signplan is not in shared_preload_libraries, so no worker would ever send the request."),
-				 errhint("Add wxpay_signplan to shared_preload_libraries, set wxpay.database_name, and restart the server.")));
+				 errhint("Add wxpay_signplan to shared_preload_libraries and restart the server.")));
 
+	if (wxpay_database_name == NULL || wxpay_database_name[0] == '\0')
+		return;
 	dbname = get_database_name(MyDatabaseId);
-	if (dbname == NULL || wxpay_database_name == NULL ||
-		strcmp(dbname, wxpay_database_name) != 0)
+	if (dbname == NULL || strcmp(dbname, wxpay_database_name) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the wxpay_signplan background worker does not serve database \"%s\"",
 						dbname ? dbname : "?"),
-				 errdetail("wxpay.database_name is \"%s\".",
-						   wxpay_database_name ? wxpay_database_name : ""),
-				 errhint("Queue stop requests in that database, or change wxpay.database_name and restart the server.")));
+				 errdetail("wxpay.database_name is \"%s\": only that database is served.",
+						   wxpay_database_name),
+				 errhint("Queue stop requests in that database, or remove the deprecated wxpay.database_name and restart the server to serve every database.")));
 }
 
 /*

@@ -1,45 +1,51 @@
 /*-------------------------------------------------------------------------
  *
  * ratelimit.c
- *	  The queue worker's per-merchant rate limit: at most wxpay.rate_limit
- *	  requests started in any one second for one mchid.
+ *	  The queue workers' per-merchant rate limit: at most wxpay.rate_limit
+ *	  requests started in any one second for one mchid, across every
+ *	  database of the cluster.
  *
  * Each request (a stop, or a query that settles an unknown outcome) takes
- * one token the moment it is about to be sent; the start times of the last
- * rate_limit requests of each merchant are kept in a ring.  A request may
- * start when the oldest of them is more than a second old.  Counting at the
- * start, request by request, means a query and the stop after it are two
- * requests, whatever else happens in between.
+ * one token the moment it is about to be sent.  WeChat Pay limits requests
+ * per merchant, not per database: a merchant configured in two databases
+ * has one budget, so the windows live in shared memory (shmem.c gives the
+ * area and its LWLock), one per mchid, WXPAY_RATE_MERCHANTS of them (the
+ * least recently used one is taken over when all are in use).
  *
- * State lives in the worker's TopMemoryContext, one entry per mchid; it
- * only ever holds the merchants seen, a few bytes each.
+ * A window counts the requests started in each of the last RATE_RING
+ * slices of time, RATE_RING - 1 slices making one second.  A request may
+ * start when the count over the whole ring is below the limit; any one
+ * second lies within the ring's slices, so no one-second window ever holds
+ * more than the limit (the price: up to one slice, 1/63 s, of budget
+ * unused).  Counting at the start, request by request, means a query and
+ * the stop after it are two requests, whatever else happens in between.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "utils/hsearch.h"
-#include "utils/memutils.h"
+#include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
-#include "namehash.h"
 #include "wxpay_signplan.h"
+
+#define RATE_RING		WXPAY_RATE_SLOTS
+#define RATE_SLICE_US	(USECS_PER_SEC / (RATE_RING - 1))
 
 /* settings (defined in RateLimitInit) */
 int			wxpay_rate_limit = 50;	/* requests per second per merchant */
 
 typedef struct RateWindow
 {
-	char		mchid[64];		/* hash key */
-	int			cap;			/* ring size: the limit it was made for */
-	int			head;			/* the oldest start */
-	int			n;				/* starts held */
-	TimestampTz *starts;
+	char		mchid[64];		/* "": a free window */
+	int64		last_slice;		/* the newest slice counted */
+	int32		counts[RATE_RING];
 } RateWindow;
 
-static HTAB *RateWindows = NULL;
+StaticAssertDecl(sizeof(RateWindow) * WXPAY_RATE_MERCHANTS <= WXPAY_RATE_AREA_SIZE,
+				 "the rate windows do not fit their shared area");
 
-static RateWindow *RateFind(const char *mchid);
+static RateWindow *RateFind(RateWindow *ws, const char *mchid);
 
 /*
  * Defines the rate limit's setting.
@@ -48,70 +54,68 @@ void
 RateLimitInit(void)
 {
 	DefineCustomIntVariable("wxpay.rate_limit",
-							"Sets the most requests per second the background worker sends for one merchant.",
-							"Zero means no limit.",
+							"Sets the most requests per second the background workers send for one merchant.",
+							"Counted per mchid across every database of the cluster.  Zero means no limit.",
 							&wxpay_rate_limit,
 							50, 0, 10000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 }
 
+/* mchid's window (lock held exclusively), taking over the oldest if new. */
 static RateWindow *
-RateFind(const char *mchid)
+RateFind(RateWindow *ws, const char *mchid)
 {
-	bool		found;
-	RateWindow *w;
+	RateWindow *oldest = NULL;
 
-	w = wxpay_name_entry(&RateWindows, "wxpay rate windows", mchid,
-						 sizeof(w->mchid), sizeof(RateWindow), &found);
-	if (!found)
+	for (int i = 0; i < WXPAY_RATE_MERCHANTS; i++)
 	{
-		w->cap = 0;
-		w->head = 0;
-		w->n = 0;
-		w->starts = NULL;
+		RateWindow *w = &ws[i];
+
+		if (strncmp(w->mchid, mchid, sizeof(w->mchid)) == 0 && w->mchid[0] != '\0')
+			return w;
+		if (oldest == NULL || w->mchid[0] == '\0' ||
+			(oldest->mchid[0] != '\0' && w->last_slice < oldest->last_slice))
+			oldest = w;
 	}
-	if (w->cap != wxpay_rate_limit && wxpay_rate_limit > 0)
-	{
-		/* the limit changed (or first use): start the window afresh */
-		if (w->starts)
-			pfree(w->starts);
-		w->cap = wxpay_rate_limit;
-		w->starts = MemoryContextAlloc(TopMemoryContext,
-									   sizeof(TimestampTz) * w->cap);
-		w->head = 0;
-		w->n = 0;
-	}
-	return w;
+	memset(oldest, 0, sizeof(RateWindow));
+	strlcpy(oldest->mchid, mchid, sizeof(oldest->mchid));
+	return oldest;
 }
 
 /*
  * May a request of merchant mchid start now?  If so, it is counted.  If
- * not, *wait_ms says when one may.
+ * not, *wait_ms says when to ask again.
  */
 bool
 wxpay_rate_take(const char *mchid, TimestampTz now, long *wait_ms)
 {
+	LWLock	   *lock;
+	RateWindow *ws = (RateWindow *) wxpay_rate_area(&lock);
 	RateWindow *w;
+	int64		slice = now / RATE_SLICE_US;
+	int64		sum = 0;
+	bool		ok;
 
 	if (wxpay_rate_limit <= 0)
 		return true;
-	w = RateFind(mchid);
-	if (w->n == w->cap)
-	{
-		TimestampTz oldest = w->starts[w->head];
-
-		if (oldest > now - USECS_PER_SEC)
-		{
-			*wait_ms = (long) ((oldest + USECS_PER_SEC - now) / 1000) + 1;
-			return false;
-		}
-		/* the oldest leaves the window; this one takes its place */
-		w->starts[w->head] = now;
-		w->head = (w->head + 1) % w->cap;
-		return true;
-	}
-	w->starts[(w->head + w->n) % w->cap] = now;
-	w->n++;
-	return true;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	w = RateFind(ws, mchid);
+	/* slices that went by since: empty */
+	if (slice - w->last_slice >= RATE_RING)
+		memset(w->counts, 0, sizeof(w->counts));
+	else
+		for (int64 s = w->last_slice + 1; s <= slice; s++)
+			w->counts[s % RATE_RING] = 0;
+	if (slice > w->last_slice)
+		w->last_slice = slice;
+	for (int i = 0; i < RATE_RING; i++)
+		sum += w->counts[i];
+	ok = sum < wxpay_rate_limit;
+	if (ok)
+		w->counts[w->last_slice % RATE_RING]++;
+	LWLockRelease(lock);
+	if (!ok)
+		*wait_ms = (long) (((slice + 1) * RATE_SLICE_US - now) / 1000) + 1;
+	return ok;
 }

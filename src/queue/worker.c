@@ -1,15 +1,24 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  The queue worker: one background process connected to
- *	  wxpay.database_name that serves wxpay_stop_request.
+ *	  The queue worker: one background process per database with work,
+ *	  serving that database's wxpay_stop_request.
  *
- * The launcher (launcher.c) starts it.  Before it connects to its database
- * it takes the worker slot (shmem.c); if a live worker holds it, it exits
- * at once, so there is never more than one.  It lives as long as the
- * extension exists in its database; when it finds none it says so in one
- * LOG line (42704, with the CREATE EXTENSION hint), exits cleanly and
- * waits to be asked again.
+ * The launcher (launcher.c) starts it for one database (its OID is the
+ * worker's argument).  Before it connects to that database it takes the
+ * database's entry (shmem.c); if a live worker holds it, it exits at once,
+ * so there is never more than one per database.  When it finds no
+ * extension there it exits cleanly, and the entry remembers it, so that no
+ * worker connects there again until a backend of that database asks (with
+ * wxpay.database_name set, it says so in one LOG line, 42704, with the
+ * CREATE EXTENSION hint).
+ *
+ * It leaves when its database has had nothing to do for
+ * wxpay.worker_idle_timeout, telling the launcher when its next request or
+ * certificate refresh is due; and when the launcher wants its place for
+ * another database, once what it has in flight is done.  Either way,
+ * nothing is lost: the queue is in the table, and the next worker
+ * reconciles what was left in "sending" before it sends anything.
  *
  * The extension dropped under it (DROP EXTENSION, which dropguard.c allows
  * only with nothing queued or in flight, wakes it at commit): the worker
@@ -40,6 +49,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
@@ -53,15 +63,19 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "wxpay_signplan.h"
 
 #define WORKER_MAX_SLEEP_MS		(60 * 1000)
 #define WORKER_ERROR_PAUSE_MS	1000
+/* an idle worker's database is looked at again after this at the latest */
+#define WORKER_RECHECK_MS		(10 * 60 * 1000)
 
 /* local state */
 static bool NeedReconcile = true;
 static Oid	ServedExtension = InvalidOid;	/* pg_extension row served */
+static TimestampTz LastBusy = 0;	/* when the database last had work */
 
 static Oid	WorkerPrepare(void);
 static Oid	WorkerExtensionNow(void);
@@ -72,30 +86,39 @@ wxpay_queue_worker_main(Datum arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext cxt;
+	Oid			dboid = DatumGetObjectId(arg);
+	char	   *dbname;
 
-	(void) arg;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	/* one worker: before connecting, so a second never even shows */
-	if (!wxpay_worker_slot_take())
+	/* one worker per database: before connecting, so a second never shows */
+	if (!wxpay_worker_slot_take(dboid))
 	{
 		ereport(LOG,
-				(errmsg("wxpay_signplan worker %d exits: another worker is serving the queue",
-						(int) MyProcPid)));
+				(errmsg("wxpay_signplan worker %d exits: another worker is serving the queue of database %u",
+						(int) MyProcPid, dboid)));
 		proc_exit(0);
 	}
 
+	/* its OID until its name is known (a FATAL error while connecting) */
+	wxpay_worker_set_database(psprintf("%u", dboid));
+
 	/* nothing of ALTER DATABASE/ROLE ... SET changes what it runs */
 	wxpay_pinned_prepare();
-	BackgroundWorkerInitializeConnection(wxpay_database_name, NULL, 0);
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	wxpay_pinned_apply();
 	pgstat_report_appname("wxpay_signplan worker");
-	wxpay_worker_slot_report(true, false);
+	StartTransactionCommand();
+	dbname = get_database_name(MyDatabaseId);
+	wxpay_worker_set_database(dbname ? dbname : "?");
+	CommitTransactionCommand();
+	wxpay_worker_slot_report(true, false, WXPAY_EXT_UNKNOWN);
 	ereport(LOG,
 			(errmsg("wxpay_signplan worker %d started serving database \"%s\"",
-					(int) MyProcPid, wxpay_database_name)));
+					(int) MyProcPid, wxpay_worker_database())));
+	LastBusy = GetCurrentTimestamp();
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "wxpay worker loop",
 								ALLOCSET_DEFAULT_SIZES);
@@ -157,6 +180,9 @@ wxpay_queue_worker_main(Datum arg)
 	{
 		long		sleep_ms = WORKER_MAX_SLEEP_MS;
 		Oid			nspoid;
+		bool		woken;
+		TimestampTz now;
+		TimestampTz next_work;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -165,6 +191,7 @@ wxpay_queue_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		ResetLatch(MyLatch);
+		woken = wxpay_worker_take_wake();
 
 		MemoryContextSwitchTo(cxt);
 		nspoid = WorkerPrepare();
@@ -173,19 +200,59 @@ wxpay_queue_worker_main(Datum arg)
 			if (OidIsValid(ServedExtension))
 				WorkerStops(InvalidOid);
 			/* the extension is not installed here: wait to be asked */
-			ereport(LOG,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("wxpay_signplan worker stops: the extension is not installed in database \"%s\"",
-							wxpay_database_name),
-					 errdetail("wxpay.database_name names the database whose queue the worker serves."),
-					 errhint("Run CREATE EXTENSION wxpay_signplan in database \"%s\", or set wxpay.database_name to the database where it is installed and restart the server.",
-							 wxpay_database_name)));
-			wxpay_worker_slot_report(true, true);
+			if (wxpay_database_name != NULL && wxpay_database_name[0] != '\0')
+				ereport(LOG,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("wxpay_signplan worker stops: the extension is not installed in database \"%s\"",
+								wxpay_worker_database()),
+						 errdetail("wxpay.database_name names the database whose queue the worker serves."),
+						 errhint("Run CREATE EXTENSION wxpay_signplan in database \"%s\", or set wxpay.database_name to the database where it is installed and restart the server.",
+								 wxpay_worker_database())));
+			else
+				ereport(DEBUG1,
+						(errmsg_internal("wxpay_signplan worker stops: the extension is not installed in database \"%s\"",
+										 wxpay_worker_database())));
+			wxpay_worker_slot_report(true, true, WXPAY_EXT_ABSENT);
 			proc_exit(0);
 		}
-		(void) wxpay_pipeline_run(nspoid, cxt, &sleep_ms);
+		wxpay_worker_slot_report(true, false, WXPAY_EXT_PRESENT);
+		if (wxpay_pipeline_run(nspoid, cxt, &sleep_ms) > 0 || woken)
+			LastBusy = GetCurrentTimestamp();
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(cxt);
+
+		/* another database waits for this place: give it */
+		if (wxpay_worker_yield_wanted() && wxpay_worker_leave(0, true))
+		{
+			ereport(DEBUG1,
+					(errmsg_internal("wxpay_signplan worker gives its place to another database")));
+			proc_exit(0);
+		}
+
+		/* nothing to do for a while: leave, saying when work is due */
+		now = GetCurrentTimestamp();
+		if (wxpay_worker_idle_timeout > 0 &&
+			now >= TimestampTzPlusMilliseconds(LastBusy,
+											   wxpay_worker_idle_timeout * 1000L))
+		{
+			next_work = Min(wxpay_pipeline_next_work(),
+							TimestampTzPlusMilliseconds(now, WORKER_RECHECK_MS));
+			if (next_work > TimestampTzPlusMilliseconds(now,
+														wxpay_worker_idle_timeout * 1000L) &&
+				wxpay_worker_leave(next_work, false))
+				proc_exit(0);
+		}
+		else if (wxpay_worker_idle_timeout > 0)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(now,
+								TimestampTzPlusMilliseconds(LastBusy,
+															wxpay_worker_idle_timeout * 1000L),
+								&secs, &usecs);
+			sleep_ms = Min(sleep_ms, secs * 1000 + usecs / 1000 + 1);
+		}
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch,
@@ -265,15 +332,15 @@ WorkerStops(Oid ext)
 	{
 		ereport(LOG,
 				(errmsg("wxpay_signplan worker restarts: the extension was dropped and created again in database \"%s\"",
-						wxpay_database_name)));
-		wxpay_worker_slot_report(true, false);
+						wxpay_worker_database())));
+		(void) wxpay_worker_leave(0, true);
 	}
 	else
 	{
 		ereport(LOG,
 				(errmsg("wxpay_signplan worker stops: the extension is no longer installed in database \"%s\"",
-						wxpay_database_name)));
-		wxpay_worker_slot_report(true, true);
+						wxpay_worker_database())));
+		wxpay_worker_slot_report(true, true, WXPAY_EXT_ABSENT);
 	}
 	proc_exit(0);
 }

@@ -1,34 +1,48 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *	  The background processes' shared memory: who runs, wakeups, the
- *	  worker's settings, and the ProcessUtility hook.
+ *	  The background processes' shared memory: one entry per database
+ *	  (its worker, its wakeups), the launcher, the rate windows' area, and
+ *	  the ProcessUtility hook.
  *
  * This is the bottom of the queue's process layer: every other file may
- * call it (enqueue and config triggers to wake the worker, the launcher and
- * the worker to announce themselves), and it calls none of them.
+ * call it (enqueue and config triggers to wake their database's worker, the
+ * launcher and the workers to announce themselves), and it calls none of
+ * them.
  *
- * One queue worker.  The worker takes the worker slot (worker_pid) under
- * the spinlock before it even connects to its database, and gives up if a
- * live worker holds it; it releases the slot in a before_shmem_exit
- * callback, and only while the slot is still its own.  A worker killed by a
- * signal makes the postmaster reinitialise shared memory, so a slot is never
- * left held by a dead process.  Whatever dies and restarts (the launcher on
- * an error or pg_terminate_backend, a worker the launcher started twice),
- * there is never more than one process serving the queue, and an exiting
- * process never clears another's pid or latch.
+ * One entry per database (WXPAY_MAX_DATABASES of them, keyed by OID, under
+ * one LWLock).  An entry holds what the launcher knows of the database (may
+ * it be served at all: it allows connections and is not a template; is the
+ * extension installed there: unknown, yes, no), its worker (pid and latch,
+ * or a worker started that has not yet taken the entry), how its last
+ * worker ended, and its wakeups.  Entries live as long as shared memory:
+ * the launcher frees those of databases gone from pg_database.  "No
+ * extension" is remembered so that no worker ever connects to such a
+ * database again, until a backend in that database wakes it (CREATE
+ * EXTENSION, the config trigger, an enqueue: they run there, so the
+ * extension is there) or the database is dropped.
+ *
+ * One worker per database.  A worker takes its database's entry under the
+ * lock before it even connects, and gives up if a live worker holds it; it
+ * releases the entry in a before_shmem_exit callback, and only while the
+ * entry is still its own.  A worker killed by a signal makes the postmaster
+ * reinitialise shared memory, so an entry is never left held by a dead
+ * process.  How many workers run at once is the launcher's business
+ * (wxpay.max_workers).
  *
  * Wakeups.  A committed enqueue, COMMIT PREPARED and a committed change of
- * wxpay_config bump a generation counter and set the worker's latch (or the
- * launcher's, when no worker runs).  The worker compares counters to learn
- * what changed: the queue (look for due rows), the keys (sign and verify
- * with fresh copies), the configs (refresh certificates at once).
+ * wxpay_config bump a generation counter of the current database's entry,
+ * mark it as having work, and set its worker's latch (or the launcher's,
+ * when no worker serves it).  The worker compares counters to learn what
+ * changed: the queue (look for due rows), the keys (sign and verify with
+ * fresh copies), the configs (refresh certificates at once).
  *
- * DROP DATABASE / ALTER DATABASE RENAME of the worker's database: the
- * worker is asked to leave only when the command will otherwise proceed
- * (the database exists, is not the current one, and the current user owns
- * it, and may create databases for a rename).  If the command fails anyway,
- * the launcher is told to start the worker again at once.
+ * DROP DATABASE, ALTER DATABASE RENAME / SET TABLESPACE and CREATE DATABASE
+ * ... TEMPLATE of a served database: its worker is asked to leave only when the command will
+ * otherwise proceed (the database exists, is not the current one, the
+ * current user owns it, and may create databases for a rename or a copy).
+ * Unless it was dropped, the launcher is told to serve it again as soon as
+ * the command ends.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,6 +54,7 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
@@ -62,38 +77,34 @@
 
 /* GUC variables */
 char	   *wxpay_database_name = NULL;
+int			wxpay_max_workers = 4;
+int			wxpay_worker_idle_timeout = 300;	/* s */
 
 /* Shared state, in the main shared memory segment. */
 typedef struct WxpayShared
 {
-	slock_t		mutex;
+	LWLock	   *lock;			/* the entries and the launcher */
+	LWLock	   *rate_lock;		/* the rate windows' area */
 	/* the launcher */
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
-	/* the worker slot: the one process serving the queue */
-	pid_t		worker_pid;
-	Latch	   *worker_latch;
-	bool		worker_starting;	/* registered, slot not yet taken */
-	TimestampTz starting_since;
-	/* how the last worker ended, for the launcher */
-	bool		exit_pending;
-	bool		exit_clean;		/* nothing to serve: wait to be asked */
-	bool		exit_connected; /* it had connected to its database */
-	bool		db_going;		/* its database is being dropped/renamed */
-	bool		db_stayed;		/* ... but the command failed */
-	bool		wake_pending;	/* a backend asked for a worker */
-	uint64		generation[WXPAY_NUM_WAKES];
+	bool		rescan;			/* pg_database changed: look again */
 	ConditionVariable finished_cv;	/* broadcast after outcomes commit */
+	WxpayDbEntry dbs[WXPAY_MAX_DATABASES];
 } WxpayShared;
 
 /* local state */
 static bool Preloaded = false;
 static WxpayShared *Shared = NULL;
+static char *RateArea = NULL;
+static WxpayDbEntry *MyEntry = NULL;	/* a worker's own entry */
+static char MyDatabaseName[NAMEDATALEN] = "?";	/* ... and its name */
 static shmem_startup_hook_type PrevShmemStartupHook = NULL;
 static shmem_request_hook_type PrevShmemRequestHook = NULL;
 static ProcessUtility_hook_type PrevProcessUtility = NULL;
 static bool CallbackRegistered = false;
 static bool WakeAtCommit[WXPAY_NUM_WAKES];
+static bool RescanAtCommit = false;
 
 static void ProcessShmemRequest(void);
 static void ProcessShmemStartup(void);
@@ -104,13 +115,15 @@ static void ProcessUtilityHook(PlannedStmt *pstmt, const char *queryString,
 							   ParamListInfo params,
 							   QueryEnvironment *queryEnv,
 							   DestReceiver *dest, QueryCompletion *qc);
-static bool ProcessDatabaseWillGo(const char *dbname, bool rename,
+static Oid	ProcessDatabaseWillGo(const char *dbname, bool rename,
 								  const char *newname);
-static void ProcessDatabaseGoing(void);
-static void ProcessDatabaseStayed(void);
+static void ProcessDatabaseGoing(Oid dboid);
+static void ProcessDatabaseStayed(Oid dboid);
+static void ProcessRescan(void);
 static void ProcessWorkerRelease(int code, Datum arg);
 static void ProcessLauncherRelease(int code, Datum arg);
 static void ProcessWake(WxpayWake what);
+static WxpayDbEntry *ProcessEntry(Oid dboid, bool create);
 
 /* ----------------------------------------------------------------
  *		Setup, in the postmaster and every backend
@@ -128,13 +141,27 @@ WorkerInit(void)
 	Preloaded = true;
 
 	DefineCustomStringVariable("wxpay.database_name",
-							   "Sets the database whose stop request queue the background worker serves.",
-							   "wxpay_stop_sign_plan_async() works only in this database.",
+							   "Deprecated: restricts the background workers to this one database.",
+							   "Empty (the default) serves every database where the extension is installed.",
 							   &wxpay_database_name,
-							   "postgres",
+							   "",
 							   PGC_POSTMASTER,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("wxpay.max_workers",
+							"Sets the most queue workers that run at once, one per database with work.",
+							"More databases with work than this are served in turn.",
+							&wxpay_max_workers,
+							4, 1, 64,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("wxpay.worker_idle_timeout",
+							"Sets how long a queue worker stays after its database last had work.",
+							"The launcher starts it again when work comes.  Zero keeps workers running.",
+							&wxpay_worker_idle_timeout,
+							300, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	PrevShmemRequestHook = shmem_request_hook;
 	shmem_request_hook = ProcessShmemRequest;
@@ -166,6 +193,8 @@ ProcessShmemRequest(void)
 	if (PrevShmemRequestHook)
 		PrevShmemRequestHook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WxpayShared)));
+	RequestAddinShmemSpace(MAXALIGN(WXPAY_RATE_AREA_SIZE));
+	RequestNamedLWLockTranche("wxpay_signplan", 2);
 }
 
 static void
@@ -180,11 +209,56 @@ ProcessShmemStartup(void)
 	Shared = ShmemInitStruct("wxpay_signplan", sizeof(WxpayShared), &found);
 	if (!found)
 	{
+		LWLockPadded *locks = GetNamedLWLockTranche("wxpay_signplan");
+
 		memset(Shared, 0, sizeof(WxpayShared));
-		SpinLockInit(&Shared->mutex);
+		Shared->lock = &locks[0].lock;
+		Shared->rate_lock = &locks[1].lock;
 		ConditionVariableInit(&Shared->finished_cv);
 	}
+	RateArea = ShmemInitStruct("wxpay_signplan rate windows",
+							   WXPAY_RATE_AREA_SIZE, &found);
+	if (!found)
+		memset(RateArea, 0, WXPAY_RATE_AREA_SIZE);
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The rate windows' area (ratelimit.c's layout) and its lock. */
+char *
+wxpay_rate_area(LWLock **lock)
+{
+	*lock = Shared->rate_lock;
+	return RateArea;
+}
+
+/*
+ * The entry of database dboid, created (as unknown: the launcher decides)
+ * when asked and there is room; NULL otherwise.  Caller holds the lock,
+ * exclusively when creating.
+ */
+static WxpayDbEntry *
+ProcessEntry(Oid dboid, bool create)
+{
+	WxpayDbEntry *free_entry = NULL;
+
+	for (int i = 0; i < WXPAY_MAX_DATABASES; i++)
+	{
+		WxpayDbEntry *e = &Shared->dbs[i];
+
+		if (e->dboid == dboid)
+			return e;
+		if (e->dboid == InvalidOid && free_entry == NULL)
+			free_entry = e;
+	}
+	if (!create || free_entry == NULL)
+		return NULL;
+	memset(free_entry, 0, sizeof(WxpayDbEntry));
+	free_entry->dboid = dboid;
+	free_entry->ext = WXPAY_EXT_UNKNOWN;
+	free_entry->next_due = DT_NOEND;
+	free_entry->delay_ms = 0;
+	Shared->rescan = true;		/* servable? the launcher looks */
+	return free_entry;
 }
 
 /* ----------------------------------------------------------------
@@ -193,23 +267,32 @@ ProcessShmemStartup(void)
  */
 
 /*
- * Something changed: bump its generation and set the worker's latch, or
- * the launcher's so that it starts one.  Called after commit: may not fail.
+ * Something changed in this database: bump its generation and set its
+ * worker's latch, or the launcher's so that it starts one.  Called after
+ * commit: may not fail.
  */
 static void
 ProcessWake(WxpayWake what)
 {
-	Latch	   *worker;
+	WxpayDbEntry *e;
+	Latch	   *worker = NULL;
 	Latch	   *launcher;
 
-	if (Shared == NULL)
+	if (Shared == NULL || !OidIsValid(MyDatabaseId))
 		return;
-	SpinLockAcquire(&Shared->mutex);
-	Shared->generation[what]++;
-	Shared->wake_pending = true;
-	worker = Shared->worker_latch;
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	e = ProcessEntry(MyDatabaseId, true);
+	if (e != NULL)
+	{
+		e->generation[what]++;
+		e->wake = true;
+		/* this runs the extension's code here: it is installed */
+		if (e->ext == WXPAY_EXT_ABSENT)
+			e->ext = WXPAY_EXT_UNKNOWN;
+		worker = e->worker_latch;
+	}
 	launcher = Shared->launcher_latch;
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
 
 	/* no worker: a new config may have certificates to fetch, too */
 	if (worker)
@@ -224,13 +307,18 @@ wxpay_worker_wake(void)
 	ProcessWake(WXPAY_WAKE_QUEUE);
 }
 
-/* The generation counters, read together. */
+/* The generation counters of the worker's database, read together. */
 void
 wxpay_worker_generations(uint64 *gens)
 {
-	SpinLockAcquire(&Shared->mutex);
-	memcpy(gens, Shared->generation, sizeof(Shared->generation));
-	SpinLockRelease(&Shared->mutex);
+	if (MyEntry == NULL)
+	{
+		memset(gens, 0, sizeof(uint64) * WXPAY_NUM_WAKES);
+		return;
+	}
+	LWLockAcquire(Shared->lock, LW_SHARED);
+	memcpy(gens, MyEntry->generation, sizeof(MyEntry->generation));
+	LWLockRelease(Shared->lock);
 }
 
 static void
@@ -241,6 +329,11 @@ ProcessXactCallback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			if (RescanAtCommit)
+			{
+				RescanAtCommit = false;
+				ProcessRescan();
+			}
 			for (int i = 0; i < WXPAY_NUM_WAKES; i++)
 			{
 				if (WakeAtCommit[i])
@@ -255,6 +348,7 @@ ProcessXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			/* nothing to do (yet): COMMIT PREPARED wakes the worker */
 			memset(WakeAtCommit, 0, sizeof(WakeAtCommit));
+			RescanAtCommit = false;
 			break;
 		default:
 			break;
@@ -283,7 +377,9 @@ wxpay_worker_wake_at_commit(WxpayWake what)
 
 /*
  * Waiting for outcomes (wxpay_wait_stop_request): prepare, check the row,
- * then sleep until the worker has committed outcomes or timeout_ms passed.
+ * then sleep until a worker has committed outcomes or timeout_ms passed.
+ * One condition variable for the cluster: a waiter woken by another
+ * database's worker looks at its row and sleeps again.
  */
 void
 wxpay_worker_prepare_wait(void)
@@ -314,47 +410,136 @@ wxpay_worker_broadcast_finished(void)
 }
 
 /* ----------------------------------------------------------------
- *		The worker slot and the launcher's view of it
+ *		A worker's entry
  * ----------------------------------------------------------------
  */
 
 /*
- * Take the worker slot for this process; false when a live worker holds it.
- * On success, the slot is released when this process exits.
+ * Take database dboid's entry for this process; false when a live worker
+ * holds it, when its database is going away, or when it has no entry.  On
+ * success, the entry is released when this process exits.
  */
 bool
-wxpay_worker_slot_take(void)
+wxpay_worker_slot_take(Oid dboid)
 {
+	WxpayDbEntry *e;
 	bool		taken = false;
 
-	SpinLockAcquire(&Shared->mutex);
-	Shared->worker_starting = false;
-	if (Shared->worker_pid == 0)
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	e = ProcessEntry(dboid, false);
+	if (e != NULL)
 	{
-		Shared->worker_pid = MyProcPid;
-		Shared->worker_latch = MyLatch;
-		Shared->exit_pending = false;
-		Shared->exit_clean = false;
-		Shared->exit_connected = false;
-		taken = true;
+		e->starting = false;
+		if (e->worker_pid == 0 && !e->going)
+		{
+			e->worker_pid = MyProcPid;
+			e->worker_latch = MyLatch;
+			e->started_at = GetCurrentTimestamp();
+			e->exit_pending = false;
+			e->exit_clean = false;
+			e->exit_connected = false;
+			e->exit_idle = false;
+			e->yield = false;
+			taken = true;
+		}
 	}
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
 	if (taken)
+	{
+		MyEntry = e;
 		before_shmem_exit(ProcessWorkerRelease, (Datum) 0);
+	}
 	return taken;
 }
 
-/* The worker connected to its database; clean: it leaves on purpose. */
+/*
+ * The worker connected; clean: it leaves on purpose.  ext: what it found
+ * (WXPAY_EXT_UNKNOWN: leave as it is).
+ */
 void
-wxpay_worker_slot_report(bool connected, bool clean)
+wxpay_worker_slot_report(bool connected, bool clean, WxpayExtState ext)
 {
-	SpinLockAcquire(&Shared->mutex);
-	if (Shared->worker_pid == MyProcPid)
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	if (MyEntry != NULL && MyEntry->worker_pid == MyProcPid)
 	{
-		Shared->exit_connected = connected;
-		Shared->exit_clean = clean;
+		MyEntry->exit_connected = connected;
+		MyEntry->exit_clean = clean;
+		/*
+		 * "Absent" only when no backend of the database asked since this
+		 * worker looked: CREATE EXTENSION may have committed meanwhile.
+		 */
+		if (ext == WXPAY_EXT_PRESENT ||
+			(ext == WXPAY_EXT_ABSENT && !MyEntry->wake))
+			MyEntry->ext = ext;
 	}
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
+}
+
+/*
+ * A new round of the worker's loop: whatever woke it is about to be seen.
+ * Returns whether anything had asked since the last round.
+ */
+bool
+wxpay_worker_take_wake(void)
+{
+	bool		wake;
+
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	wake = MyEntry->wake;
+	MyEntry->wake = false;
+	LWLockRelease(Shared->lock);
+	return wake;
+}
+
+/* The launcher wants this worker's place for another database. */
+bool
+wxpay_worker_yield_wanted(void)
+{
+	bool		yield;
+
+	if (MyEntry == NULL)
+		return false;
+	LWLockAcquire(Shared->lock, LW_SHARED);
+	yield = MyEntry->yield;
+	LWLockRelease(Shared->lock);
+	return yield;
+}
+
+/*
+ * The worker may leave: its database had nothing to do for a while, or it
+ * gives its place to another database (yielding).  Unless something asked
+ * meanwhile; then false, and it goes on.  next_due: when its database next
+ * has something due (DT_NOEND: only when asked).
+ */
+bool
+wxpay_worker_leave(TimestampTz next_due, bool yielding)
+{
+	bool		leave = false;
+
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	if (MyEntry->worker_pid == MyProcPid && (yielding || !MyEntry->wake))
+	{
+		MyEntry->next_due = yielding ? 0 : next_due;
+		MyEntry->exit_clean = true;
+		MyEntry->exit_connected = true;
+		MyEntry->exit_idle = true;
+		leave = true;
+	}
+	LWLockRelease(Shared->lock);
+	return leave;
+}
+
+/* The served database's name, for the worker's messages. */
+void
+wxpay_worker_set_database(const char *name)
+{
+	strlcpy(MyDatabaseName, name, sizeof(MyDatabaseName));
+}
+
+const char *
+wxpay_worker_database(void)
+{
+	return MyDatabaseName;
 }
 
 static void
@@ -365,34 +550,41 @@ ProcessWorkerRelease(int code, Datum arg)
 
 	(void) code;
 	(void) arg;
-	SpinLockAcquire(&Shared->mutex);
-	if (Shared->worker_pid == MyProcPid)
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	if (MyEntry->worker_pid == MyProcPid)
 	{
 		mine = true;
-		Shared->worker_pid = 0;
-		Shared->worker_latch = NULL;
-		Shared->exit_pending = true;
+		MyEntry->worker_pid = 0;
+		MyEntry->worker_latch = NULL;
+		MyEntry->exit_pending = true;
+		MyEntry->last_exit = GetCurrentTimestamp();
 		launcher = Shared->launcher_latch;
 	}
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
 	if (mine)
 	{
 		ereport(LOG,
 				(errmsg("wxpay_signplan worker %d stopped serving database \"%s\"",
-						(int) MyProcPid, wxpay_database_name)));
+						(int) MyProcPid, wxpay_worker_database())));
 		if (launcher)
 			SetLatch(launcher);
 	}
 }
 
+/* ----------------------------------------------------------------
+ *		The launcher
+ * ----------------------------------------------------------------
+ */
+
 /* The launcher announces itself; released when it exits. */
 void
 wxpay_launcher_attach(void)
 {
-	SpinLockAcquire(&Shared->mutex);
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	Shared->launcher_pid = MyProcPid;
 	Shared->launcher_latch = MyLatch;
-	SpinLockRelease(&Shared->mutex);
+	Shared->rescan = true;
+	LWLockRelease(Shared->lock);
 	before_shmem_exit(ProcessLauncherRelease, (Datum) 0);
 }
 
@@ -401,52 +593,65 @@ ProcessLauncherRelease(int code, Datum arg)
 {
 	(void) code;
 	(void) arg;
-	SpinLockAcquire(&Shared->mutex);
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	if (Shared->launcher_pid == MyProcPid)
 	{
 		Shared->launcher_pid = 0;
 		Shared->launcher_latch = NULL;
 	}
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
 }
 
 /*
- * The launcher's view: who serves (0: nobody), whether a worker it started
- * has yet to take the slot, and how the last worker ended (consumed).
+ * The launcher (and the monitoring function) read and change the entries
+ * under the lock: wxpay_db_entries returns them with the lock held (in the
+ * mode asked), wxpay_db_entries_done releases it.  *rescan: whether
+ * pg_database should be read again (consumed when held exclusively).
  */
-void
-wxpay_launcher_status(WxpayWorkerStatus *st)
+WxpayDbEntry *
+wxpay_db_entries(bool exclusive, bool *rescan, pid_t *launcher_pid)
 {
-	SpinLockAcquire(&Shared->mutex);
-	st->pid = Shared->worker_pid;
-	st->starting = Shared->worker_starting;
-	st->starting_since = Shared->starting_since;
-	st->exited = Shared->exit_pending;
-	st->clean = Shared->exit_clean;
-	st->connected = Shared->exit_connected;
-	st->going = Shared->db_going;
-	st->stayed = Shared->db_stayed;
-	st->wake = Shared->wake_pending;
-	if (st->exited)
+	LWLockAcquire(Shared->lock, exclusive ? LW_EXCLUSIVE : LW_SHARED);
+	if (rescan)
 	{
-		Shared->exit_pending = false;
-		Shared->exit_clean = false;
-		Shared->exit_connected = false;
-		Shared->db_going = false;
-		Shared->db_stayed = false;
+		*rescan = Shared->rescan;
+		if (exclusive)
+			Shared->rescan = false;
 	}
-	Shared->wake_pending = false;
-	SpinLockRelease(&Shared->mutex);
+	if (launcher_pid)
+		*launcher_pid = Shared->launcher_pid;
+	return Shared->dbs;
 }
 
-/* The launcher is about to start a worker, or gave up on one. */
 void
-wxpay_launcher_set_starting(bool starting)
+wxpay_db_entries_done(void)
 {
-	SpinLockAcquire(&Shared->mutex);
-	Shared->worker_starting = starting;
-	Shared->starting_since = GetCurrentTimestamp();
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
+}
+
+/* A new entry for dboid, found by the launcher (lock held exclusively). */
+WxpayDbEntry *
+wxpay_db_entry_add(Oid dboid)
+{
+	WxpayDbEntry *e = ProcessEntry(dboid, true);
+
+	if (e != NULL)
+		Shared->rescan = false; /* the launcher is looking now */
+	return e;
+}
+
+/* pg_database changed: the launcher reads it again. */
+static void
+ProcessRescan(void)
+{
+	Latch	   *launcher;
+
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	Shared->rescan = true;
+	launcher = Shared->launcher_latch;
+	LWLockRelease(Shared->lock);
+	if (launcher)
+		SetLatch(launcher);
 }
 
 /* ----------------------------------------------------------------
@@ -455,8 +660,9 @@ wxpay_launcher_set_starting(bool starting)
  */
 
 /*
- * COMMIT PREPARED may make queued requests visible; DROP DATABASE and
- * ALTER DATABASE RENAME of the worker's database must not wait for it.
+ * COMMIT PREPARED may make queued requests visible; CREATE EXTENSION makes
+ * a database worth serving; DROP DATABASE, ALTER DATABASE RENAME and CREATE
+ * DATABASE ... TEMPLATE of a served database must not wait for its worker.
  */
 static void
 ProcessUtilityHook(PlannedStmt *pstmt, const char *queryString,
@@ -466,23 +672,64 @@ ProcessUtilityHook(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *node = pstmt->utilityStmt;
 	volatile bool commit_prepared = false;
-	volatile bool going = false;
+	volatile bool created = false;
+	volatile bool dbchange = false;
+	volatile bool dropping = false;
+	volatile Oid going = InvalidOid;
 
 	if (IsA(node, TransactionStmt))
 		commit_prepared =
 			((TransactionStmt *) node)->kind == TRANS_STMT_COMMIT_PREPARED;
+	else if (IsA(node, CreateExtensionStmt))
+		created = strcmp(((CreateExtensionStmt *) node)->extname,
+						 "wxpay_signplan") == 0;
 	else if (IsA(node, DropdbStmt))
+	{
 		going = ProcessDatabaseWillGo(((DropdbStmt *) node)->dbname, false, NULL);
+		dropping = true;
+		dbchange = true;
+	}
 	else if (IsA(node, RenameStmt))
 	{
 		RenameStmt *rs = (RenameStmt *) node;
 
 		if (rs->renameType == OBJECT_DATABASE)
+		{
 			going = ProcessDatabaseWillGo(rs->subname, true, rs->newname);
+			dbchange = true;
+		}
+	}
+	else if (IsA(node, CreatedbStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((CreatedbStmt *) node)->options)
+		{
+			DefElem    *d = lfirst(lc);
+
+			if (strcmp(d->defname, "template") == 0 && d->arg != NULL)
+				going = ProcessDatabaseWillGo(defGetString(d), true, NULL);
+		}
+		dbchange = true;
+	}
+	else if (IsA(node, AlterDatabaseStmt))
+	{
+		AlterDatabaseStmt *as = (AlterDatabaseStmt *) node;
+		ListCell   *lc;
+
+		/* SET TABLESPACE, too, needs the database to itself */
+		foreach(lc, as->options)
+		{
+			DefElem    *d = lfirst(lc);
+
+			if (strcmp(d->defname, "tablespace") == 0)
+				going = ProcessDatabaseWillGo(as->dbname, false, NULL);
+		}
+		dbchange = true;
 	}
 
-	if (going)
-		ProcessDatabaseGoing();
+	if (OidIsValid(going))
+		ProcessDatabaseGoing(going);
 
 	PG_TRY();
 	{
@@ -496,77 +743,104 @@ ProcessUtilityHook(PlannedStmt *pstmt, const char *queryString,
 	PG_CATCH();
 	{
 		/* the database stays after all: serve it again at once */
-		if (going)
-			ProcessDatabaseStayed();
+		if (OidIsValid(going))
+			ProcessDatabaseStayed(going);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
+	/* renamed or copied: the same database, served again at once */
+	if (OidIsValid(going) && !dropping)
+		ProcessDatabaseStayed(going);
+	/* the launcher reads pg_database once the change is visible */
+	if (dbchange && Shared != NULL)
+	{
+		if (!CallbackRegistered)
+		{
+			RegisterXactCallback(ProcessXactCallback, NULL);
+			CallbackRegistered = true;
+		}
+		RescanAtCommit = true;
+	}
 	if (commit_prepared)
 		wxpay_worker_wake();
+	if (created)
+		wxpay_worker_wake_at_commit(WXPAY_WAKE_QUEUE);
 }
 
 /*
- * Will DROP DATABASE / ALTER DATABASE RENAME of dbname proceed, as far as
- * can be told before it runs?  Only then is the worker asked to leave, so
- * that a role that may not drop the database cannot stop the worker.
+ * Will DROP DATABASE / ALTER DATABASE RENAME / CREATE DATABASE ... TEMPLATE
+ * of dbname proceed, as far as can be told before it runs?  Only then is
+ * its worker asked to leave, so that a role that may not run the command
+ * cannot stop the worker.  Returns its OID, or InvalidOid.
  */
-static bool
-ProcessDatabaseWillGo(const char *dbname, bool rename, const char *newname)
+static Oid
+ProcessDatabaseWillGo(const char *dbname, bool needs_createdb,
+					  const char *newname)
 {
 	Oid			dboid;
 
-	if (Shared == NULL || wxpay_database_name == NULL || dbname == NULL ||
-		strcmp(dbname, wxpay_database_name) != 0)
-		return false;
-	/* both refuse to run in a transaction block */
+	if (Shared == NULL || dbname == NULL)
+		return InvalidOid;
+	/* they refuse to run in a transaction block */
 	if (IsTransactionBlock())
-		return false;
+		return InvalidOid;
 	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
-		return false;
+		return InvalidOid;
 #if PG_VERSION_NUM >= 160000
 	if (!object_ownercheck(DatabaseRelationId, dboid, GetUserId()))
-		return false;
+		return InvalidOid;
 #else
 	if (!pg_database_ownercheck(dboid, GetUserId()))
-		return false;
+		return InvalidOid;
 #endif
-	if (rename)
+	if (needs_createdb)
 	{
 		if (!have_createdb_privilege())
-			return false;
-		if (newname == NULL || OidIsValid(get_database_oid(newname, true)))
-			return false;
+			return InvalidOid;
+		if (newname != NULL && OidIsValid(get_database_oid(newname, true)))
+			return InvalidOid;
 	}
-	return true;
+	return dboid;
 }
 
-/* Ask the queue worker to leave its database, which is being dropped. */
+/* Ask the database's worker to leave: the database is being dropped. */
 static void
-ProcessDatabaseGoing(void)
+ProcessDatabaseGoing(Oid dboid)
 {
-	pid_t		pid;
+	WxpayDbEntry *e;
+	pid_t		pid = 0;
 
-	SpinLockAcquire(&Shared->mutex);
-	Shared->db_going = true;
-	pid = Shared->worker_pid;
-	SpinLockRelease(&Shared->mutex);
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	e = ProcessEntry(dboid, false);
+	if (e != NULL)
+	{
+		e->going = true;
+		e->going_since = GetCurrentTimestamp();
+		pid = e->worker_pid;
+	}
+	LWLockRelease(Shared->lock);
 	if (pid != 0)
 		kill(pid, SIGTERM);
 }
 
-/* The command failed: the launcher may start the worker again at once. */
+/* The command is over and the database is still there: serve it again. */
 static void
-ProcessDatabaseStayed(void)
+ProcessDatabaseStayed(Oid dboid)
 {
+	WxpayDbEntry *e;
 	Latch	   *launcher;
 
-	SpinLockAcquire(&Shared->mutex);
-	Shared->db_stayed = true;
-	Shared->db_going = false;
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	e = ProcessEntry(dboid, false);
+	if (e != NULL && e->going)
+	{
+		e->going = false;
+		e->stayed = true;
+	}
 	launcher = Shared->launcher_latch;
-	SpinLockRelease(&Shared->mutex);
+	LWLockRelease(Shared->lock);
 	if (launcher)
 		SetLatch(launcher);
 }

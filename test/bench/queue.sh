@@ -45,7 +45,6 @@ SLOW=${WX_QUEUE_SLOW:-$((4 * CONC))}
 TIMEOUT_MS=${WX_QUEUE_TIMEOUT_MS:-2000}
 STEP=$(( N < 100000 ? (N + 9) / 10 : 10000 ))
 WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
-wxpay.database_name = 'postgres'
 wxpay.worker_concurrency = $CONC
 wxpay.request_timeout = '${TIMEOUT_MS}ms'
 wxpay.rate_limit = ${WX_QUEUE_RATE:-0}"

@@ -162,7 +162,8 @@ my $pure = 'wxpay_sign_plan_details(jsonb) wxpay_sign_plan_details(wxpay_sign_pl
 # ---- the monitoring role (pg_monitor) ----
 {
 	my ($f, $r) = may_use('regress_tm_monitor');
-	is($f, "$pure wxpay_stat()", 'monitoring role: executes wxpay_stat() and the pure functions only');
+	is($f, "wxpay_queue_workers() $pure wxpay_stat()",
+		'monitoring role: executes wxpay_stat(), wxpay_queue_workers() and the pure functions only');
 	is($r, 'wxpay_queue_status wxpay_stat', 'monitoring role: reads the two views only');
 	as_ok('regress_tm_monitor', 'SELECT count(*) FROM wxpay_stat', 'monitoring role: reads wxpay_stat');
 	is(as_ok('regress_tm_monitor', 'SELECT count(*) FROM wxpay_queue_status',

@@ -38,6 +38,8 @@ $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
 $node->append_conf(
 	'postgresql.conf', qq{
 shared_preload_libraries = 'wxpay_signplan'
+# only postgres served: st_other below is a queue no worker serves
+wxpay.database_name = 'postgres'
 wxpay.retry_base_delay = '20ms'
 wxpay.retry_max_delay = '100ms'
 wxpay.reconcile_delay = '0'

@@ -165,8 +165,8 @@ sub new_node
 	return $node;
 }
 
-# The postgresql.conf lines of the queue tests: the library preloaded, the
-# worker serving "postgres" with the settings they share (fast retries, no
+# The postgresql.conf lines of the queue tests: the library preloaded (every
+# database with the extension served, no database named), with the settings they share (fast retries, no
 # rate limit, 4 in flight, restart after a crash), then %set (a setting's
 # name and its value as written in postgresql.conf; undef leaves it out).
 sub queue_test_conf
@@ -174,7 +174,6 @@ sub queue_test_conf
 	my (%set) = @_;
 	my %conf = (
 		shared_preload_libraries => "'wxpay_signplan'",
-		'wxpay.database_name' => "'postgres'",
 		'wxpay.retry_base_delay' => "'20ms'",
 		'wxpay.retry_max_delay' => "'100ms'",
 		'wxpay.reconcile_delay' => "'400ms'",
