@@ -223,10 +223,11 @@ wx_replay_lines() {
         case $a in REGRESS=*|PROVE_TESTS=*|TAP_TESTS=*) ;; *) extra="$extra $a" ;; esac
     done
     if [ -f "$WX_WORK/tree/regression.diffs" ]; then
+        # 01_setup first (the others need it), then each failed file
         regress=$(sed -n 's|^diff .* [^ ]*/expected/\([^ /]*\)\.out .*|\1|p' \
-            "$WX_WORK/tree/regression.diffs" | sed 's/_[0-9]*$//' | sort -u | grep -vx 01_setup | tr '\n' ' ')
-        [ -n "$regress" ] &&
-            lines="${lines}replay: WX_MAKE_ARGS=\"TAP_TESTS= REGRESS='01_setup ${regress% }'$extra\" $cmd"$'\n'
+            "$WX_WORK/tree/regression.diffs" | sed 's/_[0-9]*$//' | sort -u |
+            { grep -vx 01_setup || true; } | tr '\n' ' ')
+        lines="${lines}replay: WX_MAKE_ARGS=\"TAP_TESTS= REGRESS='01_setup${regress:+ ${regress% }}'$extra\" $cmd"$'\n'
     fi
     for f in "$WX_WORK"/tree/tmp_check/log/regress_log_*; do
         [ -f "$f" ] || continue
