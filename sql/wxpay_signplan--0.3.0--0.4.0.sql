@@ -286,3 +286,32 @@ COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;
+-- ----- issue 21, copies of a served database -----
+-- The database whose queue this is.  CREATE DATABASE ... TEMPLATE, and a
+-- dump restored elsewhere, copy unfinished stop requests that are another
+-- database's to send: the worker serves this queue, and
+-- wxpay_stop_sign_plan_async() adds to it, only while every row here names
+-- the current database.  wxpay_adopt_stop_requests() makes a copy that
+-- replaces the original the queue's home; each unfinished request is then
+-- queried before anything is sent (doc/queue.md, "Copies of a database").
+-- The install writes the row; a restored dump adds its own (the original's)
+-- beside it, so a restore is held too until adopted.
+CREATE TABLE @extschema@.wxpay_queue_home (
+    database_oid oid NOT NULL
+);
+INSERT INTO @extschema@.wxpay_queue_home (database_oid)
+    SELECT oid FROM pg_catalog.pg_database
+     WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database();
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.wxpay_queue_home', '');
+REVOKE ALL ON @extschema@.wxpay_queue_home FROM PUBLIC;
+
+-- Make this database the home of the queue it holds: every unfinished
+-- request is marked outcome unknown (the next attempt queries the plan
+-- first); returns how many.  For the extension's owner only.
+CREATE FUNCTION @extschema@.wxpay_adopt_stop_requests()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'wxpay_adopt_stop_requests'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_adopt_stop_requests() FROM PUBLIC;

@@ -693,6 +693,8 @@ typedef struct WxpayQueueOutcome
 } WxpayQueueOutcome;
 
 extern Oid	wxpay_queue_schema(void);
+extern Oid	wxpay_queue_home_other(Oid nspoid);
+extern void wxpay_queue_home_error(int elevel, const char *dbname, Oid other);
 extern char *wxpay_queue_table(Oid nspoid);
 extern void wxpay_queue_reconcile(const char *q);
 extern List *wxpay_queue_configs(const char *q);

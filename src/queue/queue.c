@@ -141,6 +141,7 @@ static Oid	QueueCaller(void);
 static bool QueueIsEnqueuer(Oid caller, SPITupleTable *tab);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 					  bool read_only);
+static void QueueAdoptHome(Oid nspoid);
 
 /*
  * The queue is served only with the worker; with the deprecated
@@ -249,6 +250,15 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	bool		current;
 
 	QueueRequireWorker("wxpay_stop_sign_plan_async()");
+	{
+		Oid			other;
+
+		wxpay_spi_connect();
+		other = wxpay_queue_home_other(get_func_namespace(fcinfo->flinfo->fn_oid));
+		SPI_finish();
+		if (OidIsValid(other))
+			wxpay_queue_home_error(ERROR, get_database_name(MyDatabaseId), other);
+	}
 
 	/* the same checks as the synchronous function, before anything else */
 	if (PG_ARGISNULL(0))
@@ -517,6 +527,104 @@ QueueExecPlan(SPIPlanPtr plan, Datum *values, bool read_only)
 
 	MemoryContextSwitchTo(cxt);
 	return ret;
+}
+
+/*
+ * Copies of a database.  CREATE DATABASE ... TEMPLATE of a database with
+ * the extension, and its dump restored elsewhere, carry the queue's
+ * unfinished requests, which are the original's to send.  The table
+ * wxpay_queue_home names the database whose queue it is; the worker serves
+ * this queue, and the enqueue adds to it, only while every row there names
+ * the current database.  A copy with no unfinished request becomes its
+ * own home at once (there is nothing of the original's to hold).  Returns
+ * the other database named there, or InvalidOid when this database is the
+ * home (or the extension predates the table).  In a read-write
+ * transaction, SPI connected.
+ */
+Oid
+wxpay_queue_home_other(Oid nspoid)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (!OidIsValid(get_relname_relid("wxpay_queue_home", nspoid)))
+		return InvalidOid;
+	if (QueueExec(psprintf("SELECT database_oid FROM %s.wxpay_queue_home"
+						   " WHERE database_oid OPERATOR(pg_catalog.<>) $1 LIMIT 1",
+						   wxpay_schema_quoted(nspoid)),
+				  1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(MyDatabaseId)},
+				  true) != SPI_OK_SELECT)
+		elog(ERROR, "could not read wxpay_queue_home");
+	if (SPI_processed == 0)
+		return InvalidOid;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+	/* a copy with nothing unfinished has nothing of the original's to hold */
+	if (QueueExec(psprintf("SELECT 1 FROM %s.wxpay_stop_request WHERE state"
+						   " OPERATOR(pg_catalog.=) ANY ('{queued,sending}'::pg_catalog.text[]) LIMIT 1",
+						   wxpay_schema_quoted(nspoid)),
+				  0, NULL, NULL, true) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for unfinished stop requests");
+	if (SPI_processed == 0)
+	{
+		QueueAdoptHome(nspoid);
+		return InvalidOid;
+	}
+	return isnull ? InvalidOid : DatumGetObjectId(d);
+}
+
+/* This database becomes the home of its queue (wxpay_queue_home). */
+static void
+QueueAdoptHome(Oid nspoid)
+{
+	char	   *nsp = wxpay_schema_quoted(nspoid);
+
+	if (QueueExec(psprintf("DELETE FROM %s.wxpay_queue_home", nsp),
+				  0, NULL, NULL, false) != SPI_OK_DELETE ||
+		QueueExec(psprintf("INSERT INTO %s.wxpay_queue_home (database_oid) VALUES ($1)", nsp),
+				  1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(MyDatabaseId)},
+				  false) != SPI_OK_INSERT)
+		elog(ERROR, "could not write wxpay_queue_home");
+}
+
+/* The error of a queue that is another database's (see above). */
+void
+wxpay_queue_home_error(int elevel, const char *dbname, Oid other)
+{
+	ereport(elevel,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the stop request queue of database \"%s\" belongs to another database",
+					dbname ? dbname : "?"),
+			 errdetail("This database was copied or restored from the database with OID %u; its unfinished stop requests are that database's to send, so nothing of this queue is sent.",
+					   other),
+			 errhint("If this database is a copy, delete its unfinished requests (DELETE FROM wxpay_stop_request WHERE state IN ('queued', 'sending')) and run SELECT wxpay_adopt_stop_requests(); if it replaces the original, run SELECT wxpay_adopt_stop_requests() alone: each unfinished request is then queried before anything is sent.")));
+}
+
+/*
+ * wxpay_adopt_stop_requests(): this database becomes the home of the queue
+ * it holds.  Every unfinished request is marked outcome unknown, so that its
+ * next attempt queries the plan before anything is sent (the original may
+ * have sent it); returns how many.
+ */
+PG_FUNCTION_INFO_V1(wxpay_adopt_stop_requests);
+Datum
+wxpay_adopt_stop_requests(PG_FUNCTION_ARGS)
+{
+	Oid			nspoid = get_func_namespace(fcinfo->flinfo->fn_oid);
+	char	   *nsp = wxpay_schema_quoted(nspoid);
+	int64		n;
+
+	wxpay_spi_connect();
+	QueueAdoptHome(nspoid);
+	if (QueueExec(psprintf("UPDATE %s.wxpay_stop_request SET outcome_unknown = true"
+						   " WHERE state OPERATOR(pg_catalog.=) ANY ('{queued,sending}'::pg_catalog.text[])",
+						   nsp),
+				  0, NULL, NULL, false) != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark the unfinished stop requests");
+	n = (int64) SPI_processed;
+	SPI_finish();
+	wxpay_worker_wake_at_commit(WXPAY_WAKE_QUEUE);
+	PG_RETURN_INT64(n);
 }
 
 /* The extension's schema in this database, or InvalidOid. */

@@ -74,6 +74,8 @@
 
 /* local state */
 static bool NeedReconcile = true;
+/* the other database whose queue this is, if this database is a copy */
+static Oid	ForeignHome = InvalidOid;
 static Oid	ServedExtension = InvalidOid;	/* pg_extension row served */
 static TimestampTz LastBusy = 0;	/* when the database last had work */
 
@@ -195,6 +197,16 @@ wxpay_queue_worker_main(Datum arg)
 
 		MemoryContextSwitchTo(cxt);
 		nspoid = WorkerPrepare();
+		if (OidIsValid(ForeignHome))
+		{
+			/*
+			 * Another database's queue (a copy): say so and wait to be asked
+			 * (wxpay_adopt_stop_requests wakes this database).
+			 */
+			wxpay_queue_home_error(WARNING, wxpay_worker_database(), ForeignHome);
+			wxpay_worker_slot_report(true, true, WXPAY_EXT_ABSENT);
+			proc_exit(0);
+		}
 		if (!OidIsValid(nspoid))
 		{
 			if (OidIsValid(ServedExtension))
@@ -289,6 +301,10 @@ WorkerPrepare(void)
 			WorkerStops(ext);
 		ServedExtension = ext;
 	}
+	/* a copy of another database's queue: nothing of it is touched */
+	ForeignHome = OidIsValid(nspoid) ? wxpay_queue_home_other(nspoid) : InvalidOid;
+	if (OidIsValid(ForeignHome))
+		nspoid = InvalidOid;
 	if (OidIsValid(nspoid) && NeedReconcile)
 	{
 		wxpay_queue_reconcile(wxpay_queue_table(nspoid));

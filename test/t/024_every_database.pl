@@ -189,12 +189,43 @@ my $start = length(slurp_file($node->logfile));
 	ok($node->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24a'"),
 		'a worker serves e24a');
+	# an unfinished request in e24a (due tomorrow): the copy must not send it
+	$node->safe_psql('e24a',
+		"INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, next_attempt_at, timeline)"
+		  . " VALUES ('default', 'e24-d-copied', 'r', now() + interval '1 day',"
+		  . " (SELECT max(timeline) FROM wxpay_stop_request))");
+	my $offset = -s $node->logfile;
 	my $t0 = time;
 	my ($ret, $out, $err) = $node->psql('postgres', 'CREATE DATABASE e24copy TEMPLATE e24a');
 	is($ret, 0, 'CREATE DATABASE ... TEMPLATE of a served database succeeds');
 	ok(time - $t0 < 4, 'CREATE DATABASE ... TEMPLATE did not wait for the worker');
+	$node->safe_psql('e24a', "DELETE FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'e24-d-copied'");
 
-	# the copy has the extension: served like any other
+	# the copy holds e24a's unfinished request: its queue is e24a's, so
+	# nothing of it is sent and nothing is added to it until it is adopted
+	$node->safe_psql('e24copy',
+		"UPDATE wxpay_stop_request SET next_attempt_at = now() WHERE merchant_sign_plan_no = 'e24-d-copied'");
+	($ret, $out, $err) = $node->psql('e24copy',
+		"SELECT wxpay_stop_sign_plan_async('e24-d-copy', 'r')");
+	like($err, qr/ERROR:  the stop request queue of database "e24copy" belongs to another database/,
+		'a copy holding unfinished requests refuses to queue more');
+	ok( eval {
+			$node->wait_for_log(
+				qr/WARNING:  the stop request queue of database "e24copy" belongs to another database/,
+				$offset);
+			1;
+		},
+		"the copy's worker says whose queue it holds, and sends nothing");
+	is(sim_count('stop_attempts', 'e24-d-copied') + sim_count('queries', 'e24-d-copied'), 0,
+		'nothing of the copied request was sent');
+	is($node->safe_psql('e24copy', 'SELECT wxpay_adopt_stop_requests()'), '1',
+		'wxpay_adopt_stop_requests() marks the one unfinished request');
+	ok(all_done('e24copy'), 'the adopted request is served');
+	is(sim_count('queries', 'e24-d-copied') >= 1 ? 'queried' : 'not queried', 'queried',
+		'the adopted request was queried before anything was sent');
+	is(sim_count('stops', 'e24-d-copied'), 1, 'and stopped once');
+
+	# the adopted copy is served like any other
 	enqueue('e24copy', 'e24-d-copy');
 	ok(all_done('e24copy'), 'the copy is served');
 	ok($node->poll_query_until('postgres',
