@@ -91,25 +91,6 @@ static bool CertsString(JsonbContainer *obj, const char *key, char **out);
 static bool CertsCheckSigner(WxpayCertRefresh *r, CertsWork *w);
 static void CertsStore(WxpayCertRefresh *r, CertsWork *w);
 static void CertsFreeWork(CertsWork *w);
-static char *CertsTrim(char *s, size_t *len);
-
-/* Surrounding white space off (pg_read_file keeps a final newline). */
-static char *
-CertsTrim(char *s, size_t *len)
-{
-	size_t		n = strlen(s);
-
-	while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' ||
-					 s[n - 1] == '\r' || s[n - 1] == '\n'))
-		n--;
-	while (n > 0 && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
-	{
-		s++;
-		n--;
-	}
-	*len = n;
-	return s;
-}
 
 /*
  * Configs whose certificates the worker refreshes: those with an
@@ -186,7 +167,7 @@ wxpay_cert_refresh_prepare(WxpayCertRefresh *r, const char *config_name,
 		char	   *raw = wxpay_config_open_secret(config_name, "apiv3_key", stored);
 		size_t		len;
 
-		(void) CertsTrim(raw, &len);
+		(void) wxpay_trim_space(raw, &len);
 		apiv3_len = (int) Min(len, (size_t) INT_MAX);
 		wxpay_secret_free(raw);
 		pfree(stored);
@@ -400,7 +381,7 @@ CertsReadState(WxpayCertRefresh *r, CertsWork *w)
 			char	   *stored = TextDatumGetCString(d);
 			char	   *raw = wxpay_config_open_secret(r->config_name, "apiv3_key", stored);
 			size_t		len;
-			char	   *key = CertsTrim(raw, &len);
+			char	   *key = wxpay_trim_space(raw, &len);
 
 			pfree(stored);
 

@@ -261,21 +261,12 @@ NotifyReadApiv3Key(const char *config_name, Oid nspoid, unsigned char *key)
 			/* sealed at rest (rootkey.c): WX001 when it does not open */
 			char	   *stored = TextDatumGetCString(d);
 			char	   *raw = wxpay_config_open_secret(config_name, "apiv3_key", stored);
-			char	   *s = raw;
-			size_t		n = strlen(raw);
+			size_t		n;
+			char	   *s = wxpay_trim_space(raw, &n);
 
 			explicit_bzero(stored, strlen(stored));
 			pfree(stored);
 
-			/* surrounding white space off, as certs.c does */
-			while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' ||
-							 s[n - 1] == '\r' || s[n - 1] == '\n'))
-				n--;
-			while (n > 0 && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
-			{
-				s++;
-				n--;
-			}
 			if (n == WXPAY_APIV3_KEY_LEN)
 			{
 				memcpy(key, s, WXPAY_APIV3_KEY_LEN);

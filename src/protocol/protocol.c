@@ -669,3 +669,25 @@ wxpay_notify_check_headers(WxpayNotifyHeaders *nh)
 	nh->failed = -1;
 	return WXPAY_NOTIFY_OK;
 }
+
+/*
+ * Surrounding white space (space, tab, CR, LF) off s, as a key read with
+ * pg_read_file keeps its final newline: returns the first byte kept and its
+ * length in *len (s itself is not changed).
+ */
+char *
+wxpay_trim_space(char *s, size_t *len)
+{
+	size_t		n = strlen(s);
+
+	while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' ||
+					 s[n - 1] == '\r' || s[n - 1] == '\n'))
+		n--;
+	while (n > 0 && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+	{
+		s++;
+		n--;
+	}
+	*len = n;
+	return s;
+}

@@ -123,4 +123,6 @@ extern int	wxpay_notify_header(const char *name, size_t len);
 extern const char *wxpay_notify_header_name(int which);
 extern WxpayNotifyCheck wxpay_notify_check_headers(WxpayNotifyHeaders *nh);
 
+extern char *wxpay_trim_space(char *s, size_t *len);
+
 #endif							/* WXPAY_PROTOCOL_H */

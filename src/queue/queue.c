@@ -142,6 +142,7 @@ static bool QueueIsEnqueuer(Oid caller, SPITupleTable *tab);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 					  bool read_only);
 static void QueueAdoptHome(Oid nspoid);
+static void QueueRequeue(const char *q, WxpayQueueRow **rows, int n, int delay_ms);
 
 /*
  * The queue is served only with the worker; with the deprecated
@@ -820,47 +821,12 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 }
 
 /*
- * Claimed requests of which nothing was sent (the worker hit an error
- * first): queued again as they were, attempt uncounted, mark restored.
+ * Claimed requests of which nothing was sent, queued again: attempt
+ * uncounted, mark restored, and due again delay_ms from now (delay_ms < 0:
+ * when they were due before the claim).
  */
-void
-wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
-{
-	char	   *sql;
-	Datum	   *ids;
-	Datum	   *marks;
-
-	if (n <= 0)
-		return;
-	ids = palloc(sizeof(Datum) * n);
-	marks = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-	{
-		ids[i] = Int64GetDatum(rows[i]->id);
-		marks[i] = BoolGetDatum(rows[i]->unknown);
-	}
-	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts OPERATOR(pg_catalog.-) 1,"
-				   " outcome_unknown = u.unknown"
-				   " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
-				   "  pg_catalog.unnest($2::pg_catalog.bool[])) u(id, unknown)"
-				   " WHERE q.id OPERATOR(pg_catalog.=) u.id AND " QUEUE_BY_ID_SENDING("q."), q);
-	if (QueueExec(sql, 2, (Oid[]) {INT8ARRAYOID, BOOLARRAYOID},
-				  (Datum[]) {
-		PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
-			PointerGetDatum(construct_array(marks, n, BOOLOID, 1, true, TYPALIGN_CHAR))},
-				  false) != SPI_OK_UPDATE)
-		elog(ERROR, "could not release stop requests");
-}
-
-/*
- * Claimed requests of which nothing was sent, to be tried again no sooner
- * than delay_ms from now: queued again, attempt uncounted, mark restored.
- * For requests whose config cannot be used for a reason outside them (the
- * server lacks the root key of its keys: config/rootkey.c), which a later
- * reload may cure.
- */
-void
-wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
+static void
+QueueRequeue(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
 {
 	char	   *sql;
 	Datum	   *ids;
@@ -877,8 +843,9 @@ wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
 	}
 	sql = psprintf("UPDATE %s q SET state = 'queued', attempts = q.attempts OPERATOR(pg_catalog.-) 1,"
 				   " outcome_unknown = u.unknown,"
-				   " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
-				   "  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0)"
+				   " next_attempt_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN q.next_attempt_at"
+				   "  ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+				   "  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
 				   " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
 				   "  pg_catalog.unnest($2::pg_catalog.bool[])) u(id, unknown)"
 				   " WHERE q.id OPERATOR(pg_catalog.=) u.id AND " QUEUE_BY_ID_SENDING("q."), q);
@@ -888,7 +855,30 @@ wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
 			PointerGetDatum(construct_array(marks, n, BOOLOID, 1, true, TYPALIGN_CHAR)),
 			Int32GetDatum(delay_ms)},
 				  false) != SPI_OK_UPDATE)
-		elog(ERROR, "could not defer stop requests");
+		elog(ERROR, "could not queue stop requests again");
+}
+
+/*
+ * Claimed requests of which nothing was sent (the worker hit an error
+ * first): queued again as they were, attempt uncounted, mark restored.
+ */
+void
+wxpay_queue_release(const char *q, WxpayQueueRow **rows, int n)
+{
+	QueueRequeue(q, rows, n, -1);
+}
+
+/*
+ * Claimed requests of which nothing was sent, to be tried again no sooner
+ * than delay_ms from now: queued again, attempt uncounted, mark restored.
+ * For requests whose config cannot be used for a reason outside them (the
+ * server lacks the root key of its keys: config/rootkey.c), which a later
+ * reload may cure.
+ */
+void
+wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
+{
+	QueueRequeue(q, rows, n, Max(delay_ms, 0));
 }
 
 /*
