@@ -293,7 +293,7 @@ my $start = length(slurp_file($node->logfile));
 
 # ---- (f) one merchant in two databases: one rate budget ----
 {
-	$node->safe_psql('postgres', 'ALTER SYSTEM SET wxpay.rate_limit = 5');
+	$node->safe_psql('postgres', 'ALTER SYSTEM SET wxpay.rate_limit = 2');
 	$node->reload;
 	my @a = map { "e24-f-a-$_" } 1 .. 10;
 	my @b = map { "e24-f-b-$_" } 1 .. 10;
@@ -313,16 +313,14 @@ my $start = length(slurp_file($node->logfile));
 	}
 	@at = sort { $a <=> $b } @at;
 	is(scalar(@at), 20, 'rate limited: twenty stops, one each');
-	# no 1 s window holds more than 5 of them (the arrival times carry the
-	# network's jitter, a new connection's handshake included: 200 ms for
-	# it; with a budget per database, 10 would arrive at once)
-	my $worst = 0;
-	for my $i (0 .. $#at - 5)
-	{
-		my $gap = $at[ $i + 5 ] - $at[$i];
-		$worst = $gap if $i == 0 || $gap < $worst;
-	}
-	cmp_ok($worst, '>=', 0.8,
+	# At most 2 starts in any second for the one mchid: the 20 starts span
+	# at least 9 s; with a budget per database (4 a second in all) they would
+	# span 4.5 s.  Arrival times at the simulator carry each request's delay
+	# (a loaded machine, a new connection's handshake), which can shorten the
+	# span seen there by the first request's delay only: judged against 6.5 s,
+	# that leaves 2.5 s for it, and still tells one budget from two.
+	my $span = $at[-1] - $at[0];
+	cmp_ok($span, '>=', 6.5,
 		'rate limited: never more than wxpay.rate_limit stops of one mchid in a second, across both databases');
 	$node->safe_psql('postgres', 'ALTER SYSTEM RESET wxpay.rate_limit');
 	$node->reload;
