@@ -28,9 +28,13 @@
  * and reaped, and the key user fails as for any failing command (WX001); a
  * cancel or statement_timeout raises PostgreSQL's own error (57014) after
  * the same kill and reap (PG_CATCH), and a FATAL exit (pg_terminate_backend,
- * the postmaster's death) kills it from the proc_exit hook.  So a command
- * that hangs (a vault that does not answer, a prompt) holds a process for
- * at most the timeout and never leaves a process or a zombie behind.  What
+ * the postmaster's death) kills it from the proc_exit hook.  Being in a
+ * session of its own, it no longer receives the signals the postmaster
+ * sends to a backend's process group; on Linux it is killed when this
+ * process dies without running its hooks (an immediate shutdown, a crash:
+ * PR_SET_PDEATHSIG), though what it started itself then lives on.  So a
+ * command that hangs (a vault that does not answer, a prompt) holds a
+ * process for at most the timeout and leaves no process or zombie.  What
  * it printed is kept in a static buffer, zeroed after parsing and on every
  * error; a process runs at most one command at a time.
  *
@@ -62,6 +66,9 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "access/htup_details.h"
 #include "commands/trigger.h"
@@ -339,6 +346,7 @@ RootKeyStart(const char *command, const char *setting)
 	int			fds[2];
 	int			devnull;
 	pid_t		pid;
+	pid_t		parent = getpid();
 	int			save_errno;
 
 	Assert(ChildPid == 0 && ChildFd < 0);
@@ -388,6 +396,11 @@ RootKeyStart(const char *command, const char *setting)
 		for (int i = 0; i < (int) lengthof(dfl_signals); i++)
 			(void) sigaction(dfl_signals[i], &dfl, NULL);
 		(void) setsid();
+#ifdef __linux__
+		/* this process gone (quickdie, SIGKILL): the command with it */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+			_exit(127);
+#endif
 		if (dup2(devnull, STDIN_FILENO) < 0 || dup2(fds[1], STDOUT_FILENO) < 0 ||
 			fcntl(STDIN_FILENO, F_SETFD, 0) < 0 ||
 			fcntl(STDOUT_FILENO, F_SETFD, 0) < 0)
