@@ -151,6 +151,7 @@ typedef enum WxpayWaitKind
 	WXPAY_WAIT_ERROR_PAUSE,		/* the worker, pausing after an error */
 	WXPAY_WAIT_LAUNCHER,		/* the launcher, idle */
 	WXPAY_WAIT_RATE_LIMIT,		/* the worker, holding back for the rate limit */
+	WXPAY_WAIT_ROOT_KEY,		/* the root key command (config/rootkey.c) */
 	WXPAY_NUM_WAIT_KINDS
 } WxpayWaitKind;
 

@@ -17,6 +17,27 @@
  * message quotes the command's output, the key or any part of it: errors
  * name a key by its fingerprint (seal.c) only.
  *
+ * Running the command.  It is forked and exec'd here (not popen: the
+ * process must be killable) with standard input from /dev/null, in a
+ * session and process group of its own (setsid), its standard output a
+ * non-blocking pipe read in a loop that waits on the process latch together
+ * with the pipe (WaitLatchOrSocket, wait event WxpayRootKeyCommand) and
+ * checks for interrupts each time round.  A command that has not printed
+ * its key, closed its output and exited within
+ * wxpay.root_key_command_timeout is killed (SIGKILL to its process group)
+ * and reaped, and the key user fails as for any failing command (WX001); a
+ * cancel or statement_timeout raises PostgreSQL's own error (57014) after
+ * the same kill and reap (PG_CATCH), and a FATAL exit (pg_terminate_backend,
+ * the postmaster's death) kills it from the proc_exit hook.  Being in a
+ * session of its own, it no longer receives the signals the postmaster
+ * sends to a backend's process group; on Linux it is killed when this
+ * process dies without running its hooks (an immediate shutdown, a crash:
+ * PR_SET_PDEATHSIG), though what it started itself then lives on.  So a
+ * command that hangs (a vault that does not answer, a prompt) holds a
+ * process for at most the timeout and leaves no process or zombie.  What
+ * it printed is kept in a static buffer, zeroed after parsing and on every
+ * error; a process runs at most one command at a time.
+ *
  * Sealing.  The C row trigger wxpay_config_seal runs BEFORE INSERT OR
  * UPDATE, after the plpgsql wxpay_config_check (triggers fire in name
  * order), so the heap, the WAL, dumps and replicas only ever see the sealed
@@ -41,30 +62,44 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "access/htup_details.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "port.h"
-#include "storage/fd.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 #include "wxpay_signplan.h"
 
 /* GUC variables */
 char	   *wxpay_root_key_command = NULL;
 char	   *wxpay_previous_root_key_command = NULL;
+static int	RootKeyCommandTimeout = 10000;	/* ms */
 
 /* set just before a root-key failure is reported (see the header) */
 bool		wxpay_config_rootkey_failed = false;
+
+#define AD_LABEL	"wxpay_signplan wxpay_config v1"
+#define ROOTKEY_MAX_OUTPUT	256
+#define ROOTKEY_MAX_OUTPUT_BUF	(ROOTKEY_MAX_OUTPUT + 1)
+#define ROOTKEY_REAP_PAUSE_MS	100	/* longest pause polling for its exit */
 
 typedef struct RootKeySlot
 {
@@ -80,8 +115,13 @@ static RootKeySlot PreviousKey;
 static bool ExitHookSet = false;
 static uint64 RootKeyGen = 0;	/* bumped when a setting's text changes */
 
-#define AD_LABEL	"wxpay_signplan wxpay_config v1"
-#define ROOTKEY_MAX_OUTPUT	256
+/* the running root key command, at most one (see the header) */
+static pid_t ChildPid = 0;		/* 0: none left to reap */
+static int	ChildFd = -1;		/* the read end of its standard output */
+static char ChildOut[ROOTKEY_MAX_OUTPUT_BUF];	/* what it printed */
+static size_t ChildOutLen = 0;
+static bool ChildOutTooLong = false;
+static bool ChildLatchSeen = false;	/* the latch was set while it ran */
 
 static void RootKeyAssign(const char *newval, void *extra);
 static void RootKeyAssignPrevious(const char *newval, void *extra);
@@ -89,6 +129,11 @@ static void RootKeyForget(RootKeySlot *slot);
 static void RootKeyAtExit(int code, Datum arg);
 static const RootKeySlot *RootKeyLoad(RootKeySlot *slot, const char *command,
 									  const char *setting, char **why);
+static char *RootKeyRun(const char *command, const char *setting);
+static char *RootKeyStart(const char *command, const char *setting);
+static char *RootKeyCollect(const char *setting, int timeout_ms,
+							uint32 wait_event);
+static void RootKeyStop(void);
 static const RootKeySlot *RootKeyCurrent(void);
 static char *RootKeyAad(const char *name, const char *column, size_t *len);
 static char *RootKeyTryOpen(const char *name, const char *column,
@@ -121,6 +166,14 @@ RootKeyInit(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, RootKeyAssignPrevious, NULL);
+	DefineCustomIntVariable("wxpay.root_key_command_timeout",
+							"Sets the longest time the root key command may take.",
+							"A command that has not printed the key and exited by then is killed, and the key user fails with WX001.",
+							&RootKeyCommandTimeout,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 /*
@@ -168,6 +221,8 @@ RootKeyAtExit(int code, Datum arg)
 {
 	(void) code;
 	(void) arg;
+	RootKeyStop();				/* a command still running: a FATAL exit */
+	explicit_bzero(ChildOut, sizeof(ChildOut));
 	explicit_bzero(CurrentKey.key, sizeof(CurrentKey.key));
 	explicit_bzero(PreviousKey.key, sizeof(PreviousKey.key));
 }
@@ -181,12 +236,8 @@ static const RootKeySlot *
 RootKeyLoad(RootKeySlot *slot, const char *command, const char *setting,
 			char **why)
 {
-	char		buf[ROOTKEY_MAX_OUTPUT + 1];
-	size_t		n = 0;
-	bool		too_long = false;
-	FILE	   *fh;
-	int			rc;
-	int			save_errno;
+	char	   *buf = ChildOut;
+	size_t		n;
 
 	*why = NULL;
 	if (command == NULL || command[0] == '\0')
@@ -205,48 +256,22 @@ RootKeyLoad(RootKeySlot *slot, const char *command, const char *setting,
 		ExitHookSet = true;
 	}
 
-	fh = OpenPipeStream(command, "r");
-	if (fh == NULL)
+	*why = RootKeyRun(command, setting);
+	if (*why != NULL)
 	{
-		save_errno = errno;
-		*why = psprintf("The command of %s could not be started: %s.",
-						setting, strerror(save_errno));
+		explicit_bzero(ChildOut, sizeof(ChildOut));
 		return NULL;
 	}
-	for (;;)
-	{
-		char		chunk[128];
-		size_t		got = fread(chunk, 1, sizeof(chunk), fh);
-
-		if (got == 0)
-			break;
-		if (n + got <= ROOTKEY_MAX_OUTPUT)
-		{
-			memcpy(buf + n, chunk, got);
-			n += got;
-		}
-		else
-			too_long = true;
-		explicit_bzero(chunk, sizeof(chunk));
-	}
+	n = ChildOutLen;
 	buf[n] = '\0';
-	rc = ClosePipeStream(fh);
-	if (rc != 0)
-	{
-		char	   *reason = wait_result_to_str(rc);
-
-		explicit_bzero(buf, sizeof(buf));
-		*why = psprintf("The command of %s failed: %s.", setting, reason);
-		return NULL;
-	}
 
 	/* 64 hex digits, then only white space (a trailing newline) */
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
 					 buf[n - 1] == ' ' || buf[n - 1] == '\t'))
 		n--;
-	if (too_long || n != 2 * WXPAY_ROOT_KEY_LEN || !wxpay_is_hex(buf, n))
+	if (ChildOutTooLong || n != 2 * WXPAY_ROOT_KEY_LEN || !wxpay_is_hex(buf, n))
 	{
-		explicit_bzero(buf, sizeof(buf));
+		explicit_bzero(ChildOut, sizeof(ChildOut));
 		*why = psprintf("The command of %s printed something other than %d hexadecimal digits.",
 						setting, 2 * WXPAY_ROOT_KEY_LEN);
 		return NULL;
@@ -258,11 +283,270 @@ RootKeyLoad(RootKeySlot *slot, const char *command, const char *setting,
 
 		slot->key[i] = (unsigned char) (hi * 16 + lo);
 	}
-	explicit_bzero(buf, sizeof(buf));
+	explicit_bzero(ChildOut, sizeof(ChildOut));
 	wxpay_seal_fingerprint(slot->key, slot->fp);
 	slot->command = MemoryContextStrdup(TopMemoryContext, command);
 	slot->present = true;
 	return slot;
+}
+
+/*
+ * Run command and collect its output into ChildOut (ChildOutLen,
+ * ChildOutTooLong): NULL when it printed and exited 0 within the timeout,
+ * else why not (a complete sentence), the command killed and reaped.  The
+ * caller zeroes ChildOut.  Interrupts are served (57014 and the like,
+ * after the command was killed, reaped and ChildOut zeroed).
+ */
+static char *
+RootKeyRun(const char *command, const char *setting)
+{
+	uint32		wait_event = wxpay_wait_event(WXPAY_WAIT_ROOT_KEY);
+	int			timeout_ms = RootKeyCommandTimeout;
+	char	   *volatile why;
+
+	ChildOutLen = 0;
+	ChildOutTooLong = false;
+	ChildLatchSeen = false;
+	why = RootKeyStart(command, setting);
+	if (why != NULL)
+		return why;
+	PG_TRY();
+	{
+		why = RootKeyCollect(setting, timeout_ms, wait_event);
+	}
+	PG_CATCH();
+	{
+		RootKeyStop();
+		explicit_bzero(ChildOut, sizeof(ChildOut));
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	RootKeyStop();				/* after a timeout: kill it; else a no-op */
+
+	/* a wakeup meant for the caller's own wait loop is not lost */
+	if (ChildLatchSeen)
+		SetLatch(MyLatch);
+	return why;
+}
+
+/*
+ * Fork and exec command with /bin/sh, in a session of its own, reading
+ * /dev/null, printing into a non-blocking pipe (ChildFd).  NULL on success,
+ * else why it could not be started.  Throws nothing once it has forked.
+ */
+static char *
+RootKeyStart(const char *command, const char *setting)
+{
+	static const int dfl_signals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM,
+		SIGALRM, SIGPIPE, SIGUSR1, SIGUSR2, SIGCHLD, SIGURG};
+	struct sigaction dfl;
+	sigset_t	all;
+	sigset_t	none;
+	sigset_t	saved;
+	int			fds[2];
+	int			devnull;
+	pid_t		pid;
+	pid_t		parent = getpid();
+	int			save_errno;
+
+	Assert(ChildPid == 0 && ChildFd < 0);
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	sigfillset(&all);
+	sigemptyset(&none);
+
+	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (devnull < 0)
+	{
+		save_errno = errno;
+		return psprintf("The command of %s could not be started: %s.",
+						setting, strerror(save_errno));
+	}
+	if (pipe(fds) != 0)
+	{
+		save_errno = errno;
+		close(devnull);
+		return psprintf("The command of %s could not be started: %s.",
+						setting, strerror(save_errno));
+	}
+	if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) < 0 ||
+		fcntl(fds[1], F_SETFD, FD_CLOEXEC) < 0 ||
+		fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0)
+	{
+		save_errno = errno;
+		close(devnull);
+		close(fds[0]);
+		close(fds[1]);
+		return psprintf("The command of %s could not be started: %s.",
+						setting, strerror(save_errno));
+	}
+
+	/*
+	 * No signal handler of this process may run in the child before exec:
+	 * block them all around fork, and in the child reset the dispositions
+	 * exec would keep (ignored ones) and the mask.  Only async-signal-safe
+	 * calls between fork and exec.
+	 */
+	fflush(NULL);
+	sigprocmask(SIG_SETMASK, &all, &saved);
+	pid = fork();
+	if (pid == 0)
+	{
+		for (int i = 0; i < (int) lengthof(dfl_signals); i++)
+			(void) sigaction(dfl_signals[i], &dfl, NULL);
+		(void) setsid();
+#ifdef __linux__
+		/* this process gone (quickdie, SIGKILL): the command with it */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+			_exit(127);
+#endif
+		if (dup2(devnull, STDIN_FILENO) < 0 || dup2(fds[1], STDOUT_FILENO) < 0 ||
+			fcntl(STDIN_FILENO, F_SETFD, 0) < 0 ||
+			fcntl(STDOUT_FILENO, F_SETFD, 0) < 0)
+			_exit(127);
+		(void) sigprocmask(SIG_SETMASK, &none, NULL);
+		execl("/bin/sh", "sh", "-c", command, (char *) NULL);
+		_exit(127);
+	}
+	save_errno = errno;
+	sigprocmask(SIG_SETMASK, &saved, NULL);
+	close(devnull);
+	close(fds[1]);
+	if (pid < 0)
+	{
+		close(fds[0]);
+		return psprintf("The command of %s could not be started: %s.",
+						setting, strerror(save_errno));
+	}
+	ChildPid = pid;
+	ChildFd = fds[0];
+	return NULL;
+}
+
+/*
+ * Read the running command's output to its end, then wait for its exit,
+ * both within timeout_ms, serving interrupts.  NULL when it exited 0 (it
+ * is reaped), else why not (it may still be running: RootKeyStop).
+ */
+static char *
+RootKeyCollect(const char *setting, int timeout_ms, uint32 wait_event)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	int			status = 0;
+	long		pause_ms = 1;
+
+	for (;;)
+	{
+		bool		progress = false;
+		long		left;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ChildFd >= 0)
+		{
+			char		chunk[128];
+			ssize_t		got = read(ChildFd, chunk, sizeof(chunk));
+
+			if (got > 0)
+			{
+				if (!ChildOutTooLong && ChildOutLen + (size_t) got <= ROOTKEY_MAX_OUTPUT)
+				{
+					memcpy(ChildOut + ChildOutLen, chunk, (size_t) got);
+					ChildOutLen += (size_t) got;
+				}
+				else
+					ChildOutTooLong = true;
+				explicit_bzero(chunk, sizeof(chunk));
+				progress = true;
+			}
+			else if (got == 0)
+			{
+				close(ChildFd);
+				ChildFd = -1;
+				progress = true;
+			}
+			else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				return psprintf("The output of the command of %s could not be read: %s.",
+								setting, strerror(errno));
+		}
+		else
+		{
+			pid_t		r = waitpid(ChildPid, &status, WNOHANG);
+
+			if (r == ChildPid)
+			{
+				ChildPid = 0;
+				break;
+			}
+			if (r < 0 && errno != EINTR)
+			{
+				int			save_errno = errno;
+
+				if (save_errno == ECHILD)
+					ChildPid = 0;	/* gone: nothing to kill or reap */
+				return psprintf("The command of %s could not be waited for: %s.",
+								setting, strerror(save_errno));
+			}
+		}
+
+		left = timeout_ms - TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
+		if (left <= 0)
+		{
+			if (timeout_ms % 1000 == 0)
+				return psprintf("The command of %s did not answer within %d s; it was stopped.",
+								setting, timeout_ms / 1000);
+			return psprintf("The command of %s did not answer within %d ms; it was stopped.",
+							setting, timeout_ms);
+		}
+		if (progress)
+			continue;
+		if (ChildFd >= 0)
+			rc = WaitLatchOrSocket(MyLatch,
+								   WL_LATCH_SET | WL_SOCKET_READABLE |
+								   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   ChildFd, left, wait_event);
+		else
+		{
+			/* output closed: it is exiting, normally at once */
+			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   Min(left, pause_ms), wait_event);
+			pause_ms = Min(pause_ms * 2, ROOTKEY_REAP_PAUSE_MS);
+		}
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			ChildLatchSeen = true;
+		}
+	}
+	if (status != 0)
+		return psprintf("The command of %s failed: %s.",
+						setting, wait_result_to_str(status));
+	return NULL;
+}
+
+/*
+ * Close the pipe, and kill (its whole process group) and reap a command
+ * still running.  Also the proc_exit hook's: throws nothing.
+ */
+static void
+RootKeyStop(void)
+{
+	if (ChildFd >= 0)
+	{
+		close(ChildFd);
+		ChildFd = -1;
+	}
+	if (ChildPid > 0)
+	{
+		pid_t		pid = ChildPid;
+
+		ChildPid = 0;
+		(void) kill(-pid, SIGKILL);	/* its group: what it started */
+		(void) kill(pid, SIGKILL);	/* itself, had it not reached setsid */
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
 }
 
 /* The root key, NULL when none is configured; WX001 when it cannot be had. */

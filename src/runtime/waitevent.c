@@ -36,6 +36,7 @@ static const char *const WaitEventNames[WXPAY_NUM_WAIT_KINDS] = {
 	[WXPAY_WAIT_ERROR_PAUSE] = "WxpayErrorPause",
 	[WXPAY_WAIT_LAUNCHER] = "WxpayLauncher",
 	[WXPAY_WAIT_RATE_LIMIT] = "WxpayRateLimit",
+	[WXPAY_WAIT_ROOT_KEY] = "WxpayRootKeyCommand",
 };
 
 /* this process's ids, 0 until registered */

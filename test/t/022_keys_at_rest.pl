@@ -21,6 +21,12 @@
 #     root key with the old one as wxpay.previous_root_key_command;
 #   - a streaming standby with the same root key command opens the sealed
 #     keys; with another it fails with WX001 naming both fingerprints;
+#   - a root key command that never answers: a stop fails with WX001 after
+#     wxpay.root_key_command_timeout, nothing sent; statement_timeout and
+#     pg_cancel_backend cancel the wait (57014), the session stays usable;
+#     the queue worker leaves its request queued, unfailed, and sends it
+#     once the command is fixed; every time the command and its children
+#     are killed and reaped (/proc shows nothing of them, no zombie);
 #   - at log_min_messages = debug5 the server log holds neither root key,
 #     nor the merchant key's PEM lines, nor the APIv3 key.
 # Root keys come from small scripts this test writes.  Synchronisation by
@@ -34,6 +40,8 @@ use lib $FindBin::RealBin;
 
 use Digest::SHA qw(sha256);
 use File::Find;
+use List::Util;
+use Time::HiRes;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -380,6 +388,149 @@ my (undef, undef, $sb_err) = $standby->psql('postgres',
 like($sb_err, qr/WX001.*sealed under the root key with fingerprint $fp{k2}; the server's root key has fingerprint $fp{k1}/s,
 	'the standby with another root key: WX001 naming both');
 $standby->stop;
+
+# ---- a root key command that does not answer ----
+# Its script and its sleep carry markers (the script's name, the sleep's
+# length) so that /proc shows whether anything of it is left; the script
+# leaves a file saying it ran.  The certificate refresh is turned off so
+# that no background process runs it unasked.
+my $hang_ran = "$dir/k22hang.ran";
+$cmd{hang} = script('k22hang.sh', "echo \$\$ > '$hang_ran'\nsleep 10221\nexit 0");
+
+# processes of the hanging command: its script or its sleep
+sub hang_procs
+{
+	my $n = 0;
+	for my $f (glob '/proc/[0-9]*/cmdline')
+	{
+		open my $fh, '<:raw', $f or next;
+		local $/;
+		my $c = <$fh> // '';
+		close $fh;
+		$n++ if $c =~ /k22hang\.sh|sleep\x0010221/;
+	}
+	return $n;
+}
+
+# zombies whose parent is $pid
+sub zombies_of
+{
+	my ($pid) = @_;
+	my $n = 0;
+	for my $f (glob '/proc/[0-9]*/stat')
+	{
+		open my $fh, '<', $f or next;
+		my $st = <$fh> // '';
+		close $fh;
+		$n++ if $st =~ /\) Z (\d+) / && $1 == $pid;
+	}
+	return $n;
+}
+
+# poll until nothing of the hanging command is left
+sub hang_gone
+{
+	my $end = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (time() < $end)
+	{
+		return 1 if hang_procs() == 0;
+		Time::HiRes::usleep(50_000);
+	}
+	diag(hang_procs() . ' process(es) of the hanging command left');
+	return 0;
+}
+
+# ALTER SYSTEM SET each setting, reload, wait until a new session sees them
+sub reconf
+{
+	my (%set) = @_;
+	$node->safe_psql('postgres',
+		join('', map { "ALTER SYSTEM SET $_ = '$set{$_}'; " } sort keys %set)
+		  . 'SELECT pg_reload_conf()');
+	$node->poll_query_until('postgres',
+		'SELECT ' . join(' AND ', map { "current_setting('$_') = '$set{$_}'" } sort keys %set))
+	  or die 'the settings did not arrive';
+	return;
+}
+
+reconf(
+	'wxpay.root_key_command' => $cmd{hang},
+	'wxpay.root_key_command_timeout' => '1s',
+	'wxpay.certificate_refresh_interval' => '0');
+
+# (1) a stop fails with WX001 once the timeout has passed, nothing sent
+my $hang_to = 0;
+my (undef, undef, $hang_err) = $node->psql('postgres',
+	"SELECT sign_state FROM wxpay_stop_sign_plan('k22-hang', 'r', 'default')",
+	extra_params => [ '-v', 'VERBOSITY=verbose' ],
+	timeout => $PostgreSQL::Test::Utils::timeout_default,
+	timed_out => \$hang_to);
+ok(!$hang_to, 'a hanging command: the stop returns');
+like($hang_err, qr/WX001.*could not open the sealed private_key of wxpay configuration "default".*The command of wxpay.root_key_command did not answer within 1 s; it was stopped/s,
+	'a hanging command: WX001 after wxpay.root_key_command_timeout');
+is(sim_stop_attempts('k22-hang'), 0, 'a hanging command: nothing sent');
+ok(hang_gone(), 'a hanging command: killed at the timeout, nothing of it left');
+
+# (2) a cancel stops the wait at once: statement_timeout, then
+# pg_cancel_backend once the command provably runs; each 57014, the command
+# killed and reaped, the session usable
+reconf('wxpay.root_key_command_timeout' => '5min');
+my $hs = $node->background_psql(
+	'postgres',
+	on_error_stop => 0,
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+my ($hs_pid) = $hs->query_safe('SELECT pg_backend_pid()') =~ /(\d+)/;
+my (undef, $cancel_err) = bg_finish($hs,
+	bg_send($hs, "SET statement_timeout = '500ms'; SELECT sign_state FROM wxpay_stop_sign_plan('k22-hang-timeout', 'r', 'default')"));
+like($cancel_err, qr/ERROR:  57014: canceling statement due to statement timeout/,
+	'a hanging command: statement_timeout cancels the call (57014)');
+ok(hang_gone(), 'nothing of the command is left');
+
+unlink $hang_ran;
+my $tok = bg_send($hs,
+	"SET statement_timeout = 0; SELECT sign_state FROM wxpay_stop_sign_plan('k22-hang-cancel', 'r', 'default')");
+ok(session_wait_until($hs, 'the hanging command', sub { -e $hang_ran }),
+	'the hanging command runs');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($hs_pid)");
+(undef, $cancel_err) = bg_finish($hs, $tok);
+like($cancel_err, qr/ERROR:  57014: canceling statement due to user request/,
+	'a hanging command: pg_cancel_backend cancels the call (57014)');
+ok(hang_gone(), 'a canceled command is killed, its sleep too');
+is(zombies_of($hs_pid), 0, 'and reaped: no zombie left to the backend');
+session_ok_query($hs, "SELECT 'usable'", 'usable', 'the session is usable after the cancels');
+$hs->quit;
+is(sim_stop_attempts('k22-hang-timeout') + sim_stop_attempts('k22-hang-cancel'),
+	0, 'a canceled command: nothing sent');
+
+# (3) the queue worker does not hang either: the request stays queued,
+# unfailed, and is sent once after the command is fixed
+reconf(
+	'wxpay.root_key_command' => $cmd{k2},
+	'wxpay.root_key_command_timeout' => '1s');
+$s = $node->background_psql('postgres');
+$s->query_safe('BEGIN');
+$s->query_safe("SELECT wxpay_stop_sign_plan_async('k22-q-hang', 'r', 'default')");
+reconf('wxpay.root_key_command' => $cmd{hang});
+unlink $hang_ran;
+$offset = -s $node->logfile;
+$s->query_safe('COMMIT');
+$s->quit;
+ok( $node->wait_for_log(
+		qr/WARNING:  stop requests of wxpay configuration "default" wait: could not open the sealed private_key[^\n]*\n[^\n]*DETAIL:  The command of wxpay.root_key_command did not answer within 1 s/,
+		$offset),
+	'a hanging command: the worker gives up on it after the timeout and says why');
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'queued' AND attempts = 0 AND error_code IS NULL FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'k22-q-hang'"),
+	'a hanging command: the request waits queued, no attempt counted, not failed');
+is(sim_stop_attempts('k22-q-hang'), 0, 'a hanging command: the worker sent nothing');
+reconf('wxpay.root_key_command' => $cmd{k2});
+ok( $node->poll_query_until('postgres',
+		"SELECT state = 'succeeded' FROM wxpay_stop_request WHERE merchant_sign_plan_no = 'k22-q-hang'"),
+	'with the command fixed the worker sends the request');
+is(sim_stop_attempts('k22-q-hang'), 1, 'once');
+ok(hang_gone(), "nothing of the worker's hanging commands is left");
+is( List::Util::sum(0, map { zombies_of($_) } split /\n/, worker_pid($node)),
+	0, 'no zombie left to the workers');
 
 # ---- nothing in the log ----
 $node->stop;
