@@ -1,19 +1,24 @@
 
 # Copyright: wxpay_signplan authors
 #
-# The queue under random faults.  Each schedule enqueues stop requests in
-# transactions that commit, roll back, roll back to a savepoint or go
-# through two-phase commit, over two configs (public-key and certificate
-# mode), while a private simulator follows a per-plan fault script (answers
-# lost after the stop was applied, 5xx before or after applying, 429 on
-# stops and on queries, timeouts, resets, bad signatures, slow answers,
-# requests held in flight, stops applied late after a 403), and the test
-# kills the queue worker (SIGKILL,
-# SIGTERM), cancels it (pg_cancel_backend), terminates the launcher, stops
-# the server in immediate mode, breaks and restores a config's key, runs
-# an unprivileged DROP DATABASE and fails the primary over to its
-# asynchronous streaming standby.  After the queue drained, every plan is
-# checked against the simulator's own event record:
+# The queue under random faults, in two databases of one cluster
+# (`postgres` and `t15_other`, each with the extension, the same two
+# configs, its own queue and its own worker).  Each schedule enqueues stop
+# requests in transactions that commit, roll back, roll back to a savepoint
+# or go through two-phase commit, each transaction in one of the two
+# databases, over two configs (public-key and certificate mode), while a
+# private simulator follows a per-plan fault script (answers lost after the
+# stop was applied, 5xx before or after applying, 429 on stops and on
+# queries, timeouts, resets, bad signatures, slow answers, requests held
+# in flight, stops applied late after a 403), and the test
+# kills one database's queue worker (SIGKILL, SIGTERM), cancels it
+# (pg_cancel_backend), terminates the launcher, stops the server in
+# immediate mode, breaks and restores a config's key (in both databases),
+# runs an unprivileged DROP DATABASE of either database and fails the
+# primary over to its asynchronous streaming standby (which replicates
+# both).  Plan numbers are unique across the two databases.  After both
+# queues drained, every plan is checked, in its own database, against the
+# simulator's own event record:
 #
 #  I1  nothing of a rolled-back transaction (or savepoint, or ROLLBACK
 #      PREPARED) reached WeChat Pay;
@@ -23,14 +28,15 @@
 #  I3  a `succeeded` row is a stopped plan; a `failed` row with WeChat
 #      Pay's code is a plan this request did not stop; a stopped plan's
 #      request is never `failed` with anything but WX003;
-#  I4  never two queue workers at once (pg_stat_activity sampled at every
-#      step, and the server log's "queue worker started/stopped" lines when
-#      the worker writes them);
+#  I4  never two queue workers of one database at once (pg_stat_activity
+#      sampled at every step, per datname, and the server log's "queue
+#      worker started/stopped" lines when the worker writes them);
 #  I5  every committed request finished, within wxpay.max_attempts (one
 #      committed, or prepared, beyond what the standby had replayed when
 #      it was promoted may have no row: lost in the failover);
-#  I6  an unprivileged DROP DATABASE fails ("must be owner") and leaves the
-#      queue worker alone.
+#  I6  an unprivileged DROP DATABASE fails ("must be owner") and leaves
+#      that database's queue worker alone;
+#  I7  a request has rows only in the database that enqueued it.
 #
 # Every random choice comes from a small PRNG seeded with the printed seed;
 # each schedule's generator is derived from (seed, schedule number), and the
@@ -41,15 +47,21 @@
 # 2^21), so a seed of a run before they existed still draws the same
 # requests, scripts and other actions, now with cancels and late stops in
 # between.  Failovers come from a fourth stream (seed, schedule number +
-# 2^22), likewise.
+# 2^22), likewise, and the databases from a fifth (seed, schedule number +
+# 2^23): each transaction's database (so all its requests share it), the
+# database whose worker a kill or cancel aims at (a kill while a request is
+# held in flight aims at that request's worker) and the database an
+# unprivileged DROP DATABASE names.  A seed of a run before there were two
+# databases draws the same schedules, now spread over the two.
 #
 # Failovers: in about one schedule in five, the primary (streaming to an
 # asynchronous standby) is stopped in immediate mode after a random step or
 # in the middle of the drain, usually after its WAL sender was frozen
 # (SIGSTOP) up to two steps before, so that what it committed meanwhile
 # never reached the standby.  The standby is promoted and becomes the
-# test's server (every helper talks to $node); two-phase decisions and keys
-# the new primary lacks are taken again, and it gets a new standby from a
+# test's server (every helper talks to $node); two-phase decisions (each in
+# its own database) and keys (in both) the new primary lacks are taken
+# again, and it gets a new standby from a
 # base backup.  The old primary is never started again.  A request whose
 # commit LSN lies beyond the promoted standby's replay LSN may have been
 # lost: no row is then allowed (I5), its stops are still judged by I2; a
@@ -71,8 +83,11 @@
 #   WXPAY_RANDOM_FIRST=K         start at schedule K (replay one schedule:
 #                                WXPAY_RANDOM_FIRST=K WXPAY_RANDOM_SCHEDULES=1)
 #
-# Synchronisation is by polling for conditions with timeouts (queue rows,
-# pg_stat_activity, the simulator's held requests), never by sleeping.
+# The workers stay (wxpay.worker_idle_timeout = 0), as the single worker of
+# wxpay.database_name did before: a kill or cancel finds its database's
+# worker.  Synchronisation is by polling for conditions with timeouts
+# (queue rows, pg_stat_activity, the simulator's held requests), never by
+# sleeping.
 
 use strict;
 use warnings FATAL => 'all';
@@ -176,7 +191,7 @@ $node->append_conf(
 max_connections = 40
 shared_buffers = 16MB
 shared_preload_libraries = 'wxpay_signplan'
-wxpay.database_name = 'postgres'
+wxpay.worker_idle_timeout = 0
 max_prepared_transactions = 20
 wxpay.retry_base_delay = '20ms'
 wxpay.retry_max_delay = '200ms'
@@ -190,14 +205,24 @@ log_line_prefix = '%m [%p] '
 log_statement = 'none'
 });
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION wxpay_signplan');
-$node->safe_psql('postgres', config_insert_sql(name => 'pk', base_url => $sim->{url}));
-$node->safe_psql('postgres', certmode_config_sql(name => 'cert', base_url => $sim->{url}));
+# two databases of the cluster, each with the extension and the same two
+# configs; each has its own queue and its own worker
+my @DBS = ('postgres', 't15_other');
+$node->safe_psql('postgres', "CREATE DATABASE $DBS[1]");
+for my $db (@DBS)
+{
+	$node->safe_psql($db, 'CREATE EXTENSION wxpay_signplan');
+	$node->safe_psql($db, config_insert_sql(name => 'pk', base_url => $sim->{url}));
+	$node->safe_psql($db, certmode_config_sql(name => 'cert', base_url => $sim->{url}));
+}
 # a role that owns nothing
 $node->safe_psql('postgres', 'CREATE ROLE t15_mallory LOGIN');
-ok( $node->poll_query_until('postgres',
-		"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'cert'"),
-	'the certificate-mode config has its platform certificate');
+for my $db (@DBS)
+{
+	ok( $node->poll_query_until($db,
+			"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'cert'"),
+		"the certificate-mode config has its platform certificate in $db");
+}
 
 # The streaming standby (asynchronous) that a failover promotes; each
 # promotion makes the promoted node $node and gives it a new standby from a
@@ -261,10 +286,10 @@ sub wait_server
 # run SQL that must succeed, retrying only while the server is not up
 sub must_sql
 {
-	my ($sql) = @_;
+	my ($sql, $db) = @_;
 	for (1 .. 3)
 	{
-		my ($ok, $out, $err) = try_sql($sql);
+		my ($ok, $out, $err) = try_sql($sql, db => $db);
 		return $out if $ok;
 		die "SQL failed: $err\n$sql"
 		  unless $err =~ /connection|recovery mode|shutting down|starting up|terminat|^psql: /i;
@@ -311,47 +336,53 @@ sub violation
 }
 
 # ---------------------------------------------------------------------------
-# I4: the queue workers seen at once
+# I4: the queue workers seen at once, per database
 
-my $max_workers_seen = 0;
+my $max_workers_seen = 0;    # in one database
 my %overlap;    # of the current schedule: { n, first, samples }
 
 sub sample_workers
 {
 	my ($where) = @_;
 	my ($ok, $out) = try_sql(
-		"SELECT count(*) || ' ' || coalesce(string_agg(pid::text, ',' ORDER BY pid), '') FROM pg_stat_activity WHERE backend_type = '$WORKER_TYPE'"
+		"SELECT coalesce(datname, '-') || ' ' || count(*) || ' ' || string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = '$WORKER_TYPE' GROUP BY datname ORDER BY 1"
 	);
 	return undef unless $ok;
-	my ($n, $pids) = split / /, $out, 2;
-	$max_workers_seen = $n if $n > $max_workers_seen;
-	if ($n > 1)
+	my $most = 0;
+	for my $line (split /\n/, $out)
 	{
+		my ($db, $n, $pids) = split / /, $line, 3;
+		$most = $n if $n > $most;
+		next unless $n > 1;
 		# reported once per schedule, with the first and the largest sample
 		$overlap{samples}++;
-		$overlap{first} //= "$n (pids $pids) $where";
-		$overlap{max} = "$n (pids $pids) $where" if $n > ($overlap{n} // 0);
+		$overlap{first} //= "$n in $db (pids $pids) $where";
+		$overlap{max} = "$n in $db (pids $pids) $where" if $n > ($overlap{n} // 0);
 		$overlap{n} = $n if $n > ($overlap{n} // 0);
 	}
-	return $n;
+	$max_workers_seen = $most if $most > $max_workers_seen;
+	return $most;
 }
 
+# the newest process of a type (a worker: the one of database $db)
 sub pid_of
 {
-	my ($type) = @_;
+	my ($type, $db) = @_;
+	my $where = defined $db ? " AND datname = '$db'" : '';
 	my ($ok, $out) = try_sql(
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = '$type' ORDER BY backend_start DESC LIMIT 1");
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = '$type'$where ORDER BY backend_start DESC LIMIT 1");
 	return $ok && $out ne '' ? $out : undef;
 }
 
-# the queue worker's pid, waiting for one to run
+# the queue worker's pid in database $db, waiting for one to run
 sub wait_worker
 {
+	my ($db) = @_;
 	my $t0 = time;
 	while (time - $t0 < $WAIT)
 	{
 		sample_workers('while waiting for a worker');
-		my $pid = pid_of($WORKER_TYPE);
+		my $pid = pid_of($WORKER_TYPE, $db);
 		return $pid if $pid;
 		Time::HiRes::sleep(0.05);
 	}
@@ -472,7 +503,42 @@ sub draw_schedule
 	add_cancels($n, \@steps, \$mid);
 	add_late_stops($n, \@steps, \@reqs);
 	my $fo_drain = add_failover($n, \@steps);
+	add_databases($n, \@steps, \@reqs, $mid);
 	return { steps => \@steps, reqs => \@reqs, mid_drain => $mid, fo_drain => $fo_drain };
+}
+
+# The database of each transaction (and so of its requests), of each step
+# aimed at a worker (which database's worker it signals) and of each
+# unprivileged DROP DATABASE, from a stream of its own (seed, schedule
+# number + 2^23), so the other streams draw what they drew before there
+# were two databases.  A kill while a request is held in flight signals the
+# worker of that request's database.  A key broken or restored is so in
+# both databases (the same configs); restarts, the launcher and failovers
+# are the cluster's.
+sub add_databases
+{
+	my ($n, $steps, $reqs, $mid) = @_;
+	my $r = prng_new($seed, $n + (1 << 23));
+	my %db_of;
+	for my $s (@$steps, $mid // ())
+	{
+		if ($s->{do} eq 'txn')
+		{
+			$s->{db} = pick($r, @DBS);
+			$_->{db} = $s->{db} for @{ $s->{before} }, @{ $s->{after} }, @{ $s->{tail} };
+			$db_of{ $_->{plan} } = $s->{db} for @{ $s->{before} };
+		}
+		elsif ($s->{do} eq 'hold_kill')
+		{
+			$s->{db} = $db_of{ $s->{plan} } // die "the held plan $s->{plan} has no transaction before its kill";
+		}
+		elsif ($s->{do} =~ /^(sigkill_worker|sigterm_worker|cancel_worker|drop_database)$/)
+		{
+			$s->{db} = pick($r, @DBS);
+		}
+	}
+	$_->{db} // die "request $_->{plan} has no database" for @$reqs;
+	return;
 }
 
 # A primary failover, from a stream of its own (seed, schedule number +
@@ -564,22 +630,24 @@ my %key_now = %good_key;
 my $drop_probes = 0;
 my $cancels = 0;	# pg_cancel_backend calls that reached a worker
 
+# in both databases (the same configs)
 sub set_key
 {
 	my ($config, $key) = @_;
-	must_sql("UPDATE wxpay_config SET private_key = " . dq($key) . " WHERE name = '$config'");
+	must_sql("UPDATE wxpay_config SET private_key = " . dq($key) . " WHERE name = '$config'", $_) for @DBS;
 	$key_now{$config} = $key;
 	return;
 }
 
+# $db: the database whose worker a worker-targeted kill signals
 sub do_kill
 {
-	my ($what) = @_;
+	my ($what, $db) = @_;
 	if ($what eq 'sigkill_worker' || $what eq 'sigterm_worker')
 	{
-		my $pid = wait_worker() or return note("no worker to kill");
+		my $pid = wait_worker($db) or return note("no worker to kill in $db");
 		kill($what eq 'sigkill_worker' ? 'KILL' : 'TERM', $pid);
-		note("$what: pid $pid");
+		note("$what: pid $pid ($db)");
 		if ($what eq 'sigkill_worker')
 		{
 			# once the postmaster reaped it, it refuses connections until
@@ -591,9 +659,9 @@ sub do_kill
 	}
 	elsif ($what eq 'cancel_worker')
 	{
-		my $pid = wait_worker() or return note("no worker to cancel");
+		my $pid = wait_worker($db) or return note("no worker to cancel in $db");
 		my ($ok, $out) = try_sql("SELECT pg_cancel_backend($pid)");
-		note("worker $pid cancelled: " . ($ok ? $out : 'the server was not up'));
+		note("worker $pid ($db) cancelled: " . ($ok ? $out : 'the server was not up'));
 		$cancels++ if $ok && $out eq 't';
 	}
 	elsif ($what eq 'terminate_launcher')
@@ -698,12 +766,14 @@ sub failover
 		$lost++ if $q->{may_be_lost};
 	}
 	my %resolved = map { $_->{txn}{gid} => $_->{txn} } grep { $_->{txn} && $_->{txn}{resolved} } values %$plans_by_no;
-	for my $gid (split /\n/, must_sql("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 't15\\_${cur_sched}\\_%'"))
+	# (in the database that prepared it)
+	for my $line (split /\n/, must_sql("SELECT gid || ' ' || database FROM pg_prepared_xacts WHERE gid LIKE 't15\\_${cur_sched}\\_%'"))
 	{
+		my ($gid, $db) = split / /, $line;
 		my $t = $resolved{$gid} or next;
 		my $verb = $t->{kind} eq 'prepare_commit' ? 'COMMIT PREPARED' : 'ROLLBACK PREPARED';
-		must_sql("$verb '$gid'");
-		note("$gid resolved again on the new primary");
+		must_sql("$verb '$gid'", $db);
+		note("$gid resolved again on the new primary ($db)");
 	}
 	set_key($_, $key_now{$_}) for sort keys %key_now;
 	note("failover: primary stopped, standby promoted at replay LSN $replay; $lost committed request(s) beyond it");
@@ -728,7 +798,7 @@ sub run_step
 		else { $sql .= "PREPARE TRANSACTION '$s->{gid}';\n"; }
 		# where the WAL was once it committed (or prepared): a failover
 		# may lose it if the standby had not replayed that far
-		my ($lsn) = must_sql($sql . "SELECT pg_current_wal_lsn();\n") =~ /([0-9A-F]+\/[0-9A-F]+)\s*\z/
+		my ($lsn) = must_sql($sql . "SELECT pg_current_wal_lsn();\n", $s->{db}) =~ /([0-9A-F]+\/[0-9A-F]+)\s*\z/
 		  or die 'no WAL position after the transaction';
 		$_->{txn} = $s for @{ $s->{before} }, @{ $s->{after} }, @{ $s->{tail} };
 		if ($s->{kind} =~ /^prepare_/) { $s->{prep_lsn} = $lsn; }
@@ -738,7 +808,7 @@ sub run_step
 	{
 		my $t = $s->{txn};
 		my $verb = $t->{kind} eq 'prepare_commit' ? 'COMMIT PREPARED' : 'ROLLBACK PREPARED';
-		my ($ok, $out, $err) = try_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();");
+		my ($ok, $out, $err) = try_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();", db => $t->{db});
 		if (!$ok && $t->{prep_lost} && $err =~ /prepared transaction with identifier .* does not exist/)
 		{
 			# its PREPARE was lost in a failover: so are its requests
@@ -746,7 +816,7 @@ sub run_step
 		}
 		else
 		{
-			$out = must_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();") unless $ok;
+			$out = must_sql("$verb '$t->{gid}';\nSELECT pg_current_wal_lsn();", $t->{db}) unless $ok;
 			my ($lsn) = $out =~ /([0-9A-F]+\/[0-9A-F]+)\s*\z/ or die "no WAL position after $verb";
 			$_->{lsn} = $lsn for @{ $t->{before} }, @{ $t->{tail} };
 		}
@@ -780,13 +850,13 @@ sub run_step
 			# (a request that ends before sending, e.g. on a broken key,
 			# never arrives)
 			my ($ok, $out) = try_sql(
-				"SELECT state FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$s->{plan}'");
+				"SELECT state FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$s->{plan}'", db => $s->{db});
 			last if $ok && ($out eq 'succeeded' || $out eq 'failed');
 			sample_workers('while waiting for the held request');
 			Time::HiRes::sleep(0.02);
 		}
 		note($in_flight ? "$s->{plan} held in flight: $s->{kill}" : "$s->{plan} never arrived; $s->{kill} anyway");
-		do_kill($s->{kill});
+		do_kill($s->{kill}, $s->{db});
 		sim_post('/release', { plan => $s->{plan} });
 	}
 	elsif ($do eq 'release_deferred')
@@ -808,28 +878,29 @@ sub run_step
 	}
 	elsif ($do eq 'drop_database')
 	{
-		my $before = wait_worker();
-		my ($ok, $out, $err) = try_sql('DROP DATABASE postgres',
+		my $db = $s->{db};
+		my $before = wait_worker($db);
+		my ($ok, $out, $err) = try_sql("DROP DATABASE $db",
 			db => 'template1', extra => [ '-U', 't15_mallory' ]);
-		violation('I6', undef, "an unprivileged DROP DATABASE did not fail with \"must be owner\": "
+		violation('I6', undef, "an unprivileged DROP DATABASE $db did not fail with \"must be owner\": "
 			  . ($ok ? 'it succeeded' : $err))
-		  unless !$ok && $err =~ /must be owner of database postgres/;
+		  unless !$ok && $err =~ /must be owner of database $db/;
 		# a request enqueued after it finishes: had the worker been told to
 		# leave, another worker (a new pid) would serve it
 		my $probe = sprintf('t15-%d-drop%d', $cur_sched, ++$drop_probes);
 		$plans_by_no->{$probe} = { plan => $probe, config => $s->{config}, committed => 1,
-			probe => 1, script => { stop => [], query => [] } };
-		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', '$s->{config}')");
-		$plans_by_no->{$probe}{lsn} = must_sql('SELECT pg_current_wal_lsn()');
-		my ($wok) = try_sql("SELECT state FROM wxpay_wait_stop_request($id, '${WAIT}s')");
-		my $after = pid_of($WORKER_TYPE);
-		violation('I6', undef, 'an unprivileged DROP DATABASE disturbed the queue worker: pid '
+			probe => 1, db => $db, script => { stop => [], query => [] } };
+		my $id = must_sql("SELECT wxpay_stop_sign_plan_async('$probe', 'probe', '$s->{config}')", $db);
+		$plans_by_no->{$probe}{lsn} = must_sql('SELECT pg_current_wal_lsn()', $db);
+		my ($wok) = try_sql("SELECT state FROM wxpay_wait_stop_request($id, '${WAIT}s')", db => $db);
+		my $after = pid_of($WORKER_TYPE, $db);
+		violation('I6', undef, "an unprivileged DROP DATABASE $db disturbed its queue worker: pid "
 			  . ($before // 'none') . ' before, ' . ($after // 'none') . ' after')
 		  if defined $before && (!defined $after || $after != $before);
 	}
 	else
 	{
-		do_kill($do);
+		do_kill($do, $s->{db});
 	}
 	sample_workers("after step $do");
 	return;
@@ -838,7 +909,8 @@ sub run_step
 # ---------------------------------------------------------------------------
 # Draining and checking
 
-# wait until nothing of this schedule is queued or sending (or prepared)
+# wait until nothing of this schedule is queued or sending in either
+# database
 sub drain
 {
 	my ($n, $mid, $fo) = @_;
@@ -847,12 +919,18 @@ sub drain
 	while (time - $t0 < $WAIT)
 	{
 		sample_workers('while draining');
-		my ($ok, $out) = try_sql(
-			"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' AND state IN ('queued', 'sending')"
-		);
+		my ($ok, $busy) = (1, 0);
+		for my $db (@DBS)
+		{
+			my ($dok, $out) = try_sql(
+				"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' AND state IN ('queued', 'sending')",
+				db => $db);
+			$ok &&= $dok;
+			$busy += $out if $dok;
+		}
 		# a failover drawn for the drain happens even if the queue drained
 		# first (a WAL sender may be frozen), and the new primary drains
-		if ($ok && $out eq '0' && !$fo) { return 1; }
+		if ($ok && $busy == 0 && !$fo) { return 1; }
 		if (!$did_mid && $ok)
 		{
 			run_step($mid);
@@ -877,32 +955,42 @@ sub is_wechat_code
 sub check_schedule
 {
 	my ($n, $sched, $drained) = @_;
-	my %rows;
-	for my $line (split /\n/, must_sql(
-			"SELECT merchant_sign_plan_no, id, config_name, state, attempts, coalesce(error_code, ''), coalesce(http_status::text, ''), coalesce((result).cancel_sign_type, '') FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' ORDER BY id"
-		))
+	my %rows;    # database => plan => rows
+	for my $db (@DBS)
 	{
-		my @f = split /\|/, $line, -1;
-		push @{ $rows{ $f[0] } }, { line => $line, id => $f[1], config => $f[2], state => $f[3],
-			attempts => $f[4], error_code => $f[5], http_status => $f[6], cancel => $f[7] };
+		for my $line (split /\n/, must_sql(
+				"SELECT merchant_sign_plan_no, id, config_name, state, attempts, coalesce(error_code, ''), coalesce(http_status::text, ''), coalesce((result).cancel_sign_type, '') FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 't15-$n-%' ORDER BY id",
+				$db))
+		{
+			my @f = split /\|/, $line, -1;
+			push @{ $rows{$db}{ $f[0] } }, { line => "$db: $line", id => $f[1], config => $f[2], state => $f[3],
+				attempts => $f[4], error_code => $f[5], http_status => $f[6], cancel => $f[7] };
+		}
 	}
 	my $all_events = sim_get('/events');
 
 	for my $p (sort keys %$plans_by_no)
 	{
+		my $req = $plans_by_no->{$p};
+		my @foreign = map { @{ $rows{$_}{$p} // [] } } grep { $_ ne $req->{db} } @DBS;
 		violation($_->[0], $p, $_->[1], $_->[2])
-		  for judge_plan($plans_by_no->{$p}, $rows{$p} // [], $all_events->{$p} // []);
+		  for judge_plan($req, $rows{ $req->{db} }{$p} // [], $all_events->{$p} // [], \@foreign);
 	}
 	return;
 }
 
-# The invariants I1, I2, I3 and I5 for one plan: its request ($req:
-# committed or not), its rows and the simulator's events.  Returns
-# [invariant, message, row] for each violation.
+# The invariants I1, I2, I3, I5 and I7 for one plan: its request ($req:
+# committed or not), its rows in its own database and in the other
+# ($foreign), and the simulator's events.  Returns [invariant, message, row]
+# for each violation.
 sub judge_plan
 {
-	my ($req, $rs, $events) = @_;
+	my ($req, $rs, $events, $foreign) = @_;
 	my @v;
+
+	# I7
+	push @v, [ 'I7', scalar(@$foreign) . " row(s) in a database other than its own ($req->{db})", $foreign->[0]{line} ]
+	  if $foreign && @$foreign;
 
 	# I1
 	if (!$req->{committed})
@@ -925,7 +1013,7 @@ sub judge_plan
 	}
 	else
 	{
-		return ([ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
+		return (@v, [ 'I5', 'a committed enqueue has ' . scalar(@$rs) . ' rows' ]) if @$rs != 1;
 		$row = $rs->[0];
 		push @v, [ 'I5', "not finished after draining (state $row->{state})", $row->{line} ]
 		  unless $row->{state} eq 'succeeded' || $row->{state} eq 'failed';
@@ -1079,11 +1167,18 @@ sub check_log
 			'I2 I2', 1 ],
 		[ 'may have been lost in a failover, but has a row: judged in full', 1, $row->('succeeded', 1, ''),
 			[ $ev->(1, 'query') ], 'I3', 1 ],
+		[ 'a row in the other database too', 1, $row->('succeeded', 1, ''),
+			[ $ev->(1, 'stop', applied => 1) ], 'I7', undef, $row->('queued', 0, '') ],
+		[ 'queued in the other database only', 1, [],
+			[], 'I7 I5', undef, $row->('succeeded', 1, '') ],
+		[ 'rolled back here, committed in the other database', 0, [],
+			[ $ev->(1, 'stop', applied => 1) ], 'I7 I1', undef, $row->('succeeded', 1, '') ],
 	);
 	for my $c (@cases)
 	{
-		my ($name, $committed, $rows, $events, $want, $lost) = @$c;
-		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed, may_be_lost => $lost }, $rows, $events);
+		my ($name, $committed, $rows, $events, $want, $lost, $foreign) = @$c;
+		my $got = join ' ', map { $_->[0] } judge_plan({ committed => $committed, may_be_lost => $lost, db => 'postgres' },
+			$rows, $events, $foreign);
 		is($got, $want, "the judge on a synthetic record: $name");
 	}
 	$lost_total = 0;    # counted by the synthetic records too
@@ -1126,16 +1221,19 @@ for my $n ($first .. $first + $schedules - 1)
 		"$overlap{samples} samples of pg_stat_activity saw more than one queue worker; first: $overlap{first}; most: $overlap{max}"
 	) if %overlap;
 
-	my $desc = join(' ', map { $_->{do} eq 'txn' ? $_->{kind} : $_->{do} } @{ $sched->{steps} });
-	$desc .= " | drain+$sched->{mid_drain}{do}" if $sched->{mid_drain};
+	# each step with the database it went to (a = postgres, b = t15_other)
+	my $at = sub { my ($s) = @_; return defined $s->{db} ? ($s->{db} eq $DBS[0] ? '@a' : '@b') : ''; };
+	my $desc = join(' ', map { ($_->{do} eq 'txn' ? $_->{kind} : $_->{do}) . $at->($_) } @{ $sched->{steps} });
+	$desc .= " | drain+$sched->{mid_drain}{do}" . $at->($sched->{mid_drain}) if $sched->{mid_drain};
 	$desc .= ' | drain+' . join('+', map { $_->{do} } @{ $sched->{fo_drain} }) if $sched->{fo_drain};
-	note(sprintf('schedule %d: %d requests, %.1f s: %s', $n, scalar @{ $sched->{reqs} }, time - $t0, $desc));
-	ok(!@violations, "schedule $n (seed $seed): invariants I1-I6 hold")
+	note(sprintf('schedule %d: %d requests (%d in %s), %.1f s: %s', $n, scalar @{ $sched->{reqs} },
+			scalar(grep { $_->{db} eq $DBS[1] } @{ $sched->{reqs} }), $DBS[1], time - $t0, $desc));
+	ok(!@violations, "schedule $n (seed $seed): invariants I1-I7 hold")
 	  or diag(join("\n", @violations));
 	$total_violations += @violations;
 }
 
-cmp_ok($max_workers_seen, '<=', 1, 'never two queue workers at once in pg_stat_activity');
+cmp_ok($max_workers_seen, '<=', 1, 'never two queue workers of one database at once in pg_stat_activity');
 note("$failovers failover(s), $lost_total committed request(s) lost in them");
 cmp_ok($cancels, '>', 0, 'the worker was cancelled in some schedule')
   if $schedules >= 6;
