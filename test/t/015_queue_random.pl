@@ -848,10 +848,11 @@ sub run_step
 		{
 			if (grep { $_->{plan} eq $s->{plan} } @{ sim_get('/held') }) { $in_flight = 1; last; }
 			# (a request that ends before sending, e.g. on a broken key,
-			# never arrives)
+			# never arrives; nor does one whose row was lost with an old
+			# primary, or is not visible: no row, no wait)
 			my ($ok, $out) = try_sql(
 				"SELECT state FROM wxpay_stop_request WHERE merchant_sign_plan_no = '$s->{plan}'", db => $s->{db});
-			last if $ok && ($out eq 'succeeded' || $out eq 'failed');
+			last if $ok && ($out eq '' || $out eq 'succeeded' || $out eq 'failed');
 			sample_workers('while waiting for the held request');
 			Time::HiRes::sleep(0.02);
 		}
