@@ -415,6 +415,38 @@ wxpay_parse_header_line(const char *line, size_t len,
 }
 
 /*
+ * The index of the header name among names[0..n-1], compared without regard
+ * to case (as HTTP requires), or -1.
+ */
+static int
+HeaderIndex(const char *const *names, int n, const char *name, size_t len)
+{
+	for (int i = 0; i < n; i++)
+	{
+		const char *h = names[i];
+		size_t		k;
+
+		if (strlen(h) != len)
+			continue;
+		for (k = 0; k < len; k++)
+		{
+			unsigned char a = (unsigned char) name[k];
+			unsigned char b = (unsigned char) h[k];
+
+			if (a >= 'A' && a <= 'Z')
+				a += 'a' - 'A';
+			if (b >= 'A' && b <= 'Z')
+				b += 'a' - 'A';
+			if (a != b)
+				break;
+		}
+		if (k == len)
+			return i;
+	}
+	return -1;
+}
+
+/*
  * Which of the answer headers that verification needs the header name is
  * (compared without regard to case, as HTTP requires), or -1.
  */
@@ -429,29 +461,7 @@ wxpay_answer_header(const char *name, size_t len)
 		[WXPAY_H_REQUEST_ID] = "Request-ID",
 	};
 
-	for (int i = 0; i < WXPAY_NUM_ANSWER_HEADERS; i++)
-	{
-		const char *n = names[i];
-		size_t		k;
-
-		if (strlen(n) != len)
-			continue;
-		for (k = 0; k < len; k++)
-		{
-			unsigned char a = (unsigned char) name[k];
-			unsigned char b = (unsigned char) n[k];
-
-			if (a >= 'A' && a <= 'Z')
-				a += 'a' - 'A';
-			if (b >= 'A' && b <= 'Z')
-				b += 'a' - 'A';
-			if (a != b)
-				break;
-		}
-		if (k == len)
-			return i;
-	}
-	return -1;
+	return HeaderIndex(names, WXPAY_NUM_ANSWER_HEADERS, name, len);
 }
 
 /*
@@ -559,29 +569,7 @@ static const char *const notify_header_names[WXPAY_NUM_NOTIFY_HEADERS] = {
 int
 wxpay_notify_header(const char *name, size_t len)
 {
-	for (int i = 0; i < WXPAY_NUM_NOTIFY_HEADERS; i++)
-	{
-		const char *n = notify_header_names[i];
-		size_t		k;
-
-		if (strlen(n) != len)
-			continue;
-		for (k = 0; k < len; k++)
-		{
-			unsigned char a = (unsigned char) name[k];
-			unsigned char b = (unsigned char) n[k];
-
-			if (a >= 'A' && a <= 'Z')
-				a += 'a' - 'A';
-			if (b >= 'A' && b <= 'Z')
-				b += 'a' - 'A';
-			if (a != b)
-				break;
-		}
-		if (k == len)
-			return i;
-	}
-	return -1;
+	return HeaderIndex(notify_header_names, WXPAY_NUM_NOTIFY_HEADERS, name, len);
 }
 
 /* The header's name as documented, for messages. */
