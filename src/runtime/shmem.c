@@ -546,14 +546,25 @@ static void
 ProcessWorkerRelease(int code, Datum arg)
 {
 	Latch	   *launcher = NULL;
-	bool		mine = false;
+	bool		mine;
 
 	(void) code;
 	(void) arg;
+	/*
+	 * Said while the place is still this worker's, so that in the log it
+	 * comes before the next worker's "started serving" line.
+	 */
+	LWLockAcquire(Shared->lock, LW_SHARED);
+	mine = MyEntry->worker_pid == MyProcPid;
+	LWLockRelease(Shared->lock);
+	if (!mine)
+		return;
+	ereport(LOG,
+			(errmsg("wxpay_signplan worker %d stopped serving database \"%s\"",
+					(int) MyProcPid, wxpay_worker_database())));
 	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	if (MyEntry->worker_pid == MyProcPid)
 	{
-		mine = true;
 		MyEntry->worker_pid = 0;
 		MyEntry->worker_latch = NULL;
 		MyEntry->exit_pending = true;
@@ -561,14 +572,8 @@ ProcessWorkerRelease(int code, Datum arg)
 		launcher = Shared->launcher_latch;
 	}
 	LWLockRelease(Shared->lock);
-	if (mine)
-	{
-		ereport(LOG,
-				(errmsg("wxpay_signplan worker %d stopped serving database \"%s\"",
-						(int) MyProcPid, wxpay_worker_database())));
-		if (launcher)
-			SetLatch(launcher);
-	}
+	if (launcher)
+		SetLatch(launcher);
 }
 
 /* ----------------------------------------------------------------

@@ -29,8 +29,8 @@
 #      Pay's code is a plan this request did not stop; a stopped plan's
 #      request is never `failed` with anything but WX003;
 #  I4  never two queue workers of one database at once (pg_stat_activity
-#      sampled at every step, per datname, and the server log's "queue
-#      worker started/stopped" lines when the worker writes them);
+#      sampled at every step, per datname, and the workers' "started
+#      serving" / "stopped serving" lines in the server log);
 #  I5  every committed request finished, within wxpay.max_attempts (one
 #      committed, or prepared, beyond what the standby had replayed when
 #      it was promoted may have no row: lost in the failover);
@@ -1072,38 +1072,34 @@ sub judge_plan
 	return @v;
 }
 
-# I4 from the server log, when the worker writes LOG lines matching
-# /queue worker .* started/ and /queue worker .* stopped/ (case ignored),
-# e.g. "wxpay_signplan queue worker started (pid 1234)": the pid is taken
-# from "pid N" in the message, else from the line prefix (%p).  A worker that
-# died without its "stopped" line is over when the postmaster logs its exit,
-# a crash restart or a shutdown.  Without such lines only pg_stat_activity
-# is sampled.
+# I4 from the server log: each worker writes "wxpay_signplan worker N
+# started serving database "D"" once it holds D's place, and "... stopped
+# serving ..." before it lets go of it; a second "started" for D while
+# another pid has not stopped there is a violation.  A worker that died
+# without its "stopped" line is over when the postmaster logs its exit, a
+# crash restart or a shutdown.
 sub check_log
 {
 	my $log = slurp_file($node->logfile, $log_offset);
 	$log_offset += length($log);
 	for my $line (split /\n/, $log)
 	{
-		my ($ppid) = $line =~ /^\S+ \S+ \S+ \[(\d+)\]/;
-		if ($line =~ /queue worker\b[^"]*?\b(started|stopped)\b/i)
+		if ($line =~ /wxpay_signplan worker (\d+) (started|stopped) serving database "([^"]*)"/)
 		{
-			my $what = lc $1;
-			my ($pid) = $line =~ /\bpid[ =:]*(\d+)/i;
-			$pid //= $ppid;
-			next unless $pid;
+			my ($pid, $what, $db) = ($1, $2, $3);
+			my $live = $log_live{$db} //= {};
 			if ($what eq 'started')
 			{
-				violation('I4', undef, "the log shows queue worker $pid started while "
-					  . join(', ', sort keys %log_live) . " had not stopped: $line")
-				  if %log_live && !$log_live{$pid};
-				$log_live{$pid} = 1;
+				violation('I4', undef, "the log shows queue worker $pid started in $db while "
+					  . join(', ', sort keys %$live) . " had not stopped: $line")
+				  if %$live && !$live->{$pid};
+				$live->{$pid} = 1;
 			}
-			else { delete $log_live{$pid}; }
+			else { delete $live->{$pid}; }
 		}
 		elsif ($line =~ /\(PID (\d+)\) (?:exited with exit code|was terminated by signal)/)
 		{
-			delete $log_live{$1};
+			delete $_->{$1} for values %log_live;
 		}
 		elsif ($line =~ /all server processes terminated; reinitializing|database system is shut down|starting PostgreSQL/)
 		{
