@@ -576,6 +576,20 @@ typedef enum WxpayExtState
 #define WXPAY_RATE_AREA_SIZE	(WXPAY_RATE_MERCHANTS * (64 + 16 + WXPAY_RATE_SLOTS * 8))
 
 /*
+ * When a config's platform certificates are next due, remembered across
+ * the on-demand workers of one database (shmem.c): valid while the
+ * database's config generation is the one recorded.
+ */
+#define WXPAY_CERT_MEMOS		8
+#define WXPAY_CERT_MEMO_NAME	64
+typedef struct WxpayCertMemo
+{
+	char		name[WXPAY_CERT_MEMO_NAME]; /* "": a free slot */
+	uint64		config_gen;		/* generation[WXPAY_WAKE_CONFIG] it holds for */
+	TimestampTz next;			/* the next refresh is due then */
+} WxpayCertMemo;
+
+/*
  * One database, in shared memory (shmem.c).  Read and changed under the
  * entries' lock only.
  */
@@ -607,6 +621,7 @@ typedef struct WxpayDbEntry
 	bool		going;			/* being dropped / renamed / copied */
 	TimestampTz going_since;
 	bool		stayed;			/* ... and it stays: serve it at once */
+	WxpayCertMemo certs[WXPAY_CERT_MEMOS];	/* kept across its workers */
 } WxpayDbEntry;
 
 extern void WorkerInit(void);
@@ -614,6 +629,9 @@ extern bool wxpay_worker_preloaded(void);
 extern void wxpay_worker_wake(void);
 extern void wxpay_worker_wake_at_commit(WxpayWake what);
 extern void wxpay_worker_generations(uint64 *gens);
+extern TimestampTz wxpay_worker_cert_recall(const char *name, uint64 config_gen);
+extern void wxpay_worker_cert_remember(const char *name, uint64 config_gen,
+									   TimestampTz next);
 extern void wxpay_worker_prepare_wait(void);
 extern void wxpay_worker_wait_finished(long timeout_ms);
 extern void wxpay_worker_cancel_wait(void);

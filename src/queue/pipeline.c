@@ -263,7 +263,7 @@ static PipeItem *PipeWaitingPop(PipeConfig *pc);
 static void PipeDefer(Pipe *p, PipeConfig *pc, int delay_ms);
 static WxpayHttpRequest *PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms);
 static void PipeCertFinish(Pipe *p);
-static CertSchedule *CertScheduleFind(const char *name);
+static CertSchedule *CertScheduleFind(Pipe *p, const char *name);
 static void PipeCheckClaimed(Pipe *p, PipeConfig *pc, WxpayQueueRow *r);
 
 /* ----------------------------------------------------------------
@@ -1581,16 +1581,29 @@ PipeSign(Pipe *p, PipeItem *it)
  */
 
 static CertSchedule *
-CertScheduleFind(const char *name)
+CertScheduleFind(Pipe *p, const char *name)
 {
 	bool		found;
 	CertSchedule *cs;
 
 	cs = wxpay_name_entry(&CertSchedules, "wxpay certificate schedules", name,
 						  sizeof(cs->name), sizeof(CertSchedule), &found);
+	/*
+	 * New to this process: when the database's earlier worker said, unless
+	 * a config changed since (then, or never said: due at once).  A worker
+	 * started on demand for one stop downloads nothing that is not due.
+	 */
 	if (!found)
-		cs->next = 0;			/* due at once */
+		cs->next = wxpay_worker_cert_recall(name, p->gens[WXPAY_WAKE_CONFIG]);
 	return cs;
+}
+
+/* Set when config cs is next due, here and for the database's next worker. */
+static void
+CertScheduleSet(Pipe *p, CertSchedule *cs, TimestampTz next)
+{
+	cs->next = next;
+	wxpay_worker_cert_remember(cs->name, p->gens[WXPAY_WAKE_CONFIG], next);
 }
 
 /* The download of one due config's certificates, or NULL. */
@@ -1625,7 +1638,7 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 
 	foreach(lc, p->cert_names)
 	{
-		CertSchedule *cs = CertScheduleFind((char *) lfirst(lc));
+		CertSchedule *cs = CertScheduleFind(p, (char *) lfirst(lc));
 
 		if (cs->next <= now)
 		{
@@ -1657,7 +1670,7 @@ PipeCertStart(Pipe *p, TimestampTz now, long *retry_ms)
 		return NULL;
 
 	/* whatever happens below, not again before the retry delay */
-	due->next = TimestampTzPlusMilliseconds(now, Min(interval_ms, CERT_RETRY_MS));
+	CertScheduleSet(p, due, TimestampTzPlusMilliseconds(now, Min(interval_ms, CERT_RETRY_MS)));
 
 	rcxt = AllocSetContextCreate(p->cxt, "wxpay certificate refresh",
 								 ALLOCSET_DEFAULT_SIZES);
@@ -1720,8 +1733,9 @@ PipeCertFinish(Pipe *p)
 
 		for (int i = 0; i < r->ncerts; i++)
 			nnew += r->certs[i].is_new ? 1 : 0;
-		due->next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												(long) wxpay_certificate_refresh_interval * 1000);
+		CertScheduleSet(p, due,
+						TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													(long) wxpay_certificate_refresh_interval * 1000));
 		ereport(nnew > 0 ? LOG : DEBUG1,
 				(errmsg("refreshed the platform certificates of wxpay configuration \"%s\": %d held, %d new",
 						due->name, r->ncerts, nnew)));

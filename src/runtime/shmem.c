@@ -321,6 +321,69 @@ wxpay_worker_generations(uint64 *gens)
 	LWLockRelease(Shared->lock);
 }
 
+/*
+ * When the previous workers of this database said config name's platform
+ * certificates are next due, or 0 (due at once) when no worker said so
+ * since shared memory was made or since a config changed (config_gen is
+ * the generation the caller has acted on).  A worker started on demand
+ * then downloads nothing that is not due.
+ */
+TimestampTz
+wxpay_worker_cert_recall(const char *name, uint64 config_gen)
+{
+	TimestampTz next = 0;
+
+	if (MyEntry == NULL)
+		return 0;
+	LWLockAcquire(Shared->lock, LW_SHARED);
+	for (int i = 0; i < WXPAY_CERT_MEMOS; i++)
+	{
+		WxpayCertMemo *m = &MyEntry->certs[i];
+
+		if (m->config_gen == config_gen && m->name[0] != '\0' &&
+			strcmp(m->name, name) == 0)
+		{
+			next = m->next;
+			break;
+		}
+	}
+	LWLockRelease(Shared->lock);
+	return next;
+}
+
+/*
+ * Remember when config name's certificates are next due.  A name too long
+ * for a slot is not remembered (its next worker refreshes at once); when
+ * every slot is taken, the one of an older generation or due soonest goes.
+ */
+void
+wxpay_worker_cert_remember(const char *name, uint64 config_gen, TimestampTz next)
+{
+	WxpayCertMemo *slot = NULL;
+
+	if (MyEntry == NULL || strlen(name) >= WXPAY_CERT_MEMO_NAME)
+		return;
+	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < WXPAY_CERT_MEMOS && slot == NULL; i++)
+		if (strcmp(MyEntry->certs[i].name, name) == 0)
+			slot = &MyEntry->certs[i];
+	for (int i = 0; i < WXPAY_CERT_MEMOS && slot == NULL; i++)
+		if (MyEntry->certs[i].name[0] == '\0' ||
+			MyEntry->certs[i].config_gen != config_gen)
+			slot = &MyEntry->certs[i];
+	if (slot == NULL)
+	{
+		slot = &MyEntry->certs[0];
+		for (int i = 1; i < WXPAY_CERT_MEMOS; i++)
+			if (MyEntry->certs[i].next < slot->next)
+				slot = &MyEntry->certs[i];
+	}
+	strlcpy(slot->name, name, sizeof(slot->name));
+	slot->config_gen = config_gen;
+	slot->next = next;
+	LWLockRelease(Shared->lock);
+}
+
 static void
 ProcessXactCallback(XactEvent event, void *arg)
 {

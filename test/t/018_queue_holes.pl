@@ -96,20 +96,6 @@ sub worker_waits_for
 	);
 }
 
-# Poll until $cond is true, as poll_query_until polls the server; false on
-# timeout.
-sub poll_until
-{
-	my ($cond) = @_;
-	my $end = Time::HiRes::time() + $PostgreSQL::Test::Utils::timeout_default;
-	while (Time::HiRes::time() < $end)
-	{
-		return 1 if $cond->();
-		Time::HiRes::usleep(50_000);
-	}
-	return 0;
-}
-
 # the worker runs and serves
 is(wait_req(enqueue_stop($node, 'q18-warm'))->{state}, 'succeeded', 'the worker serves');
 

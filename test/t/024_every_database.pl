@@ -22,7 +22,10 @@
 #      or why none runs;
 #  (h) one database's worker killed with a request in flight: that request
 #      is settled by a query and stopped once; the other database's worker
-#      is not disturbed.
+#      is not disturbed;
+#  (i) a worker started on demand downloads no platform certificate that
+#      is not due (the schedule outlives each worker), and after a config
+#      change made while no worker ran, the next one refreshes at once.
 #
 # Plan numbers start with e24.
 
@@ -396,6 +399,33 @@ my $start = length(slurp_file($node->logfile));
 		'1/1,1/1', 'killed worker: each plan sent and stopped once');
 	cmp_ok($st->{queries}{'e24-h-a'} // 0, '>=', 1,
 		'killed worker: the unknown outcome was settled by a query');
+}
+
+# ---- (i) a worker started on demand downloads no certificate before it is due ----
+{
+	setup_db('e24cert');
+	$node->safe_psql('e24cert', certmode_config_sql(name => 'e24i'));
+	ok( $node->poll_query_until('e24cert',
+			"SELECT count(*) > 0 FROM wxpay_platform_certificate WHERE config_name = 'e24i'"),
+		'certificates: a new config got its certificates at once');
+	my $gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24cert'";
+	ok($node->poll_query_until('postgres', $gone), 'certificates: the idle worker left');
+	my $before = sim_stats()->{certificate_downloads};
+	for my $round (1 .. 2)
+	{
+		my ($id) = enqueue('e24cert', "e24-i-$round");
+		ok( $node->poll_query_until('e24cert',
+				"SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $id"),
+			"certificates: round $round: a worker started on demand served the stop");
+		ok($node->poll_query_until('postgres', $gone), "certificates: round $round: the worker left again");
+	}
+	is(sim_stats()->{certificate_downloads}, $before,
+		'certificates: two workers started on demand downloaded nothing that was not due (12 h interval)');
+	# a config changed while no worker runs: the next worker refreshes at once
+	$node->safe_psql('e24cert',
+		"UPDATE wxpay_config SET backup_base_url = " . dq(sim_url()) . " WHERE name = 'e24i'");
+	ok(poll_until(sub { sim_stats()->{certificate_downloads} > $before }),
+		'certificates: a config changed while no worker ran: the next worker refreshed them at once');
 }
 
 $node->stop;

@@ -33,7 +33,7 @@ our @EXPORT = qw(
   clear_session bg_send bg_finish session_ok_query session_wait_until
   sim_stop_attempts sim_stops sim_count sim_fault sim_held wait_sim_held
   enqueue_stop wait_stop_request worker_pid set_conf
-  refusing_port silent_port
+  refusing_port silent_port poll_until
   start_sim stop_sim ctl_get_at ctl_post_at
 );
 
@@ -53,6 +53,20 @@ my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
 my $json = JSON::PP->new->utf8->canonical;
 
 sub sim_url { return $ENV{WXPAY_SIM_URL}; }
+
+# Poll until $cond (a code ref) is true, as poll_query_until polls the
+# server; false after PostgreSQL::Test::Utils::timeout_default.
+sub poll_until
+{
+	my ($cond) = @_;
+	my $end = Time::HiRes::time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (Time::HiRes::time() < $end)
+	{
+		return 1 if $cond->();
+		Time::HiRes::usleep(50_000);
+	}
+	return 0;
+}
 
 # Contents of a PKI file (bytes); chomp => 1 strips the trailing newline.
 sub pki_file
