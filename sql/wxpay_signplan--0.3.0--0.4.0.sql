@@ -315,3 +315,77 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp;
 
 REVOKE ALL ON FUNCTION @extschema@.wxpay_adopt_stop_requests() FROM PUBLIC;
+
+-- ----- issue 21, the worker's status in wxpay_queue_status -----
+-- worker_status and worker_next_start_at: the launcher's word on this
+-- database (wxpay_queue_workers()): served, or why no worker runs.
+CREATE OR REPLACE VIEW @extschema@.wxpay_queue_status AS
+WITH pending AS (
+    SELECT r.config_name,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued') AS queued,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued' AND r.attempts > 0) AS retrying,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'sending') AS in_flight,
+           pg_catalog.count(*) FILTER (WHERE r.outcome_unknown) AS outcome_unknown,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'queued'
+                                       AND r.next_attempt_at <= pg_catalog.now()) AS due,
+           pg_catalog.min(r.next_attempt_at) FILTER (WHERE r.state = 'queued'
+                                       AND r.next_attempt_at <= pg_catalog.now()) AS oldest_due_at,
+           pg_catalog.min(r.next_attempt_at) FILTER (WHERE r.state = 'queued') AS next_attempt_at
+      FROM @extschema@.wxpay_stop_request r
+     WHERE r.state = ANY (ARRAY['queued', 'sending']::text[])
+     GROUP BY r.config_name),
+finished AS (
+    SELECT r.config_name,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'succeeded') AS succeeded_last_hour,
+           pg_catalog.count(*) FILTER (WHERE r.state = 'failed') AS failed_last_hour
+      FROM @extschema@.wxpay_stop_request r
+     WHERE r.finished_at > pg_catalog.now() - '1 hour'::interval
+     GROUP BY r.config_name),
+names AS (
+    SELECT c.name AS config_name FROM @extschema@.wxpay_config c
+    UNION
+    SELECT p.config_name FROM pending p),
+errors AS (
+    SELECT DISTINCT ON (s.config_name) s.config_name, s.last_error_at, s.last_error
+      FROM @extschema@.wxpay_stat() s
+     WHERE s.source = 'worker' AND s.last_error_at IS NOT NULL
+     ORDER BY s.config_name, s.last_error_at DESC),
+worker AS (
+    SELECT a.pid, a.state, a.query, a.state_change, a.backend_start
+      FROM pg_catalog.pg_stat_activity a
+     WHERE a.backend_type = 'wxpay_signplan worker'
+       AND a.datname = pg_catalog.current_database()
+     ORDER BY a.backend_start DESC
+     LIMIT 1),
+served AS (
+    SELECT q.state, q.next_start_at
+      FROM @extschema@.wxpay_queue_workers() q
+     WHERE q.datid OPERATOR(pg_catalog.=)
+           (SELECT d.oid FROM pg_catalog.pg_database d
+             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()))
+SELECT n.config_name,
+       COALESCE(p.queued, 0) AS queued,
+       COALESCE(p.retrying, 0) AS retrying,
+       COALESCE(p.in_flight, 0) AS in_flight,
+       COALESCE(p.outcome_unknown, 0) AS outcome_unknown,
+       COALESCE(p.due, 0) AS due,
+       COALESCE(f.succeeded_last_hour, 0) AS succeeded_last_hour,
+       COALESCE(f.failed_last_hour, 0) AS failed_last_hour,
+       p.oldest_due_at,
+       pg_catalog.now() - p.oldest_due_at AS oldest_due_age,
+       p.next_attempt_at,
+       e.last_error,
+       e.last_error_at,
+       w.pid AS worker_pid,
+       w.state AS worker_state,
+       w.query AS worker_activity,
+       w.state_change AS worker_state_since,
+       w.backend_start AS worker_started_at,
+       s.state AS worker_status,
+       s.next_start_at AS worker_next_start_at
+  FROM names n
+  LEFT JOIN pending p ON p.config_name = n.config_name
+  LEFT JOIN finished f ON f.config_name = n.config_name
+  LEFT JOIN errors e ON e.config_name = n.config_name
+  LEFT JOIN worker w ON true
+  LEFT JOIN served s ON true;

@@ -495,10 +495,29 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION @extschema@.wxpay_stat_reset() FROM PUBLIC;
 
 --
+-- The queue's background processes across the cluster: the launcher, and
+-- each database it keeps track of with its worker (pid, since when) or why
+-- none runs, and when one is next due to start.  For monitoring roles.
+--
+CREATE FUNCTION @extschema@.wxpay_queue_workers(
+    OUT datid oid, OUT datname name, OUT backend_type text, OUT pid integer,
+    OUT state text, OUT started_at timestamptz, OUT next_start_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'wxpay_queue_workers'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
+    'The launcher and every database''s queue worker, or why none runs';
+
+REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;
+
+--
 -- The queue at a glance, one row per config (every configured one, and any
 -- other name with unfinished requests): what waits, what is in flight, how
--- late the oldest due request is, the worker's last failure for that config
--- and what the worker process is doing.  Reads only the unfinished rows
+-- late the oldest due request is, the worker's last failure for that config,
+-- what the worker process is doing, and (worker_status, from the launcher)
+-- whether this database is served and, when no worker runs, why.  Reads only the unfinished rows
 -- (the partial index) and the last hour's finished ones.
 --
 CREATE VIEW @extschema@.wxpay_queue_status AS
@@ -538,7 +557,13 @@ worker AS (
      WHERE a.backend_type = 'wxpay_signplan worker'
        AND a.datname = pg_catalog.current_database()
      ORDER BY a.backend_start DESC
-     LIMIT 1)
+     LIMIT 1),
+served AS (
+    SELECT q.state, q.next_start_at
+      FROM @extschema@.wxpay_queue_workers() q
+     WHERE q.datid OPERATOR(pg_catalog.=)
+           (SELECT d.oid FROM pg_catalog.pg_database d
+             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()))
 SELECT n.config_name,
        COALESCE(p.queued, 0) AS queued,
        COALESCE(p.retrying, 0) AS retrying,
@@ -556,36 +581,21 @@ SELECT n.config_name,
        w.state AS worker_state,
        w.query AS worker_activity,
        w.state_change AS worker_state_since,
-       w.backend_start AS worker_started_at
+       w.backend_start AS worker_started_at,
+       s.state AS worker_status,
+       s.next_start_at AS worker_next_start_at
   FROM names n
   LEFT JOIN pending p ON p.config_name = n.config_name
   LEFT JOIN finished f ON f.config_name = n.config_name
   LEFT JOIN errors e ON e.config_name = n.config_name
-  LEFT JOIN worker w ON true;
+  LEFT JOIN worker w ON true
+  LEFT JOIN served s ON true;
 
 COMMENT ON VIEW @extschema@.wxpay_queue_status IS
     'The stop request queue and its worker, one row per config';
 
 REVOKE ALL ON TABLE @extschema@.wxpay_queue_status FROM PUBLIC;
 GRANT SELECT ON TABLE @extschema@.wxpay_queue_status TO pg_monitor;
-
---
--- The queue's background processes across the cluster: the launcher, and
--- each database it keeps track of with its worker (pid, since when) or why
--- none runs, and when one is next due to start.  For monitoring roles.
---
-CREATE FUNCTION @extschema@.wxpay_queue_workers(
-    OUT datid oid, OUT datname name, OUT backend_type text, OUT pid integer,
-    OUT state text, OUT started_at timestamptz, OUT next_start_at timestamptz)
-RETURNS SETOF record
-AS 'MODULE_PATHNAME', 'wxpay_queue_workers'
-LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
-
-COMMENT ON FUNCTION @extschema@.wxpay_queue_workers() IS
-    'The launcher and every database''s queue worker, or why none runs';
-
-REVOKE ALL ON FUNCTION @extschema@.wxpay_queue_workers() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.wxpay_queue_workers() TO pg_monitor;
 
 --
 -- Where the extension lives decides who can plant objects beside it.  A

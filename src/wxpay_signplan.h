@@ -625,6 +625,9 @@ typedef struct WxpayDbEntry
 } WxpayDbEntry;
 
 extern void WorkerInit(void);
+struct BackgroundWorker;
+extern void wxpay_bgworker_init(struct BackgroundWorker *bgw, const char *function,
+								const char *name, int restart_secs);
 extern bool wxpay_worker_preloaded(void);
 extern void wxpay_worker_wake(void);
 extern void wxpay_worker_wake_at_commit(WxpayWake what);

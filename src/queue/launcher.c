@@ -497,18 +497,12 @@ LauncherStartWorker(int i, WxpayDbEntry *e)
 	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	wxpay_bgworker_init(&bgw, "wxpay_queue_worker_main", "wxpay_signplan worker",
+						BGW_NEVER_RESTART);
 #ifdef BGWORKER_INTERRUPTIBLE
 	/* DROP/ALTER DATABASE and CREATE DATABASE ... TEMPLATE may end it */
 	bgw.bgw_flags |= BGWORKER_INTERRUPTIBLE;
 #endif
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "wxpay_signplan");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "wxpay_queue_worker_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "wxpay_signplan worker");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "wxpay_signplan worker");
 	bgw.bgw_main_arg = ObjectIdGetDatum(e->dboid);
 	bgw.bgw_notify_pid = MyProcPid;
 
@@ -537,6 +531,11 @@ LauncherStartWorker(int i, WxpayDbEntry *e)
  * wxpay_queue_workers(): the launcher and each database the launcher keeps
  * track of, with its worker or why none runs.  Copies the entries under the
  * lock, then builds the rows.
+ *
+ * The state texts follow one convention (doc/reference.md): a state word
+ * ("running", "not running", "serving", "starting", "waiting", "idle",
+ * "not served"), then, when there is one, a colon and the reason, in lower
+ * case without a final period; the word alone is enough to filter on.
  */
 #define WORKERS_COLS	7
 
@@ -601,7 +600,7 @@ wxpay_queue_workers(PG_FUNCTION_ARGS)
 			nulls[3] = false;
 			values[5] = TimestampTzGetDatum(e->started_at);
 			nulls[5] = false;
-			state = e->yield ? "serving, giving its place to another database" : "serving";
+			state = e->yield ? "serving: giving its place to another database" : "serving";
 		}
 		else if (e->starting)
 			state = "starting";
@@ -613,12 +612,12 @@ wxpay_queue_workers(PG_FUNCTION_ARGS)
 			state = "not served: the database is being dropped, renamed or copied";
 		else if (e->retry_at > now)
 		{
-			state = "waiting to start again after a failure";
+			state = "waiting: its last worker failed";
 			values[6] = TimestampTzGetDatum(e->retry_at);
 			nulls[6] = false;
 		}
 		else if (e->ext == WXPAY_EXT_UNKNOWN || e->wake || e->next_due <= now)
-			state = "waiting for a place (wxpay.max_workers)";
+			state = "waiting: every place is taken (wxpay.max_workers)";
 		else
 		{
 			state = "idle: nothing to do";

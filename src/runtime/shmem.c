@@ -170,15 +170,31 @@ WorkerInit(void)
 	PrevProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = ProcessUtilityHook;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = LAUNCHER_RESTART_SECS;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "wxpay_signplan");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "wxpay_launcher_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "wxpay_signplan launcher");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "wxpay_signplan launcher");
+	wxpay_bgworker_init(&bgw, "wxpay_launcher_main", "wxpay_signplan launcher",
+						LAUNCHER_RESTART_SECS);
 	RegisterBackgroundWorker(&bgw);
+}
+
+/*
+ * Fill in a background worker of this library: its entry point, its name
+ * (also its type, the backend_type pg_stat_activity shows), shared memory
+ * and a database connection, started once recovery has finished (never on
+ * a standby), restarted after restart_secs (or BGW_NEVER_RESTART).  The
+ * launcher and the queue workers are both made here, so they differ only
+ * where they must.
+ */
+void
+wxpay_bgworker_init(BackgroundWorker *bgw, const char *function,
+					const char *name, int restart_secs)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw->bgw_restart_time = restart_secs;
+	strlcpy(bgw->bgw_library_name, "wxpay_signplan", BGW_MAXLEN);
+	strlcpy(bgw->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(bgw->bgw_name, name, BGW_MAXLEN);
+	strlcpy(bgw->bgw_type, name, BGW_MAXLEN);
 }
 
 bool

@@ -25,7 +25,11 @@
 #      is not disturbed;
 #  (i) a worker started on demand downloads no platform certificate that
 #      is not due (the schedule outlives each worker), and after a config
-#      change made while no worker ran, the next one refreshes at once.
+#      change made while no worker ran, the next one refreshes at once;
+#      wxpay_queue_status says why no worker runs;
+#  (j) taking turns: with one place, a database whose backlog outlasts a
+#      turn (10 s) gives its place to another database with work, which is
+#      served before that backlog ends; never more workers than the place.
 #
 # Plan numbers start with e24.
 
@@ -347,6 +351,8 @@ my $start = length(slurp_file($node->logfile));
 	}
 	is($row{''}, 'wxpay_signplan launcher|t|running', 'wxpay_queue_workers: the launcher');
 	is($row{e24b}, 'wxpay_signplan worker|t|serving', 'wxpay_queue_workers: e24b is served');
+	is($node->safe_psql('e24b', 'SELECT DISTINCT worker_status FROM wxpay_queue_status'),
+		'serving', 'wxpay_queue_status: worker_status says e24b is served');
 	is($row{e24plain}, 'wxpay_signplan worker|f|not served: the extension is not installed',
 		'wxpay_queue_workers: e24plain has no extension');
 	ok(!exists $row{e24tpl} && !exists $row{template1},
@@ -410,6 +416,10 @@ my $start = length(slurp_file($node->logfile));
 		'certificates: a new config got its certificates at once');
 	my $gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker' AND datname = 'e24cert'";
 	ok($node->poll_query_until('postgres', $gone), 'certificates: the idle worker left');
+	is( $node->safe_psql('e24cert',
+			'SELECT DISTINCT worker_status || \'|\' || (worker_next_start_at > now()) FROM wxpay_queue_status'),
+		'idle: nothing to do|true',
+		'wxpay_queue_status: no worker runs, worker_status says why, and when one is next due');
 	my $before = sim_stats()->{certificate_downloads};
 	for my $round (1 .. 2)
 	{
@@ -426,6 +436,50 @@ my $start = length(slurp_file($node->logfile));
 		"UPDATE wxpay_config SET backup_base_url = " . dq(sim_url()) . " WHERE name = 'e24i'");
 	ok(poll_until(sub { sim_stats()->{certificate_downloads} > $before }),
 		'certificates: a config changed while no worker ran: the next worker refreshed them at once');
+}
+
+# ---- (j) taking turns: a backlog longer than a turn does not hold the only place ----
+{
+	# one place; every answer takes 400 ms, 4 in flight: e24a's 160 stops
+	# need at least 16 s of one worker, longer than a turn (10 s)
+	$node->safe_psql('postgres', 'ALTER SYSTEM SET wxpay.max_workers = 1');
+	$node->reload;
+	ctl_post('/settings', { latency_ms => 400 });
+	my @a = map { "e24-j-a-$_" } 1 .. 160;
+	my @b = map { "e24-j-b-$_" } 1 .. 12;
+	enqueue('e24a', @a);
+	ok( $node->poll_query_until('e24a',
+			"SELECT count(*) > 0 FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'e24-j-a-%' AND state = 'succeeded'"),
+		'turns: e24a\'s backlog is being served');
+	enqueue('e24b', @b);
+	my $most = 0;
+	my $a_left;
+	for (1 .. 1200)
+	{
+		my $n = $node->safe_psql('postgres',
+			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'");
+		$most = $n if $n > $most;
+		my $b_done = $node->safe_psql('e24b',
+			"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'e24-j-b-%' AND state = 'succeeded'");
+		if ($b_done == 12)
+		{
+			$a_left = $node->safe_psql('e24a',
+				"SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'e24-j-a-%' AND state IN ('queued', 'sending')");
+			last;
+		}
+		select(undef, undef, undef, 0.1);
+	}
+	ok(defined $a_left, 'turns: e24b was served while e24a had a backlog');
+	cmp_ok($a_left // 0, '>', 0,
+		'turns: e24b\'s stops finished before e24a\'s backlog did (it got a turn, it did not wait for the end)');
+	ok($most <= 1, "turns: never more workers than wxpay.max_workers = 1 (saw $most)");
+	ok(all_done('e24a'), 'turns: e24a\'s backlog finished after its turn came back');
+	my $st = sim_stats();
+	my @twice = grep { ($st->{stops}{$_} // 0) != 1 || ($st->{stop_attempts}{$_} // 0) != 1 } (@a, @b);
+	is(join(',', @twice), '', 'turns: each plan sent and stopped once');
+	ctl_post('/settings', { latency_ms => 0 });
+	$node->safe_psql('postgres', 'ALTER SYSTEM RESET wxpay.max_workers');
+	$node->reload;
 }
 
 $node->stop;
