@@ -54,14 +54,7 @@ $node->append_conf('postgresql.conf',
 		'wxpay.request_timeout' => "'30s'"));
 $node->start;
 
-sub log_from { return substr(slurp_file($node->logfile), $_[0]); }
-
-sub count_of
-{
-	my ($re, $text) = @_;
-	my $n = () = $text =~ /$re/g;
-	return $n;
-}
+sub log_from { return log_since($node, $_[0]); }
 
 sub setup_db
 {

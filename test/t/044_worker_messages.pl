@@ -34,14 +34,7 @@ $node->append_conf('postgresql.conf',
 		log_error_verbosity => 'verbose'));
 $node->start;
 
-sub log_from { return substr(slurp_file($node->logfile), $_[0]); }
-
-sub count_of
-{
-	my ($re, $text) = @_;
-	my $n = () = $text =~ /$re/g;
-	return $n;
-}
+sub log_from { return log_since($node, $_[0]); }
 
 # ---- (a) no such database ----
 

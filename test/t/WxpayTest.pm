@@ -33,7 +33,7 @@ our @EXPORT = qw(
   clear_session bg_send bg_finish session_ok_query session_wait_until
   sim_stop_attempts sim_stops sim_count sim_fault sim_held wait_sim_held
   enqueue_stop wait_stop_request worker_pid set_conf
-  refusing_port silent_port poll_until
+  refusing_port silent_port poll_until log_since count_of
   start_sim stop_sim ctl_get_at ctl_post_at
 );
 
@@ -53,6 +53,21 @@ my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 0);
 my $json = JSON::PP->new->utf8->canonical;
 
 sub sim_url { return $ENV{WXPAY_SIM_URL}; }
+
+# $node's server log from byte $offset on.
+sub log_since
+{
+	my ($node, $offset) = @_;
+	return substr(PostgreSQL::Test::Utils::slurp_file($node->logfile), $offset);
+}
+
+# How many times $re matches in $text.
+sub count_of
+{
+	my ($re, $text) = @_;
+	my $n = () = $text =~ /$re/g;
+	return $n;
+}
 
 # Poll until $cond (a code ref) is true, as poll_query_until polls the
 # server; false after PostgreSQL::Test::Utils::timeout_default.
