@@ -29,7 +29,9 @@
 #      wxpay_queue_status says why no worker runs;
 #  (j) taking turns: with one place, a database whose backlog outlasts a
 #      turn (10 s) gives its place to another database with work, which is
-#      served before that backlog ends; never more workers than the place.
+#      served before that backlog ends; never more workers than the place;
+#  (k) one database's worker failing at every round (its queue table
+#      renamed away) does not stop another database's stops.
 #
 # Plan numbers start with e24.
 
@@ -473,6 +475,29 @@ my $start = length(slurp_file($node->logfile));
 	ctl_post('/settings', { latency_ms => 0 });
 	$node->safe_psql('postgres', 'ALTER SYSTEM RESET wxpay.max_workers');
 	$node->reload;
+}
+
+# ---- (k) one database's errors never stop another's ----
+{
+	# e24c's worker fails at every round: its queue table is gone (renamed
+	# in the transaction that queued three requests)
+	my $offset = -s $node->logfile;
+	$node->safe_psql('e24c',
+		"BEGIN; SELECT wxpay_stop_sign_plan_async(p, 'r') FROM unnest(ARRAY['e24-k-c-1', 'e24-k-c-2', 'e24-k-c-3']) p;"
+		  . " ALTER TABLE wxpay_stop_request RENAME TO wxpay_stop_request_away; COMMIT;");
+	$node->wait_for_log(qr/ERROR: .*wxpay_stop_request/, $offset);
+	my @d = map { "e24-k-d-$_" } 1 .. 5;
+	enqueue('e24d', @d);
+	ok( $node->poll_query_until('e24d',
+			"SELECT count(*) = 5 FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'e24-k-d-%' AND state = 'succeeded'"),
+		'errors: e24d is served while e24c\'s worker fails at every round');
+	$node->safe_psql('e24c', 'ALTER TABLE wxpay_stop_request_away RENAME TO wxpay_stop_request');
+	ok( $node->poll_query_until('e24c',
+			"SELECT count(*) = 3 FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'e24-k-c-%' AND state = 'succeeded'"),
+		'errors: e24c is served again once its table is back');
+	my $st = sim_stats();
+	my @twice = grep { ($st->{stops}{$_} // 0) != 1 } (@d, map { "e24-k-c-$_" } 1 .. 3);
+	is(join(',', @twice), '', 'errors: each plan stopped once');
 }
 
 $node->stop;
