@@ -13,6 +13,9 @@
 #      concurrency (wxpay.worker_concurrency = wxpay.batch_concurrency), at
 #      0 ms and at WX_QUEUE_LATENCY_MS added simulator latency, and their
 #      ratio (target: queue >= 0.9x batch);
+#   3b. the same at 0 ms with two busy databases (half the requests queued
+#      in each at once, one worker each) beside one database (target: the
+#      total at least that of one);
 #   4. a fast merchant's commit-to-finished p50/p99 for a paced stream of
 #      requests, alone and beside a slow merchant (a second simulator whose
 #      answers come only after wxpay.request_timeout, holding a backlog),
@@ -167,6 +170,30 @@ for l in 0 "$LAT"; do
 done
 echo '(target: queue >= 0.9x batch)'
 sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
+
+# ---- 3b. two busy databases beside one: the same requests, half queued in
+# each of two databases at once (one worker each, the same merchant and
+# its one rate budget), drained from the first commit to the last finish
+wx_as_pg psql -X -q -d postgres -c "CREATE DATABASE bq_two" >/dev/null
+wx_setup_config bq_two >/dev/null
+psql_db() { local db=$1; shift; wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-warm-' || i, 'r')) FROM generate_series(1, 50) i" >/dev/null
+until [ "$(psql_db bq_two -c "SELECT count(*) FROM wxpay_stop_request WHERE state IN ('queued', 'sending')")" = 0 ]; do sleep 0.05; done
+half=$((NB / 2))
+one=$(queue_rate bq-one "$NB")
+tc=$(psql_su -c "SELECT extract(epoch FROM clock_timestamp())")
+psql_su -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-a-' || i, 'r')) FROM generate_series(1, $half) i" >/dev/null &
+qa=$!
+psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-b-' || i, 'r')) FROM generate_series(1, $half) i" >/dev/null
+wait "$qa"
+wait_drained bq-two-a-
+until [ "$(psql_db bq_two -c "SELECT count(*) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'bq-two-b-%' AND state IN ('queued', 'sending')")" = 0 ]; do sleep 0.05; done
+tfa=$(psql_su -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'bq-two-a-%'")
+tfb=$(psql_db bq_two -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'bq-two-b-%'")
+two=$(calc "2 * $half / (($tfa > $tfb ? $tfa : $tfb) - $tc)")
+printf '\ntwo busy databases, %d requests in all (%d each), no added latency\n' $((2 * half)) "$half"
+printf '%-30s %10.1f req/s\n' 'one database' "$one" 'two databases at once' "$two"
+printf 'two / one: %.2fx (target: at least 1x)\n' "$(calc "$two / $one")"
 
 # ---- 4. a fast merchant beside a slow one
 
