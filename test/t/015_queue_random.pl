@@ -648,12 +648,15 @@ sub do_kill
 		my $pid = wait_worker($db) or return note("no worker to kill in $db");
 		kill($what eq 'sigkill_worker' ? 'KILL' : 'TERM', $pid);
 		note("$what: pid $pid ($db)");
+		# gone before the next step looks at the workers (a worker still
+		# exiting is not the one a later step should find: I6 compared
+		# such a pid with its successor once, on a loaded machine)
+		my $t0 = time;
+		Time::HiRes::sleep(0.02) while kill(0, $pid) && time - $t0 < $WAIT;
 		if ($what eq 'sigkill_worker')
 		{
 			# once the postmaster reaped it, it refuses connections until
 			# it has restarted every process
-			my $t0 = time;
-			Time::HiRes::sleep(0.02) while kill(0, $pid) && time - $t0 < $WAIT;
 			wait_server() or die 'the server did not come back after a worker crash';
 		}
 	}
