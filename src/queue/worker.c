@@ -83,6 +83,7 @@ static TimestampTz LastBusy = 0;	/* when the database last had work */
 static Oid	WorkerPrepare(void);
 static Oid	WorkerExtensionNow(void);
 WXPAY_NORETURN static void WorkerStops(Oid ext);
+static void WorkerErrorPause(void);
 
 void
 wxpay_queue_worker_main(Datum arg)
@@ -172,10 +173,7 @@ wxpay_queue_worker_main(Datum arg)
 		MemoryContextReset(cxt);
 		RESUME_INTERRUPTS();
 
-		pgstat_report_activity(STATE_IDLE, NULL);
-		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WORKER_ERROR_PAUSE_MS,
-						 wxpay_wait_event(WXPAY_WAIT_ERROR_PAUSE));
+		WorkerErrorPause();
 	}
 	PG_exception_stack = &local_sigjmp_buf;
 
@@ -360,4 +358,34 @@ WorkerStops(Oid ext)
 		wxpay_worker_slot_report(true, true, WXPAY_EXT_ABSENT);
 	}
 	proc_exit(0);
+}
+
+/*
+ * A second's pause after an error, so that a persistent one is not logged
+ * in a tight loop.  Interrupts are served meanwhile: a SIGTERM (a fast
+ * shutdown, pg_terminate_backend, DROP DATABASE asking the worker to step
+ * aside) ends the worker at once instead of after the pause; wakeups that
+ * come meanwhile are not lost (the loop reads them from shared memory).
+ */
+static void
+WorkerErrorPause(void)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													WORKER_ERROR_PAUSE_MS);
+
+	pgstat_report_activity(STATE_IDLE, NULL);
+	for (;;)
+	{
+		long		secs;
+		int			usecs;
+
+		CHECK_FOR_INTERRUPTS();
+		TimestampDifference(GetCurrentTimestamp(), until, &secs, &usecs);
+		if (secs <= 0 && usecs <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 secs * 1000 + usecs / 1000 + 1,
+						 wxpay_wait_event(WXPAY_WAIT_ERROR_PAUSE));
+		ResetLatch(MyLatch);
+	}
 }
