@@ -515,6 +515,9 @@ LauncherStartWorker(int i, WxpayDbEntry *e)
 					 errdetail("The launcher tries again every %d s, and says so again only after a worker could be started.",
 							   EXHAUSTED_RETRY_MS / 1000),
 					 errhint("Raise max_worker_processes (each database with work needs one worker, up to wxpay.max_workers, beside the launcher), or lower wxpay.max_workers.")));
+		else
+			ereport(DEBUG1,
+					(errmsg_internal("could not start a wxpay_signplan worker: max_worker_processes is still exhausted")));
 		ExhaustedSaid = true;
 		return false;
 	}

@@ -31,7 +31,9 @@
 #      turn (10 s) gives its place to another database with work, which is
 #      served before that backlog ends; never more workers than the place;
 #  (k) one database's worker failing at every round (its queue table
-#      renamed away) does not stop another database's stops.
+#      renamed away) does not stop another database's stops;
+#  (l) max_worker_processes exhausted: the launcher says so once, tries
+#      again, and the request is served once there is room.
 #
 # Plan numbers start with e24.
 
@@ -498,6 +500,30 @@ my $start = length(slurp_file($node->logfile));
 	my $st = sim_stats();
 	my @twice = grep { ($st->{stops}{$_} // 0) != 1 } (@d, map { "e24-k-c-$_" } 1 .. 3);
 	is(join(',', @twice), '', 'errors: each plan stopped once');
+}
+
+# ---- (l) max_worker_processes exhausted: said once, tried again, served once there is room ----
+{
+	# one slot, taken by the launcher (the logical replication launcher,
+	# which registers first, kept out): no queue worker can start
+	$node->append_conf('postgresql.conf',
+		"max_worker_processes = 1\nmax_logical_replication_workers = 0\nlog_min_messages = debug1\n");
+	# (the launcher's first try comes as it starts)
+	my $offset = -s $node->logfile;
+	$node->restart;
+	my ($id) = enqueue('e24a', 'e24-l-1');
+	# the launcher's second try (EXHAUSTED_RETRY_MS later) says so only at DEBUG1
+	$node->wait_for_log(qr/max_worker_processes is still exhausted/, $offset);
+	my $log = log_from($offset);
+	is(count_of(qr/LOG: .*could not start a wxpay_signplan worker: max_worker_processes is exhausted/, $log), 1,
+		'exhausted: said once at LOG, though tried again');
+	like($log, qr/HINT: .*Raise max_worker_processes/, 'exhausted: the hint says what to do');
+	is($node->safe_psql('e24a', "SELECT state FROM wxpay_stop_request WHERE id = $id"), 'queued',
+		'exhausted: the request waits');
+	$node->append_conf('postgresql.conf', "max_worker_processes = 8\nmax_logical_replication_workers = 4\nlog_min_messages = warning\n");
+	$node->restart;
+	ok( $node->poll_query_until('e24a', "SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $id"),
+		'exhausted: served once there is room');
 }
 
 $node->stop;
