@@ -54,7 +54,8 @@ wxpay.rate_limit = ${WX_QUEUE_RATE:-0}"
 wx_prepare >&2
 
 calc() { awk "BEGIN { print $1 }"; }
-psql_su() { wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_db() { local db=$1; shift; wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+psql_su() { psql_db postgres "$@"; }
 sim_settings() { curl -sf -X POST -H 'Content-Type: application/json' -d "$2" "$1/settings" >/dev/null; }
 
 wx_setup_config
@@ -176,7 +177,6 @@ sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
 # its one rate budget), drained from the first commit to the last finish
 wx_as_pg psql -X -q -d postgres -c "CREATE DATABASE bq_two" >/dev/null
 wx_setup_config bq_two >/dev/null
-psql_db() { local db=$1; shift; wx_as_pg psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
 psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-warm-' || i, 'r')) FROM generate_series(1, 50) i" >/dev/null
 until [ "$(psql_db bq_two -c "SELECT count(*) FROM wxpay_stop_request WHERE state IN ('queued', 'sending')")" = 0 ]; do sleep 0.05; done
 half=$((NB / 2))
