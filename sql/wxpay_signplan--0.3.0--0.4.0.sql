@@ -2,6 +2,15 @@
 
 \echo Use "ALTER EXTENSION wxpay_signplan UPDATE TO '0.4.0'" to load this file. \quit
 
+-- The queue's worker may be draining while this runs.  Its transactions
+-- touch wxpay_stop_request before wxpay_config (a claim counts the configs
+-- after reading the queue); this script alters both, so it takes both
+-- locks up front in that order.  Taken as they come (wxpay_config first,
+-- below), the worker and the update could each wait for the other: a
+-- deadlock that aborts the update.
+LOCK TABLE @extschema@.wxpay_stop_request, @extschema@.wxpay_config
+    IN ACCESS EXCLUSIVE MODE;
+
 -- ===== 0.4.0: hardening (issue 18) =====
 
 -- ----- issue 18, backup domain default -----
