@@ -127,6 +127,16 @@ int			wxpay_retry_max_delay = 600 * 1000;	/* ms */
 #define CERT_RETRY_MS		(5 * 60 * 1000)
 #define CERT_LIST_MS		(60 * 1000)
 #define CLAIM_RECHECK_MS	1000
+
+/*
+ * How far the claims run ahead of the sends: a claim is wanted once fewer
+ * than wxpay.worker_concurrency claimed requests wait for a slot, and it
+ * tops a config's line up to CLAIM_AHEAD times that.  Each claim commits
+ * with a WAL flush the sends wait for, so the deeper the line, the fewer
+ * flushes per request (doc/queue.md "How the worker sends and retries");
+ * what a crash leaves of it unsent is queried before it is sent.
+ */
+#define CLAIM_AHEAD			2
 #define PURGE_INTERVAL_MS	(60 * 1000)
 #define PIPE_ROOTKEY_HOLD_MS	5000	/* a config held for its root key: retry after */
 
@@ -929,9 +939,10 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 	ListCell   *lc;
 
 	/*
-	 * Enough in hand that could be sent now: claim again when half of it is
-	 * gone.  Requests of a config at its cap or its rate limit do not
-	 * count, so that they never keep other merchants' requests unclaimed.
+	 * Enough in hand that could be sent now: claim again when fewer than a
+	 * slot-full wait (CLAIM_AHEAD).  Requests of a config at its cap or its
+	 * rate limit do not count, so that they never keep other merchants'
+	 * requests unclaimed.
 	 */
 	foreach(lc, p->configs)
 	{
@@ -940,7 +951,7 @@ PipeClaimWanted(Pipe *p, TimestampTz now)
 		if (pc->inflight < PipeCap(p) && pc->rate_until <= now)
 			waiting += pc->nwaiting;
 	}
-	if (waiting > wxpay_worker_concurrency / 2)
+	if (waiting >= wxpay_worker_concurrency)
 		return false;
 	if (now < p->claim_after)
 		return false;
@@ -1037,12 +1048,12 @@ PipeClaim(Pipe *p)
 	if (p->nconfigs_all < 0)
 		p->nconfigs_all = wxpay_config_count(p->nspoid);
 	nconfigs = list_length(names);
-	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * conc);
+	rows = palloc(sizeof(WxpayQueueRow) * Max(nconfigs, 1) * CLAIM_AHEAD * conc);
 	counts = palloc0(sizeof(int) * Max(nconfigs, 1));
 	foreach(lc, names)
 	{
 		PipeConfig *pc = PipeConfigFind(p, (char *) lfirst(lc));
-		int			want = conc - pc->nwaiting;
+		int			want = CLAIM_AHEAD * conc - pc->nwaiting;
 
 		if (want > 0)
 			counts[i] = wxpay_queue_claim(p->q, pc->name, want, rows + total);

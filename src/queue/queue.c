@@ -497,9 +497,15 @@ QueueInit(void)
 							NULL, NULL, NULL);
 }
 
+/*
+ * A statement on queue table q, prepared once and kept.  cursor_options
+ * CURSOR_OPT_CUSTOM_PLAN plans each execution afresh, for the table as it
+ * is then: a plan cached while the table was small (a seq scan) would be
+ * kept as it grows.
+ */
 static SPIPlanPtr
 QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
-			 Oid *types)
+			 Oid *types, int cursor_options)
 {
 	char	   *sql;
 
@@ -512,9 +518,9 @@ QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
 		pfree(slot->q);
 	slot->q = NULL;
 	sql = psprintf(fmt, q, q);
-	slot->plan = SPI_prepare(sql, nargs, types);
+	slot->plan = SPI_prepare_cursor(sql, nargs, types, cursor_options);
 	if (slot->plan == NULL || SPI_keepplan(slot->plan) != 0)
-		wxpay_spi_error("SPI_prepare", SPI_result);
+		wxpay_spi_error("SPI_prepare_cursor", SPI_result);
 	slot->q = MemoryContextStrdup(TopMemoryContext, q);
 	return slot->plan;
 }
@@ -701,7 +707,7 @@ wxpay_queue_configs(const char *q)
 						" SELECT (SELECT config_name FROM %s WHERE state OPERATOR(pg_catalog.=) 'queued'"
 						"  AND config_name OPERATOR(pg_catalog.>) c.name ORDER BY config_name LIMIT 1)"
 						" FROM c WHERE c.name IS NOT NULL)"
-						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL);
+						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL, 0);
 	if (QueueExecPlan(plan, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan the stop request queue");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -751,7 +757,12 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 	 * Plans of different sub-merchants (partner mode) with one number count
 	 * as one here: they only wait for each other.  The expression of the
 	 * mark differs only in its timeline rule (an install not yet updated to
-	 * 0.4.0 has no timeline column).
+	 * 0.4.0 has no timeline column).  The plan check is a subplan of its
+	 * own (OFFSET 0: never turned into a join), so that each candidate is
+	 * one lookup of its plan number in the index of requests in sending;
+	 * as a join the planner may scan every entry of the config there, the
+	 * dead ones of finished requests included, for each candidate, which
+	 * grows with the queue's history until a vacuum.
 	 */
 #define QUEUE_CLAIM_SELECT(mark) \
 	"SELECT id, merchant_sign_plan_no, stop_reason, attempts, " mark ", sub_mchid" \
@@ -760,17 +771,17 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 	" AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
 	" AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.state OPERATOR(pg_catalog.=) 'sending'" \
 	"  AND s.config_name OPERATOR(pg_catalog.=) r.config_name" \
-	"  AND s.merchant_sign_plan_no OPERATOR(pg_catalog.=) r.merchant_sign_plan_no)" \
+	"  AND s.merchant_sign_plan_no OPERATOR(pg_catalog.=) r.merchant_sign_plan_no OFFSET 0)" \
 	" ORDER BY next_attempt_at, id LIMIT $2" \
 	" FOR UPDATE SKIP LOCKED"
 	if (has_timeline)
 		plan = QueuePrepare(&select_slot, q,
 							QUEUE_CLAIM_SELECT("(outcome_unknown OR timeline IS NULL"
 											   " OR NOT (timeline OPERATOR(pg_catalog.=) $3))"),
-							3, (Oid[]) {TEXTOID, INT4OID, INT4OID});
+							3, (Oid[]) {TEXTOID, INT4OID, INT4OID}, 0);
 	else
 		plan = QueuePrepare(&select_old_slot, q, QUEUE_CLAIM_SELECT("outcome_unknown"),
-							2, (Oid[]) {TEXTOID, INT4OID});
+							2, (Oid[]) {TEXTOID, INT4OID}, 0);
 #undef QUEUE_CLAIM_SELECT
 	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
 						  Int32GetDatum(limit), timeline}, false) != SPI_OK_SELECT)
@@ -803,15 +814,16 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 		return 0;
 
 	arr = construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	/* planned for each claim: a seq scan only while the table is small */
 #define QUEUE_CLAIM_UPDATE(set) \
 	"UPDATE %s SET state = 'sending', attempts = attempts OPERATOR(pg_catalog.+) 1," \
 	" outcome_unknown = true" set " WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
 	if (has_timeline)
 		plan = QueuePrepare(&update_slot, q, QUEUE_CLAIM_UPDATE(", timeline = $2"),
-							2, (Oid[]) {INT8ARRAYOID, INT4OID});
+							2, (Oid[]) {INT8ARRAYOID, INT4OID}, CURSOR_OPT_CUSTOM_PLAN);
 	else
 		plan = QueuePrepare(&update_old_slot, q, QUEUE_CLAIM_UPDATE(""),
-							1, (Oid[]) {INT8ARRAYOID});
+							1, (Oid[]) {INT8ARRAYOID}, CURSOR_OPT_CUSTOM_PLAN);
 #undef QUEUE_CLAIM_UPDATE
 	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr), timeline},
 					  false) != SPI_OK_UPDATE ||
