@@ -894,8 +894,92 @@ wxpay_queue_defer(const char *q, WxpayQueueRow **rows, int n, int delay_ms)
 }
 
 /*
+ * A one-dimensional array of n values of type elemtype, isnull[i] marking
+ * NULLs (isnull NULL: none).
+ */
+static Datum
+QueueArray(Datum *values, bool *isnull, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, isnull, 1, dims, lbs, elemtype,
+											  typlen, typbyval, typalign));
+}
+
+/*
+ * Outcomes outs[0..n-1], all successes or all not, in one statement: each
+ * row finds its values by its position in the array of ids (the first, if
+ * an id came twice: as one statement per outcome did, where the first left
+ * the row no longer in "sending").
+ */
+static void
+QueueRecordRun(SPIPlanPtr plan, WxpayQueueOutcome *outs, int n, bool ok,
+			   Oid plan_type)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *status = palloc(sizeof(Datum) * n);
+	bool	   *status_null = palloc(sizeof(bool) * n);
+	Datum	   *reqid = palloc(sizeof(Datum) * n);
+	bool	   *reqid_null = palloc(sizeof(bool) * n);
+	Datum	   *a = palloc(sizeof(Datum) * n);	/* result, or error_code */
+	bool	   *a_null = palloc(sizeof(bool) * n);
+	Datum	   *msg = palloc(sizeof(Datum) * n);
+	bool	   *msg_null = palloc(sizeof(bool) * n);
+	Datum	   *retry = palloc(sizeof(Datum) * n);
+	Datum	   *delay = palloc(sizeof(Datum) * n);
+	Datum	   *unknown = palloc(sizeof(Datum) * n);
+	Datum		v[8];
+
+	for (int i = 0; i < n; i++)
+	{
+		WxpayQueueOutcome *o = &outs[i];
+		bool		r = o->fate == WXPAY_QUEUE_RETRY;
+
+		ids[i] = Int64GetDatum(o->id);
+		status[i] = Int32GetDatum((int32) o->http_status);
+		status_null[i] = o->http_status == 0;
+		reqid_null[i] = o->request_id == NULL;
+		reqid[i] = reqid_null[i] ? (Datum) 0 : CStringGetTextDatum(o->request_id);
+		if (ok)
+		{
+			a[i] = o->result;
+			a_null[i] = false;
+			continue;
+		}
+		a_null[i] = o->error_code == NULL;
+		a[i] = a_null[i] ? (Datum) 0 : CStringGetTextDatum(o->error_code);
+		msg_null[i] = o->error_message == NULL;
+		msg[i] = msg_null[i] ? (Datum) 0 : CStringGetTextDatum(o->error_message);
+		retry[i] = BoolGetDatum(r);
+		delay[i] = Float8GetDatum(r ? o->delay_ms / 1000.0 : 0.0);
+		unknown[i] = BoolGetDatum(o->unknown);
+	}
+	v[0] = QueueArray(ids, NULL, n, INT8OID);
+	v[1] = QueueArray(status, status_null, n, INT4OID);
+	v[2] = QueueArray(reqid, reqid_null, n, TEXTOID);
+	if (ok)
+		v[3] = QueueArray(a, a_null, n, plan_type);
+	else
+	{
+		v[3] = QueueArray(a, a_null, n, TEXTOID);
+		v[4] = QueueArray(msg, msg_null, n, TEXTOID);
+		v[5] = QueueArray(retry, NULL, n, BOOLOID);
+		v[6] = QueueArray(delay, NULL, n, FLOAT8OID);
+		v[7] = QueueArray(unknown, NULL, n, BOOLOID);
+	}
+	if (SPI_execute_plan(plan, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not record the outcomes of stop requests");
+}
+
+/*
  * Write outcomes of attempts; NOTIFY wxpay_stop_request with the id of each
- * finished request (delivered when the transaction commits).
+ * finished request (delivered when the transaction commits).  One statement
+ * per run of successes or of other outcomes, in their order.
  */
 void
 wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
@@ -905,8 +989,12 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 	static Oid	plans_type = InvalidOid;
 	static SPIPlanPtr ok_plan = NULL;
 	static SPIPlanPtr fail_plan = NULL;
+	int			start = 0;
 
-	/* prepared once per table and row type, kept across transactions */
+	/*
+	 * Prepared once per table and row type, kept across transactions, and
+	 * planned for each use (id = ANY: the table's size decides the scan).
+	 */
 	if (plans_q == NULL || strcmp(plans_q, q) != 0 || plans_type != plan_type)
 	{
 		char	   *ok_sql;
@@ -921,78 +1009,59 @@ wxpay_queue_record(const char *q, WxpayQueueOutcome *outs, int n,
 			pfree(plans_q);
 		plans_q = NULL;
 
+#define QUEUE_AT(arr) arr "[pg_catalog.array_position($1, id)]"
 		ok_sql = psprintf("WITH r AS (UPDATE %s SET state = 'succeeded',"
-						  " finished_at = pg_catalog.now(), http_status = $2,"
-						  " request_id = $3, result = $4, error_code = NULL,"
-						  " error_message = NULL, outcome_unknown = false"
-						  " WHERE id OPERATOR(pg_catalog.=) $1 AND " QUEUE_BY_ID_SENDING("") " RETURNING id)"
+						  " finished_at = pg_catalog.now(), http_status = " QUEUE_AT("$2") ","
+						  " request_id = " QUEUE_AT("$3") ", result = " QUEUE_AT("$4") ","
+						  " error_code = NULL, error_message = NULL, outcome_unknown = false"
+						  " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QUEUE_BY_ID_SENDING("") " RETURNING id)"
 						  " SELECT pg_catalog.pg_notify('wxpay_stop_request', id::pg_catalog.text) FROM r",
 						  q);
 		fail_sql = psprintf("WITH r AS (UPDATE %s SET"
-							" state = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,"
-							" finished_at = CASE WHEN $6 THEN NULL ELSE pg_catalog.now() END,"
-							" next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $7),"
-							" http_status = $2, request_id = $3, error_code = $4,"
-							" error_message = $5, outcome_unknown = $8"
-							" WHERE id OPERATOR(pg_catalog.=) $1 AND " QUEUE_BY_ID_SENDING("")
+							" state = CASE WHEN " QUEUE_AT("$6") " THEN 'queued' ELSE 'failed' END,"
+							" finished_at = CASE WHEN " QUEUE_AT("$6") " THEN NULL ELSE pg_catalog.now() END,"
+							" next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
+							"  pg_catalog.make_interval(secs => " QUEUE_AT("$7") "),"
+							" http_status = " QUEUE_AT("$2") ", request_id = " QUEUE_AT("$3") ","
+							" error_code = " QUEUE_AT("$4") ", error_message = " QUEUE_AT("$5") ","
+							" outcome_unknown = " QUEUE_AT("$8")
+							" WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QUEUE_BY_ID_SENDING("")
 							" RETURNING id, state)"
 							" SELECT pg_catalog.pg_notify('wxpay_stop_request', id::pg_catalog.text)"
 							" FROM r WHERE state OPERATOR(pg_catalog.=) 'failed'", q);
+#undef QUEUE_AT
 
 		if (OidIsValid(plan_type))
 		{
-			ok_plan = SPI_prepare(ok_sql, 4, (Oid[]) {INT8OID, INT4OID, TEXTOID, plan_type});
+			ok_plan = SPI_prepare_cursor(ok_sql, 4,
+										 (Oid[]) {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+										 get_array_type(plan_type)},
+										 CURSOR_OPT_CUSTOM_PLAN);
 			if (ok_plan == NULL || SPI_keepplan(ok_plan) != 0)
-				wxpay_spi_error("SPI_prepare", SPI_result);
+				wxpay_spi_error("SPI_prepare_cursor", SPI_result);
 		}
-		fail_plan = SPI_prepare(fail_sql, 8, (Oid[]) {INT8OID, INT4OID, TEXTOID, TEXTOID,
-			TEXTOID, BOOLOID, FLOAT8OID, BOOLOID});
+		fail_plan = SPI_prepare_cursor(fail_sql, 8,
+									   (Oid[]) {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+									   TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+									   FLOAT8ARRAYOID, BOOLARRAYOID},
+									   CURSOR_OPT_CUSTOM_PLAN);
 		if (fail_plan == NULL || SPI_keepplan(fail_plan) != 0)
-			wxpay_spi_error("SPI_prepare", SPI_result);
+			wxpay_spi_error("SPI_prepare_cursor", SPI_result);
 		plans_q = MemoryContextStrdup(TopMemoryContext, q);
 		plans_type = plan_type;
 	}
 
-	for (int i = 0; i < n; i++)
+	for (int i = 1; i <= n; i++)
 	{
-		WxpayQueueOutcome *o = &outs[i];
-		Datum		v[8];
-		char		nulls[8];
-		bool		retry = o->fate == WXPAY_QUEUE_RETRY;
+		bool		ok = outs[start].fate == WXPAY_QUEUE_SUCCEEDED;
 
-		memset(nulls, ' ', sizeof(nulls));
-		v[0] = Int64GetDatum(o->id);
-		v[1] = Int32GetDatum((int32) o->http_status);
-		if (o->http_status == 0)
-			nulls[1] = 'n';
-		if (o->request_id)
-			v[2] = CStringGetTextDatum(o->request_id);
-		else
-			nulls[2] = 'n';
-
-		if (o->fate == WXPAY_QUEUE_SUCCEEDED)
-		{
-			if (ok_plan == NULL)
-				elog(ERROR, "type wxpay_sign_plan is missing");
-			v[3] = o->result;
-			if (SPI_execute_plan(ok_plan, v, nulls, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not record a stop request's outcome");
+		if (i < n && (outs[i].fate == WXPAY_QUEUE_SUCCEEDED) == ok)
 			continue;
-		}
-
-		if (o->error_code)
-			v[3] = CStringGetTextDatum(o->error_code);
-		else
-			nulls[3] = 'n';
-		if (o->error_message)
-			v[4] = CStringGetTextDatum(o->error_message);
-		else
-			nulls[4] = 'n';
-		v[5] = BoolGetDatum(retry);
-		v[6] = Float8GetDatum(retry ? o->delay_ms / 1000.0 : 0.0);
-		v[7] = BoolGetDatum(o->unknown);
-		if (SPI_execute_plan(fail_plan, v, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not record a stop request's outcome");
+		if (ok && ok_plan == NULL)
+			elog(ERROR, "type wxpay_sign_plan is missing");
+		QueueRecordRun(ok ? ok_plan : fail_plan, outs + start, i - start, ok,
+					   plan_type);
+		start = i;
 	}
 }
 
