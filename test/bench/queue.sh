@@ -11,11 +11,13 @@
 #      every plan exactly once;
 #   3. the queue's drain rate beside wxpay_stop_sign_plans at the same
 #      concurrency (wxpay.worker_concurrency = wxpay.batch_concurrency), at
-#      0 ms and at WX_QUEUE_LATENCY_MS added simulator latency, and their
-#      ratio (target: queue >= 0.9x batch);
-#   3b. the same at 0 ms with two busy databases (half the requests queued
-#      in each at once, one worker each) beside one database (target: the
-#      total at least that of one);
+#      0 ms and at WX_QUEUE_LATENCY_MS added simulator latency, in paired
+#      rounds, with the CPU time per request of the sender and of the
+#      simulator, and the median ratio (target: queue >= 0.9x batch);
+#   3b. two busy databases (half the requests queued in each at once, one
+#      worker each) beside one database, at 0 ms and at
+#      WX_QUEUE_LATENCY_MS, in paired rounds, with the simulator's CPU use
+#      (target: the median total at least that of one);
 #   4. a fast merchant's commit-to-finished p50/p99 for a paced stream of
 #      requests, alone and beside a slow merchant (a second simulator whose
 #      answers come only after wxpay.request_timeout, holding a backlog),
@@ -31,7 +33,8 @@
 # 2000), WX_QUEUE_LATENCY_MS (20), WX_QUEUE_STREAM (fast requests in the
 # stream, 300), WX_QUEUE_STREAM_MS (pause between their commits, 20),
 # WX_QUEUE_SLOW (the slow merchant's backlog, 4 x concurrency),
-# WX_QUEUE_TIMEOUT_MS (wxpay.request_timeout, 2000); WX_KEEP=1 as for run.sh.
+# WX_QUEUE_TIMEOUT_MS (wxpay.request_timeout, 2000), WX_QUEUE_ROUNDS (paired
+# rounds of sections 3 and 3b, 3); WX_KEEP=1 as for run.sh.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 WX_PRIVATE_PG=1
@@ -46,6 +49,7 @@ STREAM=${WX_QUEUE_STREAM:-$([ -n "$SMOKE" ] && echo 20 || echo 300)}
 STREAM_MS=${WX_QUEUE_STREAM_MS:-20}
 SLOW=${WX_QUEUE_SLOW:-$((4 * CONC))}
 TIMEOUT_MS=${WX_QUEUE_TIMEOUT_MS:-2000}
+ROUNDS=${WX_QUEUE_ROUNDS:-$([ -n "$SMOKE" ] && echo 1 || echo 3)}
 STEP=$(( N < 100000 ? (N + 9) / 10 : 10000 ))
 WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
 wxpay.worker_concurrency = $CONC
@@ -140,17 +144,26 @@ printf 'simulator: %s plans stopped exactly once, %s stops for already stopped p
 
 # ---- 3. the queue beside wxpay_stop_sign_plans at the same concurrency
 
-# requests per second of one wxpay_stop_sign_plans call of $2 plans
-# (prefix $1), after a warm-up batch in the same session
+# CPU time of process $1 so far, in clock ticks (utime + stime)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_MS=$(calc "1000 / $(getconf CLK_TCK)")
+
+# "rate ticks": requests per second of one wxpay_stop_sign_plans call of $2
+# plans (prefix $1), after a warm-up batch in the same session, and the CPU
+# ticks its backend spent on it
 batch_rate() {
     psql_su -f - <<SQL
 SET wxpay.batch_concurrency = $CONC;
 SELECT count(*) FROM wxpay_stop_sign_plans(
     ARRAY(SELECT '$1-w' || i FROM generate_series(1, $((2 * CONC))) i), 'r') \\gset
-SELECT clock_timestamp() AS t0 \\gset
+SELECT clock_timestamp() AS t0,
+       (SELECT split_part(s, ' ', 14)::int + split_part(s, ' ', 15)::int
+          FROM pg_read_file('/proc/' || pg_backend_pid() || '/stat') s) AS c0 \\gset
 SELECT count(*) FILTER (WHERE ok) AS ok FROM wxpay_stop_sign_plans(
     ARRAY(SELECT '$1-' || i FROM generate_series(1, $2) i), 'r') \\gset
-SELECT round(($2 / extract(epoch FROM clock_timestamp() - :'t0'))::numeric, 1);
+SELECT round(($2 / extract(epoch FROM clock_timestamp() - :'t0'))::numeric, 1) || ' '
+    || (SELECT split_part(s, ' ', 14)::int + split_part(s, ' ', 15)::int - :c0
+          FROM pg_read_file('/proc/' || pg_backend_pid() || '/stat') s);
 SQL
 }
 
@@ -165,15 +178,44 @@ queue_rate() {
     calc "$2 / ($tf - $tc)"
 }
 
-printf '\nthe queue beside wxpay_stop_sign_plans, %d requests each, concurrency %d (worker = batch)\n' "$NB" "$CONC"
-printf '%10s %14s %14s %12s\n' latency 'batch req/s' 'queue req/s' 'queue/batch'
+# median of the numbers given
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Each latency is measured in ROUNDS paired rounds, the batch and the queue
+# one after the other (their order alternating, so that a drift of the
+# machine's speed favours neither), and judged by the median ratio: one
+# round's ratio swings by several percent with the shared machine.
+printf '\nthe queue beside wxpay_stop_sign_plans, %d requests each, concurrency %d (worker = batch),\n' "$NB" "$CONC"
+printf '%d rounds; CPU time per request of the sending process (the batch'"'"'s backend, the\n' "$ROUNDS"
+printf 'worker) and of the simulator, in ms\n'
+printf '%10s %6s %12s %12s %12s %9s %9s %9s %9s\n' latency round 'batch req/s' 'queue req/s' 'queue/batch' \
+    backend 'sim(b)' worker 'sim(q)'
 for l in 0 "$LAT"; do
     sim_settings "$WXPAY_SIM_CONTROL" "{\"latency_ms\":$l}"
-    b=$(batch_rate "bq-b$l" "$NB")
-    q=$(queue_rate "bq-q$l" "$NB")
-    printf '%7d ms %14.1f %14.1f %11.2fx\n' "$l" "$b" "$q" "$(calc "$q / $b")"
+    ratios=()
+    for r in $(seq 1 "$ROUNDS"); do
+        for what in $( ((r % 2)) && echo batch queue || echo queue batch); do
+            if [ "$what" = batch ]; then
+                s0=$(cpu_ticks "$WX_SIM_PID")
+                read -r b bt < <(batch_rate "bq-b$l-$r" "$NB")
+                sb=$(( $(cpu_ticks "$WX_SIM_PID") - s0 ))
+            else
+                wpid=$(worker_pid)
+                w0=$(cpu_ticks "$wpid")
+                s0=$(cpu_ticks "$WX_SIM_PID")
+                q=$(queue_rate "bq-q$l-$r" "$NB")
+                wt=$(( $(cpu_ticks "$wpid") - w0 ))
+                sq=$(( $(cpu_ticks "$WX_SIM_PID") - s0 ))
+            fi
+        done
+        ratios+=("$(calc "$q / $b")")
+        printf '%7d ms %6d %12.1f %12.1f %11.2fx %9.2f %9.2f %9.2f %9.2f\n' "$l" "$r" "$b" "$q" "$(calc "$q / $b")" \
+            "$(calc "$bt * $TICK_MS / $NB")" "$(calc "$sb * $TICK_MS / ($NB + 2 * $CONC)")" \
+            "$(calc "$wt * $TICK_MS / $NB")" "$(calc "$sq * $TICK_MS / $NB")"
+    done
+    printf '%7d ms median queue/batch %.2fx (rounds %s)\n' "$l" "$(median "${ratios[@]}")" "$(printf '%.2f ' "${ratios[@]}")"
 done
-echo '(target: queue >= 0.9x batch)'
+echo '(target: the median queue >= 0.9x batch)'
 sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
 
 # ---- 3b. two busy databases beside one: the same requests, half queued in
@@ -184,20 +226,49 @@ wx_setup_config bq_two >/dev/null
 psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-warm-' || i, 'r')) FROM generate_series(1, 50) i" >/dev/null
 wait_drained bq-two-warm- bq_two
 half=$((NB / 2))
-one=$(queue_rate bq-one "$NB")
-tc=$(psql_su -c "SELECT extract(epoch FROM clock_timestamp())")
-psql_su -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-a-' || i, 'r')) FROM generate_series(1, $half) i" >/dev/null &
-qa=$!
-psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-b-' || i, 'r')) FROM generate_series(1, $half) i" >/dev/null
-wait "$qa"
-wait_drained bq-two-a-
-wait_drained bq-two-b- bq_two
-tfa=$(psql_su -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'bq-two-a-%'")
-tfb=$(psql_db bq_two -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE 'bq-two-b-%'")
-two=$(calc "2 * $half / (($tfa > $tfb ? $tfa : $tfb) - $tc)")
-printf '\ntwo busy databases, %d requests in all (%d each), no added latency\n' $((2 * half)) "$half"
-printf '%-30s %10.1f req/s\n' 'one database' "$one" 'two databases at once' "$two"
-printf 'two / one: %.2fx (target: at least 1x)\n' "$(calc "$two / $one")"
+# the rate of $NB requests, half queued in each database at once (prefix $1)
+# (from the first of the two commits, as queue_rate counts from its commit)
+two_rate() {
+    local tca tcb qa tfa tfb
+    psql_su -c "SELECT count(wxpay_stop_sign_plan_async('$1-a-' || i, 'r')) FROM generate_series(1, $half) i" \
+        -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1 >"$WX_WORK/two-commit-a" &
+    qa=$!
+    tcb=$(psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('$1-b-' || i, 'r')) FROM generate_series(1, $half) i" \
+        -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1)
+    wait "$qa"
+    tca=$(cat "$WX_WORK/two-commit-a")
+    wait_drained "$1-a-"
+    wait_drained "$1-b-" bq_two
+    tfa=$(psql_su -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-a-%'")
+    tfb=$(psql_db bq_two -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-b-%'")
+    calc "2 * $half / (($tfa > $tfb ? $tfa : $tfb) - ($tca < $tcb ? $tca : $tcb))"
+}
+# Also the simulator's CPU use, in cores, while each drained: on a 2-core
+# machine the simulator (one thread) needs a whole core at 0 ms, and a
+# second busy worker competes with it for the CPU.
+printf '\ntwo busy databases, %d requests in all (%d each), beside one, %d rounds per latency,\n' \
+    $((2 * half)) "$half" "$ROUNDS"
+printf 'with the simulator'"'"'s CPU use (cores) during each\n'
+printf '%10s %6s %12s %12s %9s %9s %9s\n' latency round 'one req/s' 'two req/s' 'two/one' 'sim(1)' 'sim(2)'
+for l in 0 "$LAT"; do
+    sim_settings "$WXPAY_SIM_CONTROL" "{\"latency_ms\":$l}"
+    ratios=()
+    for r in $(seq 1 "$ROUNDS"); do
+        for what in $( ((r % 2)) && echo one two || echo two one); do
+            s0=$(cpu_ticks "$WX_SIM_PID")
+            t0=$(date +%s.%N)
+            if [ "$what" = one ]; then one=$(queue_rate "bq-one$l-$r" $((2 * half)))
+            else two=$(two_rate "bq-two$l-$r"); fi
+            busy=$(calc "($(cpu_ticks "$WX_SIM_PID") - $s0) * $TICK_MS / 1000 / ($(date +%s.%N) - $t0)")
+            if [ "$what" = one ]; then sim1=$busy; else sim2=$busy; fi
+        done
+        ratios+=("$(calc "$two / $one")")
+        printf '%7d ms %6d %12.1f %12.1f %8.2fx %9.2f %9.2f\n' "$l" "$r" "$one" "$two" "$(calc "$two / $one")" "$sim1" "$sim2"
+    done
+    printf '%7d ms median two/one %.2fx (rounds %s)\n' "$l" "$(median "${ratios[@]}")" "$(printf '%.2f ' "${ratios[@]}")"
+done
+echo '(target: the median two/one at least 1x)'
+sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
 
 # ---- 4. a fast merchant beside a slow one
 
