@@ -606,6 +606,7 @@ typedef struct WxpayDbEntry
 	TimestampTz starting_since;
 	TimestampTz started_at;		/* of the worker serving now */
 	bool		yield;			/* the launcher wants its place */
+	bool		no_slot;		/* waits: max_worker_processes is exhausted */
 	/* its work */
 	bool		wake;			/* a backend asked for its worker */
 	TimestampTz next_due;		/* when its next work is due (DT_NOEND) */

@@ -437,11 +437,16 @@ LauncherSchedule(TimestampTz now)
 		if (!LauncherStartWorker(best, &es[best]))
 		{
 			ExhaustedUntil = TimestampTzPlusMilliseconds(now, EXHAUSTED_RETRY_MS);
+			cand[best] = true;
 			waiting++;
 			break;
 		}
 		running++;
 	}
+	/* why the others wait, for wxpay_queue_workers() */
+	for (int i = 0; i < WXPAY_MAX_DATABASES; i++)
+		if (cand[i])
+			es[i].no_slot = now < ExhaustedUntil;
 	if (waiting > 0 && now < ExhaustedUntil)
 		timeout = Min(timeout, LauncherMsUntil(now, ExhaustedUntil));
 
@@ -522,6 +527,7 @@ LauncherStartWorker(int i, WxpayDbEntry *e)
 		return false;
 	}
 	ExhaustedSaid = false;
+	e->no_slot = false;
 	Handles[i] = handle;
 	HandleDb[i] = e->dboid;
 	e->starting = true;
@@ -620,7 +626,8 @@ wxpay_queue_workers(PG_FUNCTION_ARGS)
 			nulls[6] = false;
 		}
 		else if (e->ext == WXPAY_EXT_UNKNOWN || e->wake || e->next_due <= now)
-			state = "waiting: every place is taken (wxpay.max_workers)";
+			state = e->no_slot ? "waiting: max_worker_processes is exhausted" :
+				"waiting: every place is taken (wxpay.max_workers)";
 		else
 		{
 			state = "idle: nothing to do";

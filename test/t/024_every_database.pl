@@ -520,6 +520,8 @@ my $start = length(slurp_file($node->logfile));
 	like($log, qr/HINT: .*Raise max_worker_processes/, 'exhausted: the hint says what to do');
 	is($node->safe_psql('e24a', "SELECT state FROM wxpay_stop_request WHERE id = $id"), 'queued',
 		'exhausted: the request waits');
+	is($node->safe_psql('e24a', 'SELECT worker_status FROM wxpay_queue_status'),
+		'waiting: max_worker_processes is exhausted', 'exhausted: wxpay_queue_status says why');
 	$node->append_conf('postgresql.conf', "max_worker_processes = 8\nmax_logical_replication_workers = 4\nlog_min_messages = warning\n");
 	$node->restart;
 	ok( $node->poll_query_until('e24a', "SELECT state = 'succeeded' FROM wxpay_stop_request WHERE id = $id"),
