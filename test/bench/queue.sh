@@ -186,7 +186,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 
 # machine's speed favours neither), and judged by the median ratio: one
 # round's ratio swings by several percent with the shared machine.
 printf '\nthe queue beside wxpay_stop_sign_plans, %d requests each, concurrency %d (worker = batch),\n' "$NB" "$CONC"
-printf '%d rounds; CPU time per request of the sending process (the batch'"'"'s backend, the\n' "$ROUNDS"
+printf 'paired rounds: %d; CPU time per request of the sending process (the batch'"'"'s backend, the\n' "$ROUNDS"
 printf 'worker) and of the simulator, in ms\n'
 printf '%10s %6s %12s %12s %12s %9s %9s %9s %9s\n' latency round 'batch req/s' 'queue req/s' 'queue/batch' \
     backend 'sim(b)' worker 'sim(q)'
@@ -246,7 +246,7 @@ two_rate() {
 # Also the simulator's CPU use, in cores, while each drained: on a 2-core
 # machine the simulator (one thread) needs a whole core at 0 ms, and a
 # second busy worker competes with it for the CPU.
-printf '\ntwo busy databases, %d requests in all (%d each), beside one, %d rounds per latency,\n' \
+printf '\ntwo busy databases, %d requests in all (%d each), beside one, paired rounds per latency: %d,\n' \
     $((2 * half)) "$half" "$ROUNDS"
 printf 'with the simulator'"'"'s CPU use (cores) during each\n'
 printf '%10s %6s %12s %12s %9s %9s %9s\n' latency round 'one req/s' 'two req/s' 'two/one' 'sim(1)' 'sim(2)'
