@@ -15,7 +15,8 @@
 #      rounds, with the CPU time per request of the sender and of the
 #      simulator, and the median ratio (target: queue >= 0.9x batch);
 #   3b. two busy databases (half the requests queued in each at once, one
-#      worker each) beside one database, at 0 ms and at
+#      worker each) beside one database (the same two sessions queueing
+#      into it), at 0 ms and at
 #      WX_QUEUE_LATENCY_MS, in paired rounds, with the simulator's CPU use
 #      (target: the median total at least that of one);
 #   4. a fast merchant's commit-to-finished p50/p99 for a paced stream of
@@ -218,29 +219,33 @@ done
 echo '(target: the median queue >= 0.9x batch)'
 sim_settings "$WXPAY_SIM_CONTROL" '{"latency_ms":0}'
 
-# ---- 3b. two busy databases beside one: the same requests, half queued in
-# each of two databases at once (one worker each, the same merchant and
-# its one rate budget), drained from the first commit to the last finish
+# ---- 3b. two busy databases beside one: the same requests, queued by two
+# sessions at once, into one database or half into each of two (one worker
+# each, the same merchant and its one rate budget), drained from the first
+# commit to the last finish
 wx_as_pg psql -X -q -d postgres -c "CREATE DATABASE bq_two" >/dev/null
 wx_setup_config bq_two >/dev/null
 psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('bq-two-warm-' || i, 'r')) FROM generate_series(1, 50) i" >/dev/null
 wait_drained bq-two-warm- bq_two
 half=$((NB / 2))
-# the rate of $NB requests, half queued in each database at once (prefix $1)
-# (from the first of the two commits, as queue_rate counts from its commit)
-two_rate() {
+# the rate of $NB requests, queued half by each of two sessions at once
+# (prefix $1), the second session's in database $2 (postgres: both in one
+# database), from the first of the two commits to the last finish.  One
+# database and two are measured alike: in both, the later session's
+# enqueueing overlaps the start of the drain.
+split_rate() {
     local tca tcb qa tfa tfb
     psql_su -c "SELECT count(wxpay_stop_sign_plan_async('$1-a-' || i, 'r')) FROM generate_series(1, $half) i" \
-        -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1 >"$WX_WORK/two-commit-a" &
+        -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1 >"$WX_WORK/split-commit-a" &
     qa=$!
-    tcb=$(psql_db bq_two -c "SELECT count(wxpay_stop_sign_plan_async('$1-b-' || i, 'r')) FROM generate_series(1, $half) i" \
+    tcb=$(psql_db "$2" -c "SELECT count(wxpay_stop_sign_plan_async('$1-b-' || i, 'r')) FROM generate_series(1, $half) i" \
         -c "SELECT extract(epoch FROM clock_timestamp())" | tail -n 1)
     wait "$qa"
-    tca=$(cat "$WX_WORK/two-commit-a")
+    tca=$(cat "$WX_WORK/split-commit-a")
     wait_drained "$1-a-"
-    wait_drained "$1-b-" bq_two
+    wait_drained "$1-b-" "$2"
     tfa=$(psql_su -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-a-%'")
-    tfb=$(psql_db bq_two -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-b-%'")
+    tfb=$(psql_db "$2" -c "SELECT extract(epoch FROM max(finished_at)) FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1-b-%'")
     calc "2 * $half / (($tfa > $tfb ? $tfa : $tfb) - ($tca < $tcb ? $tca : $tcb))"
 }
 # Also the simulator's CPU use, in cores, while each drained: on a 2-core
@@ -257,8 +262,8 @@ for l in 0 "$LAT"; do
         for what in $( ((r % 2)) && echo one two || echo two one); do
             s0=$(cpu_ticks "$WX_SIM_PID")
             t0=$(date +%s.%N)
-            if [ "$what" = one ]; then one=$(queue_rate "bq-one$l-$r" $((2 * half)))
-            else two=$(two_rate "bq-two$l-$r"); fi
+            if [ "$what" = one ]; then one=$(split_rate "bq-one$l-$r" postgres)
+            else two=$(split_rate "bq-two$l-$r" bq_two); fi
             busy=$(calc "($(cpu_ticks "$WX_SIM_PID") - $s0) * $TICK_MS / 1000 / ($(date +%s.%N) - $t0)")
             if [ "$what" = one ]; then sim1=$busy; else sim2=$busy; fi
         done
