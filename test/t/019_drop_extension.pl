@@ -125,10 +125,13 @@ $node->safe_psql('postgres', 'CREATE ROLE regress_e19_nobody LOGIN');
 # ---- (b) DROP OWNED BY the extension's owner ----
 {
 	$node->safe_psql('postgres', 'CREATE ROLE regress_e19_owner SUPERUSER; CREATE DATABASE e19db');
+	# not due for a day: e19db has no config, and a due request would be
+	# claimed by its worker and put back (42704); caught in between, it
+	# counts as "sending", not "queued"
 	$node->safe_psql('e19db',
 		"SET ROLE regress_e19_owner; CREATE EXTENSION wxpay_signplan; "
-		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason) "
-		  . "VALUES ('default', 'e19-owned', 'later')");
+		  . "INSERT INTO wxpay_stop_request (config_name, merchant_sign_plan_no, stop_reason, next_attempt_at) "
+		  . "VALUES ('default', 'e19-owned', 'later', now() + interval '1 day')");
 	my $err = fails('DROP OWNED BY regress_e19_owner', db => 'e19db');
 	like($err, $refused, 'DROP OWNED BY the owner: refused with 55006');
 	like($err, qr/DETAIL:  Table \Q$q\E holds 1 queued requests and 0 requests in state "sending"/,
