@@ -3,7 +3,8 @@
 # batch function, and beside a slow merchant.
 #
 # Starts a private cluster with the library preloaded and the simulator
-# (test/lib.sh) and prints, in one run:
+# (test/lib.sh), the simulator on a CPU of its own (WeChat Pay does not
+# share the database's machine), and prints, in one run:
 #   1. the commit-to-finished time of single requests on the idle worker;
 #   2. a backlog of N stop requests queued in one committed statement: the
 #      drain rate and the queue worker's private memory (RssAnon from /proc)
@@ -35,7 +36,9 @@
 # stream, 300), WX_QUEUE_STREAM_MS (pause between their commits, 20),
 # WX_QUEUE_SLOW (the slow merchant's backlog, 4 x concurrency),
 # WX_QUEUE_TIMEOUT_MS (wxpay.request_timeout, 2000), WX_QUEUE_ROUNDS (paired
-# rounds of sections 3 and 3b, 3); WX_KEEP=1 as for run.sh.
+# rounds of sections 3 and 3b, 5), WX_QUEUE_PIN (1: the simulator on a CPU of
+# its own, PostgreSQL on the others; 0: all share every CPU); WX_KEEP=1 as
+# for run.sh.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 WX_PRIVATE_PG=1
@@ -50,7 +53,7 @@ STREAM=${WX_QUEUE_STREAM:-$([ -n "$SMOKE" ] && echo 20 || echo 300)}
 STREAM_MS=${WX_QUEUE_STREAM_MS:-20}
 SLOW=${WX_QUEUE_SLOW:-$((4 * CONC))}
 TIMEOUT_MS=${WX_QUEUE_TIMEOUT_MS:-2000}
-ROUNDS=${WX_QUEUE_ROUNDS:-$([ -n "$SMOKE" ] && echo 1 || echo 3)}
+ROUNDS=${WX_QUEUE_ROUNDS:-$([ -n "$SMOKE" ] && echo 1 || echo 5)}
 STEP=$(( N < 100000 ? (N + 9) / 10 : 10000 ))
 WX_PG_CONF="shared_preload_libraries = 'wxpay_signplan'
 wxpay.worker_concurrency = $CONC
@@ -64,19 +67,43 @@ psql_su() { psql_db postgres "$@"; }
 sim_settings() { curl -sf -X POST -H 'Content-Type: application/json' -d "$2" "$1/settings" >/dev/null; }
 
 wx_setup_config
+# WeChat Pay answers from machines of its own: the simulator gets the last
+# CPU to itself and PostgreSQL (the worker, the batch's backend and every
+# other process of the cluster, and those the postmaster starts later) the
+# others.  Sharing every CPU, three busy processes on 2 cores (the
+# simulator and two workers) split them by the scheduler's fairness, and
+# the simulator, which needs a whole core at 0 ms, got two thirds of one.
+NCPU=$(nproc)
+PIN=${WX_QUEUE_PIN:-1}
+if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
+    SIM_CPUS=$((NCPU - 1)) PG_CPUS=$([ "$NCPU" = 2 ] && echo 0 || echo "0-$((NCPU - 2))")
+    pm=$(head -n 1 "$PGDATA/postmaster.pid")
+    for p in "$pm" $(pgrep -P "$pm"); do taskset -a -p -c "$PG_CPUS" "$p" >/dev/null; done
+    taskset -a -p -c "$SIM_CPUS" "$WX_SIM_PID" >/dev/null
+    echo "CPUs: the simulator on $SIM_CPUS, PostgreSQL on $PG_CPUS (WX_QUEUE_PIN=0: all share all $NCPU)"
+else
+    PIN=0
+    echo "CPUs: the simulator and PostgreSQL share all $NCPU"
+fi
 
 worker_pid() {
     psql_su -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'wxpay_signplan worker'"
 }
 rss_anon() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 # wait until every request whose plan starts with $1 (in database $2,
-# default postgres) is finished: one session waiting on each in turn with
-# wxpay_wait_stop_request, woken by the worker's commits.  (Polling with a
-# new psql every 50 ms cost the 2-core machine about a tenth of a core,
-# taken from the worker and the simulator while the queue was measured.)
+# default postgres) is finished, with as little CPU as possible taken from
+# the worker and the simulator while the queue is measured: one session
+# waits for the newest of them (wxpay_wait_stop_request, woken by the
+# worker's commits), which the worker claims last, then counts the
+# unfinished ones and waits for each of those in turn, if any.  (Polling
+# with a new psql every 50 ms cost the 2-core machine about a tenth of a
+# core; waiting for each request in turn, from the first, about 0.15 ms of
+# CPU per request, 5% of all the CPU a request costs at 0 ms.)
 wait_drained() {
     local left
-    left=$(psql_db "${2:-postgres}" -c "SELECT count(*) FROM wxpay_stop_request q, LATERAL wxpay_wait_stop_request(q.id, '10min') r WHERE q.merchant_sign_plan_no LIKE '$1%' AND r.state NOT IN ('succeeded', 'failed')")
+    left=$(psql_db "${2:-postgres}" \
+        -c "SELECT (wxpay_wait_stop_request(max(id), '10min')).state FROM wxpay_stop_request WHERE merchant_sign_plan_no LIKE '$1%'" \
+        -c "SELECT count(*) FROM wxpay_stop_request q, LATERAL wxpay_wait_stop_request(q.id, '10min') r WHERE q.merchant_sign_plan_no LIKE '$1%' AND q.state NOT IN ('succeeded', 'failed') AND r.state NOT IN ('succeeded', 'failed')" | tail -n 1)
     [ "$left" = 0 ] || { echo "requests $1* still unfinished after 10 minutes: $left" >&2; exit 1; }
 }
 
@@ -302,6 +329,7 @@ printf '%-44s p50 %8.1f ms   p99 %8.1f ms\n' 'alone' "$a50" "$a99"
 slow_out="$WX_WORK/slow-sim.out"
 node "$WX_ROOT/test/sim/simulator.js" --pki "$WXPAY_PKI" >"$slow_out" 2>&1 &
 SLOW_PID=$!
+[ "$PIN" = 1 ] && taskset -a -p -c "$SIM_CPUS" "$SLOW_PID" >/dev/null
 trap 'kill "$SLOW_PID" 2>/dev/null || true; wx_cleanup' EXIT
 until grep -q '^READY ' "$slow_out"; do
     kill -0 "$SLOW_PID" 2>/dev/null || { cat "$slow_out"; exit 1; }
