@@ -133,6 +133,18 @@ int			wxpay_stop_request_retention = 0;	/* s, 0 = keep */
  */
 #define QUEUE_BY_ID_SENDING(alias) alias "state COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) 'sending'"
 
+/*
+ * A statement on the queue table, prepared once per table name and kept
+ * (SPI_keepplan) across transactions: the worker runs the same few
+ * statements thousands of times, and a session its enqueues (a trigger,
+ * one per deleted row).  slot remembers the plan and its table.
+ */
+typedef struct QueuePlan
+{
+	char	   *q;
+	SPIPlanPtr	plan;
+} QueuePlan;
+
 static void QueueRequireWorker(const char *funcname);
 static bool QueueHasTimeline(Oid relid);
 static char *QueueTable(FunctionCallInfo fcinfo);
@@ -141,6 +153,10 @@ static Oid	QueueCaller(void);
 static bool QueueIsEnqueuer(Oid caller, SPITupleTable *tab);
 static int	QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 					  bool read_only);
+static SPIPlanPtr QueuePrepare(QueuePlan *slot, const char *q, const char *fmt,
+							   int nargs, Oid *types, int cursor_options);
+static int	QueueExecPlan(SPIPlanPtr plan, Datum *values, const char *nulls,
+						  bool read_only);
 static void QueueAdoptHome(Oid nspoid);
 static void QueueRequeue(const char *q, WxpayQueueRow **rows, int n, int delay_ms);
 
@@ -241,9 +257,13 @@ PG_FUNCTION_INFO_V1(wxpay_stop_sign_plan_async);
 Datum
 wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 {
+	static QueuePlan insert_slot;
+	static QueuePlan insert_old_slot;
+	static QueuePlan insert_old_sub_slot;
 	char	   *plan_no;
 	char	   *sub_mchid;
-	char	   *sql;
+	char	   *q;
+	SPIPlanPtr	plan;
 	bool		isnull;
 	Datum		id;
 	Oid			relid;
@@ -288,25 +308,32 @@ wxpay_stop_sign_plan_async(PG_FUNCTION_ARGS)
 	 */
 	relid = QueueTableOid(fcinfo, &has_enqueuer);
 	current = has_enqueuer && QueueHasTimeline(relid);
-	if (current)
-		sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason,"
-					   " sub_mchid, enqueued_by, timeline)"
-					   " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-					   QueueTable(fcinfo));
-	else
-		sql = psprintf("INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason%s)"
-					   " VALUES ($1, $2, $3%s) RETURNING id", QueueTable(fcinfo),
-					   sub_mchid ? ", sub_mchid" : "", sub_mchid ? ", $4" : "");
+	q = QueueTable(fcinfo);
 
+	/* prepared once per table and kept: a trigger enqueues once per row */
 	wxpay_spi_connect();
-	if (SPI_execute_with_args(sql, current ? 6 : (sub_mchid ? 4 : 3),
-							  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, INT4OID},
-							  (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
-							  PG_GETARG_DATUM(1),
-							  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0,
-							  ObjectIdGetDatum(QueueCaller()),
-							  Int32GetDatum((int32) GetWALInsertionTimeLine())},
-							  sub_mchid ? NULL : "   n  ", false, 1) != SPI_OK_INSERT_RETURNING ||
+	if (current)
+		plan = QueuePrepare(&insert_slot, q,
+							"INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason,"
+							" sub_mchid, enqueued_by, timeline)"
+							" VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+							6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, INT4OID}, 0);
+	else if (sub_mchid)
+		plan = QueuePrepare(&insert_old_sub_slot, q,
+							"INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason,"
+							" sub_mchid) VALUES ($1, $2, $3, $4) RETURNING id",
+							4, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID}, 0);
+	else
+		plan = QueuePrepare(&insert_old_slot, q,
+							"INSERT INTO %s (config_name, merchant_sign_plan_no, stop_reason)"
+							" VALUES ($1, $2, $3) RETURNING id",
+							3, (Oid[]) {TEXTOID, TEXTOID, TEXTOID}, 0);
+	if (QueueExecPlan(plan, (Datum[]) {PG_GETARG_DATUM(2), PG_GETARG_DATUM(0),
+						  PG_GETARG_DATUM(1),
+						  sub_mchid ? CStringGetTextDatum(sub_mchid) : (Datum) 0,
+						  ObjectIdGetDatum(QueueCaller()),
+						  Int32GetDatum((int32) GetWALInsertionTimeLine())},
+					  sub_mchid ? NULL : "   n  ", false) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not queue the stop request");
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -456,17 +483,6 @@ QueueExec(const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
- * A statement on the queue table, prepared once per table name and kept
- * (SPI_keepplan) across transactions: the worker runs the same few
- * statements thousands of times.  slot remembers the plan and its table.
- */
-typedef struct QueuePlan
-{
-	char	   *q;
-	SPIPlanPtr	plan;
-} QueuePlan;
-
-/*
  * Defines the settings of the queue's state machine.
  */
 void
@@ -527,10 +543,10 @@ QueuePrepare(QueuePlan *slot, const char *q, const char *fmt, int nargs,
 
 /* SPI_execute_plan, then back to the caller's memory context. */
 static int
-QueueExecPlan(SPIPlanPtr plan, Datum *values, bool read_only)
+QueueExecPlan(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	int			ret = SPI_execute_plan(plan, values, NULL, read_only, 0);
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, 0);
 
 	MemoryContextSwitchTo(cxt);
 	return ret;
@@ -551,16 +567,20 @@ QueueExecPlan(SPIPlanPtr plan, Datum *values, bool read_only)
 Oid
 wxpay_queue_home_other(Oid nspoid)
 {
+	static QueuePlan home_slot;
 	bool		isnull;
 	Datum		d;
+	SPIPlanPtr	plan;
 
 	if (!OidIsValid(get_relname_relid("wxpay_queue_home", nspoid)))
 		return InvalidOid;
-	if (QueueExec(psprintf("SELECT database_oid FROM %s.wxpay_queue_home"
-						   " WHERE database_oid OPERATOR(pg_catalog.<>) $1 LIMIT 1",
-						   wxpay_schema_quoted(nspoid)),
-				  1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(MyDatabaseId)},
-				  true) != SPI_OK_SELECT)
+	/* kept: every enqueue asks */
+	plan = QueuePrepare(&home_slot, wxpay_schema_quoted(nspoid),
+						"SELECT database_oid FROM %s.wxpay_queue_home"
+						" WHERE database_oid OPERATOR(pg_catalog.<>) $1 LIMIT 1",
+						1, (Oid[]) {OIDOID}, 0);
+	if (QueueExecPlan(plan, (Datum[]) {ObjectIdGetDatum(MyDatabaseId)}, NULL,
+					  true) != SPI_OK_SELECT)
 		elog(ERROR, "could not read wxpay_queue_home");
 	if (SPI_processed == 0)
 		return InvalidOid;
@@ -708,7 +728,7 @@ wxpay_queue_configs(const char *q)
 						"  AND config_name OPERATOR(pg_catalog.>) c.name ORDER BY config_name LIMIT 1)"
 						" FROM c WHERE c.name IS NOT NULL)"
 						" SELECT name FROM c WHERE name IS NOT NULL", 0, NULL, 0);
-	if (QueueExecPlan(plan, NULL, false) != SPI_OK_SELECT)
+	if (QueueExecPlan(plan, NULL, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan the stop request queue");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i],
@@ -784,7 +804,7 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 							2, (Oid[]) {TEXTOID, INT4OID}, 0);
 #undef QUEUE_CLAIM_SELECT
 	if (QueueExecPlan(plan, (Datum[]) {CStringGetTextDatum(config_name),
-						  Int32GetDatum(limit), timeline}, false) != SPI_OK_SELECT)
+						  Int32GetDatum(limit), timeline}, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim stop requests");
 
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
@@ -826,7 +846,7 @@ wxpay_queue_claim(const char *q, const char *config_name, int limit,
 							1, (Oid[]) {INT8ARRAYOID}, CURSOR_OPT_CUSTOM_PLAN);
 #undef QUEUE_CLAIM_UPDATE
 	if (QueueExecPlan(plan, (Datum[]) {PointerGetDatum(arr), timeline},
-					  false) != SPI_OK_UPDATE ||
+					  NULL, false) != SPI_OK_UPDATE ||
 		SPI_processed != (uint64) n)
 		elog(ERROR, "could not claim stop requests");
 	return n;
