@@ -70,9 +70,11 @@ wx_setup_config
 # WeChat Pay answers from machines of its own: the simulator gets the last
 # CPU to itself and PostgreSQL (the worker, the batch's backend and every
 # other process of the cluster, and those the postmaster starts later) the
-# others.  Sharing every CPU, three busy processes on 2 cores (the
-# simulator and two workers) split them by the scheduler's fairness, and
-# the simulator, which needs a whole core at 0 ms, got two thirds of one.
+# others.  Sharing every CPU, the simulator, which needs most of a core at
+# 0 ms, competed with the workers for it: with two databases' workers 12 %
+# of the 2-core machine stood idle (perf), 5 % with one.  (PostgreSQL on
+# every CPU at a lower priority instead, taking what the simulator leaves,
+# measured no better.)
 NCPU=$(nproc)
 PIN=${WX_QUEUE_PIN:-1}
 if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then

@@ -217,25 +217,24 @@ recreate('again2');
 {
 	my $s = $node->background_psql('postgres');
 	my $wait = sub {
-		my ($q, $plan) = @_;
+		my ($schema, $plan) = @_;
 		return $node->safe_psql('postgres',
-			"SELECT r.state FROM $q q, LATERAL wxpay_wait_stop_request(q.id, '60s') r "
+			"SELECT r.state FROM $schema.wxpay_stop_request q, "
+			  . "LATERAL $schema.wxpay_wait_stop_request(q.id, '60s') r "
 			  . "WHERE q.merchant_sign_plan_no = '$plan'");
 	};
 	$s->query_safe("SELECT wxpay_stop_sign_plan_async('e19-h1', 'r')");
-	is($wait->('public.wxpay_stop_request', 'e19-h1'), 'succeeded', 'one session: the first enqueue is served');
+	is($wait->('public', 'e19-h1'), 'succeeded', 'one session: the first enqueue is served');
 	$s->query_safe('DROP EXTENSION wxpay_signplan; CREATE EXTENSION wxpay_signplan; ' . config_insert_sql());
 	$s->query_safe("SELECT wxpay_stop_sign_plan_async('e19-h2', 'r')");
-	is($wait->('public.wxpay_stop_request', 'e19-h2'), 'succeeded',
+	is($wait->('public', 'e19-h2'), 'succeeded',
 		'one session, created again in the same schema: the enqueue goes to the new table');
 	$s->query_safe('DROP EXTENSION wxpay_signplan; CREATE SCHEMA e19h; '
 		  . 'CREATE EXTENSION wxpay_signplan SCHEMA e19h; SET search_path = e19h, public; '
 		  . config_insert_sql());
 	$s->query_safe("SELECT e19h.wxpay_stop_sign_plan_async('e19-h3', 'r')");
-	is( $node->safe_psql('postgres',
-			"SELECT r.state FROM e19h.wxpay_stop_request q, LATERAL e19h.wxpay_wait_stop_request(q.id, '60s') r "
-			  . "WHERE q.merchant_sign_plan_no = 'e19-h3'"),
-		'succeeded', 'one session, created again in another schema: the enqueue goes there');
+	is($wait->('e19h', 'e19-h3'), 'succeeded',
+		'one session, created again in another schema: the enqueue goes there');
 	is($node->safe_psql('postgres', "SELECT count(*) FROM e19h.wxpay_stop_request"),
 		'1', 'and only there');
 	$s->query_safe('DROP EXTENSION wxpay_signplan; DROP SCHEMA e19h; RESET search_path; '
