@@ -355,17 +355,27 @@ command -v debootstrap >/dev/null 2>&1 || {
 
 start=$SECONDS
 # Chroots in parallel (downloads and unpacking), suites one at a time.
+# Each writes its exit status to a file: by the time a later major's turn
+# comes, thousands of processes of the earlier suites may have reused its
+# pid, and bash then no longer knows it ("wait: pid ... is not a child of
+# this shell"), so wait only blocks and the file tells the outcome.
 for major in $WX_MATRIX_MAJORS; do
     suite_of "$major" >/dev/null
-    (prepare_chroot "$major" >"$LOGS/prepare-$major.log" 2>&1) &
+    rm -f "$LOGS/prepare-$major.rc"
+    (prepare_chroot "$major" >"$LOGS/prepare-$major.log" 2>&1; echo $? >"$LOGS/prepare-$major.rc") &
     PREP_PIDS+=($!)
 done
+# wait for the chroot of major $1 (the i-th, $2); true when it was made
+prepared() {
+    wait "${PREP_PIDS[$2]}" 2>/dev/null || true
+    [ "$(cat "$LOGS/prepare-$1.rc" 2>/dev/null)" = 0 ]
+}
 # WX_MATRIX_PREPARE_ONLY=1: make the chroots and stop (test/all.sh does
 # this first, in the background, while the host's steps run).
 if [ -n "${WX_MATRIX_PREPARE_ONLY:-}" ]; then
     status=0 i=0
     for major in $WX_MATRIX_MAJORS; do
-        wait "${PREP_PIDS[$i]}" || status=1
+        prepared "$major" "$i" || status=1
         cat "$LOGS/prepare-$major.log" >&2
         i=$((i + 1))
     done
@@ -375,7 +385,7 @@ if [ -n "${WX_MATRIX_PREPARE_ONLY:-}" ]; then
 fi
 i=0
 for major in $WX_MATRIX_MAJORS; do
-    if wait "${PREP_PIDS[$i]}"; then
+    if prepared "$major" "$i"; then
         cat "$LOGS/prepare-$major.log" >&2
         run_major "$major"
     else
